@@ -1,0 +1,38 @@
+# Every target sets itself up on a fresh machine: the virtualenv lives in .venv
+# (git-ignored) and is rebuilt when pyproject.toml changes.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test unit lint typecheck emulator demo clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv with the bridge and its test tools
+
+lint: $(STAMP)  ## ruff
+	$(BIN)/ruff check bridge tests bench
+	$(BIN)/ruff format --check bridge tests bench
+
+typecheck: $(STAMP)  ## mypy --strict on the package
+	$(BIN)/mypy
+
+unit: $(STAMP)  ## pytest only
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+test: lint typecheck unit  ## everything CI runs
+
+emulator: $(STAMP)  ## serve the xpander platform emulator on :8085-like port 9016
+	$(BIN)/xpander-bridge emulator
+
+clean:  ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,97 @@
+"""``xpander-bridge``: the command line.
+
+Exit codes: 0 success (a clean stop on SIGTERM included), 1 a runtime failure,
+2 a bad configuration or bad arguments (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+import yaml
+
+from bridge import __version__
+from bridge.config import load_config
+from bridge.errors import ConfigError
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    if args.print_example:
+        from bridge.config_doc import render_example
+
+        sys.stdout.write(render_example())
+        return EXIT_OK
+    config = load_config(args.config)
+    sys.stdout.write(yaml.safe_dump(config.masked(), sort_keys=False))
+    for missing in config.missing_for_run():
+        print(f"note: `run` still needs {missing}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _emulator(args: argparse.Namespace) -> int:
+    from bridge.emulator import cli as emulator_cli
+
+    return emulator_cli.run(args)
+
+
+def _configure_emulator(parser: argparse.ArgumentParser) -> None:
+    try:
+        from bridge.emulator import cli as emulator_cli
+    except ImportError:  # pragma: no cover - the emulator ships with the package
+        return
+    emulator_cli.configure_parser(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xpander-bridge",
+        description="xpander.ai task events into Kafka, and external task runs back.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = commands.add_parser(
+        "check-config",
+        help="validate a config file and print the effective config, secrets masked",
+        description=(
+            "Load the config file and the environment exactly as `run` does, and print "
+            "the effective configuration with secrets masked. Exit 2 on any error."
+        ),
+    )
+    check.add_argument("config", nargs="?", help="YAML config file (optional: env alone works)")
+    check.add_argument(
+        "--print-example", action="store_true", help="print a config file with every option"
+    )
+    check.set_defaults(handler=_check_config)
+
+    emulator = commands.add_parser(
+        "emulator",
+        help="serve the xpander platform emulator (REST API and event streams)",
+        description="Serve an emulator of the xpander task API on one port.",
+    )
+    _configure_emulator(emulator)
+    emulator.set_defaults(handler=_emulator)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"xpander-bridge: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_OK

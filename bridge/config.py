@@ -1,0 +1,500 @@
+"""The daemon's configuration: one pydantic model tree, loaded from YAML and
+overridden by the environment.
+
+Precedence, lowest first: model defaults, the YAML file, then environment
+variables. Two families of variables are read:
+
+* the names operators and Kubernetes already use (``XPANDER_API_KEY``,
+  ``KAFKA_BOOTSTRAP_SERVERS``, ...; see ``ENV_ALIASES``), which work alone with
+  no file at all;
+* ``XPANDER_BRIDGE_<SECTION>__<FIELD>`` for every other field, e.g.
+  ``XPANDER_BRIDGE_KAFKA__ENABLE_IDEMPOTENCE=false``. An unknown variable of this
+  form is an error: a typo must not be silently ignored.
+
+Secrets (``SecretStr`` fields) are never read from the YAML file: they come
+from the environment, or from a file named by ``<VAR>_FILE`` (a mounted
+Kubernetes secret) or by the ``<field>_file`` setting.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from bridge.errors import ConfigError
+from bridge.platform.wire import derive_events_base
+
+__all__ = [
+    "ENV_ALIASES",
+    "ENV_PREFIX",
+    "BridgeConfig",
+    "load_config",
+]
+
+ENV_PREFIX = "XPANDER_BRIDGE_"
+ENV_NESTING = "__"
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _read_secret_file(path: Path, field: str) -> SecretStr:
+    try:
+        return SecretStr(path.read_text(encoding="utf-8").strip())
+    except OSError as exc:
+        raise ValueError(f"cannot read the secret file for {field}: {exc.strerror}") from exc
+
+
+class PlatformConfig(Section):
+    """Where the xpander platform is and how to authenticate."""
+
+    base_url: str = Field(
+        default="https://inbound.xpander.ai",
+        description="REST base URL of the xpander API (env XPANDER_BASE_URL).",
+    )
+    events_url: str | None = Field(
+        default=None,
+        description=(
+            "Base URL of the task event streams (env XPANDER_EVENTS_URL). Empty: derived "
+            "from base_url exactly as the official client derives it."
+        ),
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="API key sent as x-api-key (env XPANDER_API_KEY or XPANDER_API_KEY_FILE).",
+    )
+    api_key_file: Path | None = Field(
+        default=None, description="File holding the API key, e.g. a mounted Kubernetes secret."
+    )
+    organization_id: str | None = Field(
+        default=None, description="Organization id (env XPANDER_ORGANIZATION_ID)."
+    )
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, description="Deadline of one REST request, in seconds."
+    )
+    connect_timeout_s: float = Field(
+        default=10.0, gt=0, description="Deadline to open one connection, in seconds."
+    )
+    max_connections: int = Field(
+        default=10_000,
+        ge=1,
+        description="Size of the one shared HTTP connection pool (streams and REST calls).",
+    )
+
+    @model_validator(mode="after")
+    def _load_key_file(self) -> PlatformConfig:
+        if self.api_key is None and self.api_key_file is not None:
+            object.__setattr__(
+                self, "api_key", _read_secret_file(self.api_key_file, "platform.api_key")
+            )
+        return self
+
+    @property
+    def events_base(self) -> str:
+        """The event-stream base URL, explicit or derived."""
+        return (self.events_url or derive_events_base(self.base_url)).rstrip("/")
+
+
+class DiscoveryConfig(Section):
+    """Which tasks to follow, and how often to look for new ones."""
+
+    agent_ids: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Agents whose tasks are streamed (env XPANDER_BRIDGE_AGENT_IDS, comma-separated)."
+        ),
+    )
+    user_ids: list[str] = Field(
+        default_factory=list, description="Users whose tasks (across agents) are streamed too."
+    )
+    interval_s: float = Field(
+        default=5.0, gt=0, description="Seconds between two listings of each agent's tasks."
+    )
+    jitter: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description=(
+            "Random spread of the interval, as a fraction, so replicas do not list in step."
+        ),
+    )
+    poll_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds between status polls of a task that has no event stream.",
+    )
+
+
+class StreamsConfig(Section):
+    """The platform-to-Kafka direction: one SSE stream per active task."""
+
+    enabled: bool = Field(default=True, description="Run the platform-to-Kafka direction.")
+    max_concurrent: int = Field(
+        default=10_000, ge=1, description="Most streams open at once; the rest wait their turn."
+    )
+    idle_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A stream with no bytes (comments included) for this long is reconnected.",
+    )
+    reconnect_initial_s: float = Field(
+        default=0.5, gt=0, description="First reconnect back-off; it doubles up to the cap."
+    )
+    reconnect_max_s: float = Field(
+        default=30.0, gt=0, description="Cap of the reconnect back-off (full jitter below it)."
+    )
+
+
+class KafkaConfig(Section):
+    """The Kafka cluster and the producer/consumer settings."""
+
+    bootstrap_servers: list[str] = Field(
+        default_factory=lambda: ["localhost:9092"],
+        description="Brokers to bootstrap from (env KAFKA_BOOTSTRAP_SERVERS, comma-separated).",
+    )
+    client_id: str = Field(default="xpander-bridge", description="Kafka client.id.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="How to talk to the brokers."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="SASL mechanism when security_protocol is SASL_*."
+    )
+    sasl_username: str | None = Field(default=None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(
+        default=None,
+        description="SASL password (env XPANDER_BRIDGE_KAFKA__SASL_PASSWORD or ..._FILE).",
+    )
+    sasl_password_file: Path | None = Field(
+        default=None, description="File holding the SASL password."
+    )
+    ssl_cafile: Path | None = Field(default=None, description="CA bundle to verify brokers.")
+    ssl_certfile: Path | None = Field(default=None, description="Client certificate (mTLS).")
+    ssl_keyfile: Path | None = Field(default=None, description="Client private key (mTLS).")
+    acks: Literal["all", "1", "0"] = Field(
+        default="all",
+        description="Producer acks. 'all' is what at-least-once needs; lower it only knowingly.",
+    )
+    enable_idempotence: bool = Field(
+        default=True,
+        description=(
+            "Idempotent producer: no duplicates from producer retries. Brokers without "
+            "InitProducerId support (e.g. the embedded tansu) need false."
+        ),
+    )
+    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        default="none", description="Producer compression codec."
+    )
+    linger_ms: int = Field(
+        default=5, ge=0, description="Producer batching delay; trades latency for throughput."
+    )
+    max_batch_bytes: int = Field(
+        default=262_144, ge=1024, description="Producer batch size per partition, in bytes."
+    )
+    max_request_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        description="Largest record the producer sends; larger ones take the oversized path.",
+    )
+    request_timeout_ms: int = Field(
+        default=30_000, ge=1000, description="Broker request deadline before a batch is retried."
+    )
+
+    @model_validator(mode="after")
+    def _check_security(self) -> KafkaConfig:
+        if self.sasl_password is None and self.sasl_password_file is not None:
+            object.__setattr__(
+                self,
+                "sasl_password",
+                _read_secret_file(self.sasl_password_file, "kafka.sasl_password"),
+            )
+        if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
+            raise ValueError("kafka.sasl_mechanism is required when security_protocol is SASL_*")
+        return self
+
+
+class RouteRule(Section):
+    """Send the events of some types elsewhere, or filter them out."""
+
+    types: list[str] = Field(min_length=1, description="Platform event types this rule matches.")
+    topic: str | None = Field(
+        default=None, description="Topic for the matched events (instead of topics.events)."
+    )
+    drop: bool = Field(
+        default=False, description="Filter the matched events out (counted as filtered)."
+    )
+
+    @model_validator(mode="after")
+    def _one_action(self) -> RouteRule:
+        if self.drop == (self.topic is not None):
+            raise ValueError("a route needs exactly one of 'topic' or 'drop: true'")
+        return self
+
+
+class TopicsConfig(Section):
+    """Topic names, and how to create them when missing."""
+
+    events: str = Field(
+        default="xpander.task.events", description="Every envelope, keyed by task id."
+    )
+    state: str = Field(
+        default="xpander.task.state",
+        description="Compacted: the latest task snapshot per task id.",
+    )
+    dlq: str = Field(
+        default="xpander.bridge.dlq",
+        description="Dead letters: raw input with the reason in headers.",
+    )
+    create: bool = Field(
+        default=True, description="Create missing topics at start-up (else only verify them)."
+    )
+    partitions: int = Field(
+        default=12, ge=1, description="Partitions of topics the bridge creates."
+    )
+    replication_factor: int = Field(
+        default=-1,
+        description="Replication of topics the bridge creates; -1 takes the broker default.",
+    )
+    routes: list[RouteRule] = Field(
+        default_factory=list, description="Routing rules by event type, first match wins."
+    )
+
+
+class ReportsConfig(Section):
+    """The Kafka-to-platform direction: external task reports and metrics."""
+
+    enabled: bool = Field(default=True, description="Run the Kafka-to-platform direction.")
+    reports_topic: str = Field(
+        default="xpander.task.reports", description="External task runs to record."
+    )
+    metrics_topic: str = Field(
+        default="xpander.task.metrics", description="Execution metrics to record."
+    )
+    group_id: str = Field(
+        default="xpander-bridge-reports", description="Consumer group of the report consumers."
+    )
+    max_in_flight_per_partition: int = Field(
+        default=8, ge=1, description="Concurrent recordings per partition (order kept per key)."
+    )
+    retry_initial_s: float = Field(default=0.5, gt=0, description="First retry back-off.")
+    retry_max_s: float = Field(default=30.0, gt=0, description="Cap of the retry back-off.")
+
+
+class PipelineConfig(Section):
+    """The queue between sources and sinks, and shutdown."""
+
+    queue_capacity: int = Field(
+        default=10_000,
+        ge=1,
+        description="Events buffered between streams and Kafka; when full, streams stop reading.",
+    )
+    shutdown_timeout_s: float = Field(
+        default=25.0,
+        gt=0,
+        description="Deadline to drain and flush on SIGTERM (keep under the pod's grace period).",
+    )
+
+
+class HttpConfig(Section):
+    """The metrics, liveness and readiness endpoint."""
+
+    enabled: bool = Field(default=True, description="Serve /metrics, /livez and /readyz.")
+    host: str = Field(default="0.0.0.0", description="Address to listen on.")
+    port: int = Field(
+        default=8080, ge=0, le=65535, description="Port (env XPANDER_BRIDGE_HTTP_PORT)."
+    )
+
+
+class LoggingConfig(Section):
+    """Log level and format."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Least severe level written."
+    )
+    format: Literal["json", "text", "auto"] = Field(
+        default="auto",
+        description="json: one object per line; text: for people; auto: text on a terminal.",
+    )
+
+
+class BridgeConfig(Section):
+    """Everything the daemon reads at start-up."""
+
+    platform: PlatformConfig = Field(default_factory=PlatformConfig, description="The platform.")
+    discovery: DiscoveryConfig = Field(
+        default_factory=DiscoveryConfig, description="Finding tasks."
+    )
+    streams: StreamsConfig = Field(default_factory=StreamsConfig, description="Task streams.")
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig, description="Kafka.")
+    topics: TopicsConfig = Field(default_factory=TopicsConfig, description="Topics.")
+    reports: ReportsConfig = Field(default_factory=ReportsConfig, description="Reports.")
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Pipeline.")
+    http: HttpConfig = Field(default_factory=HttpConfig, description="HTTP endpoint.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
+
+    def missing_for_run(self) -> list[str]:
+        """Settings ``run`` needs that are not set, each as one sentence."""
+        missing = []
+        if self.platform.api_key is None:
+            missing.append("platform.api_key: set XPANDER_API_KEY or XPANDER_API_KEY_FILE")
+        if not self.platform.organization_id:
+            missing.append("platform.organization_id: set XPANDER_ORGANIZATION_ID")
+        if self.streams.enabled and not (self.discovery.agent_ids or self.discovery.user_ids):
+            missing.append(
+                "discovery.agent_ids: set XPANDER_BRIDGE_AGENT_IDS (or discovery.user_ids)"
+            )
+        return missing
+
+    def masked(self) -> dict[str, Any]:
+        """The effective config as plain data, secrets replaced by '**********'."""
+        data: dict[str, Any] = self.model_dump(mode="json")
+        return data
+
+
+# --- loading -----------------------------------------------------------------
+
+#: Environment names that work on their own, mapped to their field path.
+ENV_ALIASES: dict[str, tuple[str, str]] = {
+    "XPANDER_BASE_URL": ("platform", "base_url"),
+    "XPANDER_EVENTS_URL": ("platform", "events_url"),
+    "XPANDER_API_KEY": ("platform", "api_key"),
+    "XPANDER_ORGANIZATION_ID": ("platform", "organization_id"),
+    "XPANDER_BRIDGE_AGENT_IDS": ("discovery", "agent_ids"),
+    "KAFKA_BOOTSTRAP_SERVERS": ("kafka", "bootstrap_servers"),
+    "XPANDER_BRIDGE_HTTP_PORT": ("http", "port"),
+}
+
+_SECRET_PATHS = {
+    ("platform", "api_key"),
+    ("kafka", "sasl_password"),
+}
+
+
+def _sections() -> dict[str, type[Section]]:
+    sections: dict[str, type[Section]] = {}
+    for name, field in BridgeConfig.model_fields.items():
+        annotation = field.annotation
+        assert isinstance(annotation, type) and issubclass(annotation, Section)
+        sections[name] = annotation
+    return sections
+
+
+def _is_list_field(section: str, field: str) -> bool:
+    annotation = _sections()[section].model_fields[field].annotation
+    return getattr(annotation, "__origin__", None) is list
+
+
+def _env_value(section: str, field: str, raw: str) -> Any:
+    """Environment values are strings; lists are comma-separated or JSON."""
+    if _is_list_field(section, field):
+        stripped = raw.strip()
+        if stripped.startswith("["):
+            try:
+                return orjson.loads(stripped)
+            except orjson.JSONDecodeError:
+                return stripped  # let the model name the field in its error
+        return [item.strip() for item in stripped.split(",") if item.strip()]
+    return raw
+
+
+def _env_overrides(environ: Mapping[str, str]) -> Iterator[tuple[str, str, Any, str]]:
+    """Yield (section, field, value, variable name) for every override in the environment."""
+    sections = _sections()
+    for name, (section, field) in ENV_ALIASES.items():
+        if name in environ:
+            yield section, field, _env_value(section, field, environ[name]), name
+        file_var = f"{name}_FILE"
+        if (section, field) in _SECRET_PATHS and file_var in environ:
+            yield section, f"{field}_file", environ[file_var], file_var
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or ENV_NESTING not in name:
+            continue
+        section_part, _, field_part = name[len(ENV_PREFIX) :].partition(ENV_NESTING)
+        section, field = section_part.lower(), field_part.lower()
+        is_file = False
+        if section in sections and field.endswith("_file"):
+            base = field[: -len("_file")]
+            if (section, base) in _SECRET_PATHS:
+                field, is_file = f"{base}_file", True
+        if section not in sections or field not in sections[section].model_fields:
+            raise ConfigError(
+                f"{name}: no such setting (expected {ENV_PREFIX}<SECTION>{ENV_NESTING}<FIELD>, "
+                f"sections: {', '.join(sorted(sections))})",
+                field=name,
+            )
+        value = raw if is_file else _env_value(section, field, raw)
+        yield section, field, value, name
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for section, field in _SECRET_PATHS:
+        block = data.get(section)
+        if isinstance(block, dict) and block.get(field) is not None:
+            raise ConfigError(
+                f"{section}.{field}: secrets are not read from the config file; "
+                f"use the environment or {section}.{field}_file",
+                field=f"{section}.{field}",
+            )
+    return data
+
+
+def _format_validation_error(exc: ValidationError, sources: dict[tuple[str, ...], str]) -> str:
+    parts = []
+    for error in exc.errors():
+        loc = tuple(str(p) for p in error["loc"])
+        where = ".".join(loc) or "config"
+        origin = sources.get(loc[:2]) if len(loc) >= 2 else None
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting"
+        given = error.get("input")
+        shown = ""
+        if error["type"] != "extra_forbidden" and isinstance(given, str | int | float | bool):
+            shown = f" (got {given!r})" if loc[:2] not in _SECRET_PATHS else ""
+        suffix = f" [from {origin}]" if origin else ""
+        parts.append(f"{where}: {message}{shown}{suffix}")
+    return "; ".join(parts)
+
+
+def load_config(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> BridgeConfig:
+    """Load the config file (if any), apply the environment, validate.
+
+    Raises ``ConfigError`` with one line naming the field on any problem.
+    """
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    sources: dict[tuple[str, ...], str] = {}
+    for section, field, value, variable in _env_overrides(env):
+        block = data.setdefault(section, {})
+        if not isinstance(block, dict):
+            raise ConfigError(f"{section}: must be a mapping", field=section)
+        block[field] = value
+        sources[(section, field)] = f"env {variable}"
+    try:
+        return BridgeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, sources)) from exc

@@ -1,0 +1,66 @@
+"""Facts of the xpander task API on the wire, read from the official client
+(``xpander-sdk`` 2.0.537). One place, shared by the bridge and the emulator."""
+
+from __future__ import annotations
+
+from typing import Final
+from urllib.parse import urlparse
+
+__all__ = [
+    "API_KEY_HEADER",
+    "CLOUD_INBOUND_HOSTS",
+    "STATUSES",
+    "TERMINAL_STATUSES",
+    "Route",
+    "derive_events_base",
+    "events_root",
+]
+
+API_KEY_HEADER: Final = "x-api-key"
+
+#: ``AgentExecutionStatus`` values, lowercase as on the wire.
+STATUSES: Final = frozenset(
+    {"pending", "executing", "paused", "error", "failed", "completed", "stopped"}
+)
+TERMINAL_STATUSES: Final = frozenset({"completed", "failed", "error", "stopped"})
+
+#: Hosts whose event streams live on the agent-controller host instead.
+CLOUD_INBOUND_HOSTS: Final = {
+    "inbound.xpander.ai": "https://agent-controller.xpander.ai",
+    "inbound.stg.xpander.ai": "https://agent-controller.stg.xpander.ai",
+}
+_LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+class Route:
+    """REST paths relative to the base URL (``xpander_sdk.consts.api_routes``)."""
+
+    LIST_TASKS: Final = "/agent-execution/executions/history/{agent_id}"
+    LIST_USER_TASKS: Final = "/agent-execution/executions/history/user/{user_id}"
+    GET_TASK: Final = "/agent-execution/{task_id}/status"
+    TASK_CRUD: Final = "/agent-execution/{agent_or_task_id}"
+    UPDATE_TASK: Final = "/agent-execution/{task_id}/update"
+    ACTIVITY_LOG: Final = "/activity/{agent_id}/{task_id}"
+    REPORT_TASK: Final = "/agent-execution/{agent_id}/report_task"
+    REPORT_METRICS: Final = "/agents-metrics/{agent_id}/execution"
+    #: relative to the event-stream root ``{events_base}/{organization_id}``
+    TASK_EVENTS: Final = "/agent-execution/{task_id}/events"
+
+
+def derive_events_base(base_url: str) -> str:
+    """The event-stream base for a REST base URL, exactly as the official client
+    derives it (``xpander_sdk.modules.events.utils.generic.get_events_root``):
+    the cloud inbound hosts map to their agent-controller host, a loopback API on
+    port 8085 maps to ``http://localhost:9016``, anything else is used as is."""
+    parsed = urlparse(base_url)
+    host = (parsed.hostname or "").lower()
+    if host in CLOUD_INBOUND_HOSTS:
+        return CLOUD_INBOUND_HOSTS[host]
+    if parsed.port == 8085 and host in _LOOPBACK_HOSTS:
+        return "http://localhost:9016"
+    return base_url.rstrip("/")
+
+
+def events_root(events_base: str, organization_id: str) -> str:
+    """``{events_base}/{organization_id}``: the prefix of every stream path."""
+    return f"{events_base.rstrip('/')}/{organization_id}"
