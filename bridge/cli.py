@@ -38,6 +38,15 @@ def _check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bridge.runner import run_bridge
+
+    config = load_config(args.config)
+    return asyncio.run(run_bridge(config))
+
+
 def _emulator(args: argparse.Namespace) -> int:
     from bridge.emulator import cli as emulator_cli
 
@@ -73,6 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--print-example", action="store_true", help="print a config file with every option"
     )
     check.set_defaults(handler=_check_config)
+
+    run = commands.add_parser(
+        "run",
+        help="run the bridge until SIGTERM/SIGINT",
+        description=(
+            "Stream task events from the platform into Kafka and record reports from "
+            "Kafka on the platform, until SIGTERM or SIGINT; then drain and exit 0."
+        ),
+    )
+    run.add_argument("--config", help="YAML config file (optional: env alone works)")
+    run.set_defaults(handler=_run)
 
     emulator = commands.add_parser(
         "emulator",

@@ -84,10 +84,13 @@ class PlatformConfig(Section):
     connect_timeout_s: float = Field(
         default=10.0, gt=0, description="Deadline to open one connection, in seconds."
     )
-    max_connections: int = Field(
-        default=10_000,
+    rest_connections: int = Field(
+        default=64,
         ge=1,
-        description="Size of the one shared HTTP connection pool (streams and REST calls).",
+        description=(
+            "HTTP connections kept for REST calls; the shared pool holds these plus "
+            "streams.max_concurrent."
+        ),
     )
 
     @model_validator(mode="after")

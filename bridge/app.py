@@ -1,0 +1,251 @@
+"""The bridge assembled: build, start, run, drain, close.
+
+    platform SSE ─┐                                   ┌─> xpander.task.events
+    (one stream   ├─> normalize ─> bounded queue ─> Kafka sink ─> xpander.task.state
+     per task)    │   (envelope,   (back-pressure)   (acks)    └─> xpander.bridge.dlq
+    polling ──────┘    CE headers)
+
+Shutdown runs in the order that loses nothing: stop discovery and every
+stream (no new input), drain the queue until every record is acknowledged,
+flush and stop the producer, close the HTTP clients. All under one deadline;
+whatever is still pending when it passes is named in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from bridge.config import BridgeConfig
+from bridge.errors import AuthError, ConfigError, UnavailableError
+from bridge.observability.health import Health
+from bridge.observability.http import HealthServer
+from bridge.observability.logging import register_secret
+from bridge.observability.metrics import Metrics
+from bridge.pipeline.backoff import Backoff
+from bridge.pipeline.delivery import DeliveryLoop
+from bridge.pipeline.record import OutRecord
+from bridge.platform.client import PlatformClient
+from bridge.sinks.kafka.producer import KafkaSink
+from bridge.sources.platform.discovery import Discovery
+from bridge.sources.platform.supervisor import TaskSupervisor
+from bridge.transforms.normalize import Normalizer
+
+__all__ = ["Bridge", "ShutdownReport"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShutdownReport:
+    clean: bool
+    seconds: float
+    undelivered: int = 0
+    not_stopped: list[str] = field(default_factory=list)
+
+
+class Bridge:
+    """The daemon. ``async with Bridge(config) as bridge: await bridge.wait()``."""
+
+    def __init__(self, config: BridgeConfig, *, registry: CollectorRegistry | None = None) -> None:
+        missing = config.missing_for_run()
+        if missing:
+            raise ConfigError(missing[0], field=missing[0].split(":")[0])
+        self.config = config
+        self.metrics = Metrics(registry, agent_ids=config.discovery.agent_ids)
+        self.health = Health(self.metrics)
+        self.queue: asyncio.Queue[OutRecord] = asyncio.Queue(config.pipeline.queue_capacity)
+        self.metrics.queue_capacity.set(config.pipeline.queue_capacity)
+        self.sink = KafkaSink(config.kafka, config.topics)
+        self.http: HealthServer | None = None
+        self.delivery: DeliveryLoop | None = None
+        self.discovery: Discovery | None = None
+        self.supervisor: TaskSupervisor | None = None
+        self.client: PlatformClient | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stopped = asyncio.Event()
+        for secret in (config.platform.api_key, config.kafka.sasl_password):
+            if secret is not None:
+                register_secret(secret.get_secret_value())
+
+    async def __aenter__(self) -> Bridge:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.shutdown()
+
+    # --- start ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        config = self.config
+        if config.http.enabled:
+            self.http = HealthServer(self.metrics, self.health, config.http.host, config.http.port)
+            await self.http.start()
+        self._spawn("heartbeat", self.health.heartbeat())
+        self.health.set("kafka", False, "connecting")
+        await self._connect_kafka()
+        self.health.set("kafka", True)
+        self.delivery = DeliveryLoop(self.queue, self.sink, self.metrics)
+        self._spawn("delivery", self.delivery.run())
+        self._spawn("readiness", self._watch_readiness())
+        if config.streams.enabled:
+            self._start_platform_source()
+        log.info(
+            "bridge started",
+            extra={
+                "agents": len(config.discovery.agent_ids),
+                "users": len(config.discovery.user_ids),
+                "events_topic": config.topics.events,
+                "http_port": self.http.port if self.http else None,
+            },
+        )
+
+    async def _connect_kafka(self) -> None:
+        """Until Kafka answers: a broker that is down at start-up is waited for
+        (not ready meanwhile); a setting it cannot honour stops the start."""
+        backoff = Backoff(0.5, 15.0)
+        while True:
+            try:
+                await self.sink.connect()
+                return
+            except ConfigError:
+                raise
+            except UnavailableError as exc:
+                delay = backoff.next_delay()
+                self.health.set("kafka", False, str(exc))
+                log.warning(
+                    "Kafka not reachable yet; retrying",
+                    extra={"error": str(exc), "retry_in_s": round(delay, 2)},
+                )
+                self.sink = KafkaSink(self.config.kafka, self.config.topics)
+                await asyncio.sleep(delay)
+
+    def _start_platform_source(self) -> None:
+        config = self.config
+        self.health.set("platform", False, "first listing pending")
+        self.client = PlatformClient(config.platform, config.streams, self.metrics)
+        normalizer = Normalizer(config.topics, config.kafka, self.metrics)
+        self.supervisor = TaskSupervisor(
+            self.client,
+            normalizer,
+            self._publish,
+            self.metrics,
+            config.streams,
+            config.discovery,
+            on_auth_error=self._platform_auth_failed,
+            on_auth_ok=self._platform_ok,
+        )
+        self.discovery = Discovery(
+            self.client,
+            self.supervisor,
+            config.discovery,
+            on_success=self._platform_ok,
+            on_auth_error=self._platform_auth_failed,
+        )
+        self._spawn("discovery", self.discovery.run())
+
+    async def _publish(self, records: list[OutRecord]) -> None:
+        queue = self.queue
+        for record in records:
+            if queue.full():
+                await queue.put(record)  # back-pressure: the stream stops reading here
+            else:
+                queue.put_nowait(record)
+
+    def _platform_ok(self) -> None:
+        self.health.set("platform", True)
+
+    def _platform_auth_failed(self, exc: AuthError) -> None:
+        self.health.set("platform", False, f"authentication refused (HTTP {exc.status})")
+
+    async def _watch_readiness(self) -> None:
+        while True:
+            delivery = self.delivery
+            ok = self.sink.connected and (delivery is None or delivery.healthy)
+            self.health.set("kafka", ok, "" if ok else "sends failing; retrying")
+            self.metrics.queue_depth.set(self.queue.qsize())
+            await asyncio.sleep(1.0)
+
+    def _spawn(self, name: str, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine, name=name)
+        self._tasks[name] = task
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            log.error(
+                "internal task failed; stopping the bridge",
+                exc_info=error,
+                extra={"task": task.get_name()},
+            )
+            self._stopped.set()
+
+    # --- run and stop -------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def wait(self) -> None:
+        """Until ``request_stop()`` (SIGTERM) or an internal failure."""
+        await self._stopped.wait()
+
+    async def shutdown(self, timeout_s: float | None = None) -> ShutdownReport:
+        deadline = self.config.pipeline.shutdown_timeout_s if timeout_s is None else timeout_s
+        started = time.monotonic()
+        report = ShutdownReport(clean=True, seconds=0.0)
+        # 1. Stop reading.
+        await self._cancel("discovery")
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+        # 2. Drain: every record read so far acknowledged by Kafka.
+        if self.delivery is not None:
+            remaining = max(0.0, deadline - (time.monotonic() - started))
+            try:
+                await asyncio.wait_for(self.delivery.drain(), remaining)
+            except TimeoutError:
+                report.clean = False
+                report.undelivered = self.queue.qsize() + self.delivery.in_flight
+                report.not_stopped.append("delivery")
+        # 3. Close the sink and the clients.
+        for name in ("delivery", "readiness", "heartbeat"):
+            await self._cancel(name)
+        try:
+            remaining = max(0.1, deadline - (time.monotonic() - started))
+            await asyncio.wait_for(self.sink.aclose(), remaining)
+        except TimeoutError:
+            report.clean = False
+            report.not_stopped.append("kafka producer")
+        if self.client is not None:
+            await self.client.aclose()
+        if self.http is not None:
+            await self.http.aclose()
+        report.seconds = time.monotonic() - started
+        level = logging.INFO if report.clean else logging.ERROR
+        log.log(
+            level,
+            "bridge stopped" if report.clean else "bridge stopped with work left undone",
+            extra={
+                "seconds": round(report.seconds, 3),
+                "undelivered_records": report.undelivered,
+                "not_stopped": ",".join(report.not_stopped) or None,
+            },
+        )
+        return report
+
+    async def _cancel(self, name: str) -> None:
+        task = self._tasks.pop(name, None)
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

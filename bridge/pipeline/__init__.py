@@ -1,0 +1,1 @@
+"""What joins sources to sinks: records, acknowledgements, back-off, the delivery loop."""

@@ -1,0 +1,1 @@
+"""Sinks: where records go (Kafka topics, the platform's report endpoints)."""

@@ -1,0 +1,1 @@
+"""The Kafka sink: the producer, topic set-up, dead-letter records."""

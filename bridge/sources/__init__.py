@@ -1,0 +1,1 @@
+"""Sources: where events come from (platform task streams, Kafka report topics)."""

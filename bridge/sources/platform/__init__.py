@@ -1,0 +1,1 @@
+"""The platform-to-Kafka source: discovery, one SSE stream per task, polling."""

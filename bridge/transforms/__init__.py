@@ -1,0 +1,1 @@
+"""Transforms: platform events into the versioned envelope."""
