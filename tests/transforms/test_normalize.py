@@ -1,0 +1,197 @@
+"""Platform frames into envelope records."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.config import KafkaConfig, RouteRule, TopicsConfig
+from bridge.observability.metrics import Metrics
+from bridge.pipeline.record import OutRecord
+from bridge.transforms.envelope import Envelope, TruncatedData
+from bridge.transforms.normalize import Normalizer, TaskState
+
+TASK = {"id": "t-1", "agent_id": "a-1", "organization_id": "o-1", "status": "executing"}
+
+
+def frame(event_type: str, data: Any, time: str = "2026-11-26T03:00:00.123456+00:00") -> bytes:
+    return orjson.dumps(
+        {"type": event_type, "task_id": "t-1", "organization_id": "o-1", "time": time, "data": data}
+    )
+
+
+def make(**topics: Any) -> tuple[Normalizer, TaskState, Metrics]:
+    metrics = Metrics()
+    delivered: list[int] = []
+    normalizer = Normalizer(
+        TopicsConfig(**topics),
+        KafkaConfig(max_request_bytes=20_000),
+        metrics,
+        on_delivered=lambda task, seq: delivered.append(seq),
+    )
+    return normalizer, TaskState("t-1", "a-1", "o-1"), metrics
+
+
+def headers(record: OutRecord) -> dict[str, bytes]:
+    return dict(record.headers)
+
+
+def test_lifecycle_event_goes_to_events_and_state_with_cloudevents_headers() -> None:
+    normalizer, task, _ = make()
+    records = normalizer.from_frame(task, frame("task_updated", TASK), "7", 1.0)
+    assert [r.topic for r in records] == ["xpander.task.events", "xpander.task.state"]
+    envelope = Envelope.model_validate_json(records[0].value)
+    assert envelope.type == "task_updated"
+    assert envelope.category == "lifecycle"
+    assert envelope.status == "executing"
+    assert envelope.sequence == 1
+    assert envelope.source == "sse"
+    assert envelope.sse_id == "7"
+    assert envelope.data == TASK
+    assert records[0].key == b"t-1"
+    h = headers(records[0])
+    assert h["ce_specversion"] == b"1.0"
+    assert h["ce_id"] == envelope.event_id.encode()
+    assert h["ce_type"] == b"ai.xpander.task.task_updated"
+    assert h["ce_subject"] == b"t-1"
+    assert h["ce_source"] == b"/xpander/organizations/o-1/agents/a-1"
+    assert h["ce_time"] == b"2026-11-26T03:00:00.123456+00:00"
+    assert h["content-type"] == b"application/json"
+
+
+def test_event_id_is_deterministic() -> None:
+    first, task1, _ = make()
+    second, task2, _ = make()
+    raw = frame("chunk", "hello")
+    a = Envelope.model_validate_json(first.from_frame(task1, raw, None, 0)[0].value)
+    b = Envelope.model_validate_json(second.from_frame(task2, raw, None, 0)[0].value)
+    assert a.event_id == b.event_id
+    c = Envelope.model_validate_json(
+        second.from_frame(task2, frame("chunk", "other"), None, 0)[0].value
+    )
+    assert c.event_id != a.event_id
+    # With server ids, the id decides, whatever the bytes.
+    d = Envelope.model_validate_json(first.from_frame(task1, raw, "42", 0)[0].value)
+    e = Envelope.model_validate_json(
+        second.from_frame(task2, frame("chunk", "x"), "42", 0)[0].value
+    )
+    assert d.event_id == e.event_id != a.event_id
+
+
+def test_unknown_type_and_fields_are_carried() -> None:
+    normalizer, task, _ = make()
+    data = {"anything": [1, {"nested": True}], "future_field": "x"}
+    (record,) = normalizer.from_frame(task, frame("future_insight", data), None, 0)
+    envelope = Envelope.model_validate_json(record.value)
+    assert envelope.type == "future_insight"
+    assert envelope.category == "other"
+    assert envelope.data == data
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [(b"{not json", "invalid_json"), (b"[1,2]", "not_an_event"), (b'{"data": 1}', "not_an_event")],
+)
+def test_malformed_frames_are_dead_lettered_raw_without_a_sequence(raw: bytes, reason: str) -> None:
+    normalizer, task, _ = make()
+    (record,) = normalizer.from_frame(task, raw, "3", 0)
+    assert record.topic == "xpander.bridge.dlq"
+    assert record.value == raw
+    assert headers(record)["dlq.reason"] == reason.encode()
+    assert headers(record)["dlq.task_id"] == b"t-1"
+    assert headers(record)["dlq.sse_id"] == b"3"
+    assert record.dead_letter_reason == reason
+    assert task.sequence == 0
+    (good,) = normalizer.from_frame(task, frame("chunk", "after"), None, 0)
+    assert Envelope.model_validate_json(good.value).sequence == 1
+
+
+def test_routes_send_elsewhere_or_filter_counted() -> None:
+    normalizer, task, metrics = make(
+        routes=[RouteRule(types=["chunk"], topic="chunks"), RouteRule(types=["think"], drop=True)]
+    )
+    assert normalizer.from_frame(task, frame("chunk", "a"), None, 0)[0].topic == "chunks"
+    assert normalizer.from_frame(task, frame("think", "b"), None, 0) == []
+    assert metrics.events_filtered.labels("think")._value.get() == 1
+    assert task.sequence == 1
+
+
+def test_task_finished_marks_the_task_and_counts_it() -> None:
+    normalizer, task, metrics = make()
+    normalizer.from_frame(task, frame("task_finished", {**TASK, "status": "failed"}), None, 0)
+    assert task.finished
+    assert task.status == "failed"
+    assert metrics.tasks_finished.labels("a-1", "failed")._value.get() == 1
+
+
+def test_oversized_envelope_is_split_into_the_dlq_and_truncated() -> None:
+    normalizer, task, metrics = make()
+    big = "x" * 70_000
+    records = normalizer.from_frame(task, frame("chunk", big), None, 0)
+    parts = [r for r in records if r.topic == "xpander.bridge.dlq"]
+    (stub,) = [r for r in records if r.topic == "xpander.task.events"]
+    envelope = Envelope.model_validate_json(stub.value)
+    assert envelope.truncated
+    info = TruncatedData.model_validate(envelope.data)
+    assert info.parts == len(parts) > 1
+    body = b"".join(p.value for p in parts)
+    assert hashlib.sha256(body).hexdigest() == info.sha256
+    assert orjson.loads(body)["data"] == big
+    assert all(len(p.value) <= 20_000 for p in records)
+    assert metrics.oversized_records._value.get() == 1
+
+
+def test_the_event_is_delivered_only_when_all_its_records_are() -> None:
+    normalizer, task, _ = make()
+    records = normalizer.from_frame(task, frame("task_created", TASK), None, 0)
+    assert len(records) == 2
+    assert records[0].on_delivered is not None
+    records[0].on_delivered(records[0])
+    assert task.acks.done == 0
+    assert records[1].on_delivered is not None
+    records[1].on_delivered(records[1])
+    assert task.acks.done == 1
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+TYPES = st.sampled_from(
+    [
+        "task_created",
+        "task_updated",
+        "task_finished",
+        "chunk",
+        "tool_call_request",
+        "think",
+        "plan_updated",
+        "auth_event",
+    ]
+) | st.text(min_size=1, max_size=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    TYPES,
+    JSON,
+    st.one_of(st.none(), st.text(max_size=10)),
+    st.sampled_from(["2026-01-01T00:00:00Z", "bogus", ""]),
+)
+def test_every_envelope_written_validates_against_the_model(
+    event_type: str, data: Any, sse_id: str | None, time: str
+) -> None:
+    normalizer, task, _ = make()
+    for record in normalizer.from_frame(task, frame(event_type, data, time), sse_id, 0):
+        if record.topic != "xpander.bridge.dlq":
+            envelope = Envelope.model_validate_json(record.value)
+            assert envelope.type == event_type
+            assert envelope.data == data
