@@ -1,0 +1,89 @@
+"""Fault injection: which REST calls fail or lag, which stream connections drop or
+stall. The knobs are ``FaultSettings``; this holds their run-time state (the
+countdown of ``next_n`` rules) and makes every decision from seeded generators:
+REST decisions in call order, stream decisions per (task id, connection number),
+so a rerun with the same seed and the same calls gets the same faults.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from bridge.emulator.settings import FaultSettings
+from bridge.emulator.tasks import TaskRun
+
+__all__ = ["FaultInjector", "HttpFault", "StreamFaults"]
+
+
+@dataclass(frozen=True, slots=True)
+class HttpFault:
+    status: int
+    retry_after: float | None
+
+
+@dataclass(slots=True)
+class StreamFaults:
+    """Per-connection limits: drop or stall once this many events were sent."""
+
+    drop_after: int | None
+    stall_after: int | None
+
+
+class FaultInjector:
+    def __init__(self, settings: FaultSettings, seed: int) -> None:
+        self._seed = seed
+        self._rng = random.Random(f"{seed}/http")
+        self.settings = settings
+        self._remaining = [rule.next_n for rule in settings.http]
+        self.injected: dict[int, int] = {}  # status -> how many answers were faked
+
+    def replace(self, settings: FaultSettings) -> None:
+        """New knobs take effect for the next call and the next connection."""
+        self.settings = settings
+        self._remaining = [rule.next_n for rule in settings.http]
+
+    def http_fault(self, kind: str) -> HttpFault | None:
+        for i, rule in enumerate(self.settings.http):
+            if "*" not in rule.endpoints and kind not in rule.endpoints:
+                continue
+            fire = False
+            if self._remaining[i] > 0:
+                self._remaining[i] -= 1
+                fire = True
+            elif rule.share and self._rng.random() < rule.share:
+                fire = True
+            if fire:
+                self.injected[rule.status] = self.injected.get(rule.status, 0) + 1
+                retry_after = rule.retry_after_s
+                if retry_after is None and rule.status == 429:
+                    retry_after = 1.0
+                return HttpFault(rule.status, retry_after)
+        return None
+
+    def delay(self, kind: str) -> float:
+        s = self.settings
+        if s.delay_s and ("*" in s.delay_endpoints or kind in s.delay_endpoints):
+            return s.delay_s
+        return 0.0
+
+    def remaining(self) -> list[int]:
+        return list(self._remaining)
+
+    def for_stream(self, run: TaskRun, connection: int) -> StreamFaults:
+        s = self.settings
+        rng = random.Random(f"{self._seed}/{run.id}/connection/{connection}")
+        drop_draw, stall_draw = rng.random(), rng.random()
+        drop = s.drop_after_events
+        if drop is not None and (
+            drop_draw >= s.drop_share
+            or (s.drop_max_per_task is not None and run.drops >= s.drop_max_per_task)
+        ):
+            drop = None
+        stall = s.stall_after_events
+        if stall is not None and (
+            stall_draw >= s.stall_share
+            or (s.stall_max_per_task is not None and run.stalls >= s.stall_max_per_task)
+        ):
+            stall = None
+        return StreamFaults(drop_after=drop, stall_after=stall)

@@ -1,0 +1,126 @@
+"""End-to-end helpers: the emulator on a real port, a real broker, the bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from bridge.app import Bridge
+from bridge.config import BridgeConfig
+from bridge.emulator import Emulator
+from support.kafka import ConsumedRecord, KafkaService, consume
+
+
+def bridge_config(
+    emu: Emulator, kafka: KafkaService, new_topic: Callable[[str], str], **sections: Any
+) -> BridgeConfig:
+    """A config pointing at the emulator and the test broker, with unique topics."""
+    data: dict[str, Any] = {
+        "platform": {
+            "base_url": emu.base_url,
+            "api_key": emu.api_key,
+            "organization_id": emu.organization_id,
+        },
+        "discovery": {
+            "agent_ids": list(emu.settings.agent_ids),
+            "interval_s": 0.2,
+            "poll_interval_s": 0.1,
+        },
+        "streams": {"reconnect_initial_s": 0.05, "reconnect_max_s": 0.5, "idle_timeout_s": 5},
+        "kafka": {
+            "bootstrap_servers": kafka.bootstrap_servers.split(","),
+            "enable_idempotence": kafka.supports_idempotence,
+            "linger_ms": 2,
+        },
+        "topics": {
+            "events": new_topic("events"),
+            "state": new_topic("state"),
+            "dlq": new_topic("dlq"),
+            "partitions": 3,
+        },
+        "reports": {"enabled": False},
+        "http": {"enabled": True, "host": "127.0.0.1", "port": 0},
+        "pipeline": {"shutdown_timeout_s": 15},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return BridgeConfig.model_validate(data)
+
+
+async def wait_for(
+    condition: Callable[[], bool | Awaitable[bool]], timeout: float, what: str
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def discovery_ready(bridge: Bridge) -> None:
+    """Tasks that ended before the bridge's first listing are history, not news:
+    start scenarios only after it."""
+    await wait_for(
+        lambda: bridge.discovery is not None and bridge.discovery.rounds >= 1, 10, "first listing"
+    )
+
+
+def all_finished(emu: Emulator, count: int) -> Callable[[], bool]:
+    def check() -> bool:
+        tasks = emu.control.tasks()
+        return len(tasks) >= count and all(t["finished"] for t in tasks)
+
+    return check
+
+
+async def consume_envelopes(
+    kafka: KafkaService, topic: str, count: int, max_wait: float = 20.0
+) -> list[ConsumedRecord]:
+    return await consume(kafka.bootstrap_servers, [topic], count=count, max_wait=max_wait)
+
+
+def by_task(records: list[ConsumedRecord]) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        envelope = orjson.loads(record.value)
+        grouped[envelope["task_id"]].append(envelope)
+    return grouped
+
+
+def expected_events(emu: Emulator) -> dict[str, list[tuple[str, bytes]]]:
+    """Per streaming task, the (type, JSON) of every event the emulator emitted."""
+    return {
+        t["id"]: [(e.type, e.json) for e in emu.events(t["id"])]
+        for t in emu.control.tasks()
+        if t["events_streaming"]
+    }
+
+
+async def consume_until(
+    kafka: KafkaService,
+    topic: str,
+    done: Callable[[list[ConsumedRecord]], bool],
+    max_wait: float = 30.0,
+) -> list[ConsumedRecord]:
+    """Read the topic from the start until ``done(records)``; fail after ``max_wait``."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        records = await consume(kafka.bootstrap_servers, [topic], max_wait=0.5)
+        if done(records):
+            return records
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{topic}: condition not met with {len(records)} records")
+
+
+def finished_count(records: list[ConsumedRecord]) -> int:
+    return sum(1 for r in records if b'"type":"task_finished"' in (r.value or b""))
