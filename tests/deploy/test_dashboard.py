@@ -1,0 +1,77 @@
+"""The Grafana dashboard: well formed, and every query on a metric the bridge exports."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from deploy.helpers import DASHBOARD, exported_series, promql_problems
+
+
+def _dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return data
+
+
+def _panels() -> list[dict[str, Any]]:
+    return [p for p in _dashboard()["panels"] if p["type"] != "row"]
+
+
+def _queries() -> Iterator[tuple[str, str]]:
+    for panel in _panels():
+        for target in panel["targets"]:
+            yield panel["title"], target["expr"]
+
+
+def test_dashboard_is_well_formed() -> None:
+    dashboard = _dashboard()
+    assert dashboard["uid"] == "xpander-bridge"
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert variables == {"datasource", "job", "instance"}
+    for panel in _panels():
+        # No data source pinned to one Grafana: always the variable.
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert panel["targets"], panel["title"]
+        assert {"h", "w", "x", "y"} <= panel["gridPos"].keys()
+
+
+def test_every_query_uses_exported_metrics_and_labels() -> None:
+    series = exported_series()
+    problems = [
+        f"{title}: {p}" for title, expr in _queries() for p in promql_problems(expr, series)
+    ]
+    assert problems == []
+
+
+def test_every_query_filters_by_the_selected_bridges() -> None:
+    for title, expr in _queries():
+        assert 'job=~"$job", instance=~"$instance"' in expr, title
+
+
+@pytest.mark.parametrize(
+    ("what", "needle"),
+    [
+        ("events/s by type", "sum by (event_type) (rate(xpander_bridge_sse_events_received_total"),
+        ("tasks finished by status", "sum by (status) (rate(xpander_bridge_tasks_finished_total"),
+        ("queue depth", "xpander_bridge_queue_depth"),
+        (
+            "publish latency p99",
+            "histogram_quantile(0.99, sum by (le) "
+            "(rate(xpander_bridge_publish_latency_seconds_bucket",
+        ),
+        ("publish errors", "rate(xpander_bridge_publish_errors_total"),
+        ("dead letters", "rate(xpander_bridge_dead_letters_total"),
+        ("reconnects", "rate(xpander_bridge_stream_reconnects_total"),
+        (
+            "reports by outcome",
+            "sum by (kind, outcome) (rate(xpander_bridge_reports_recorded_total",
+        ),
+    ],
+)
+def test_dashboard_shows(what: str, needle: str) -> None:
+    assert any(needle in expr for _, expr in _queries()), f"no panel shows {what}"
