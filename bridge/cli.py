@@ -48,14 +48,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _emulator(args: argparse.Namespace) -> int:
-    from bridge.emulator import cli as emulator_cli
+    import bridge.emulator.cli as emulator_cli
 
     return emulator_cli.run(args)
 
 
 def _configure_emulator(parser: argparse.ArgumentParser) -> None:
     try:
-        from bridge.emulator import cli as emulator_cli
+        import bridge.emulator.cli as emulator_cli
     except ImportError:  # pragma: no cover - the emulator ships with the package
         return
     emulator_cli.configure_parser(parser)

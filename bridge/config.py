@@ -155,6 +155,14 @@ class StreamsConfig(Section):
     reconnect_max_s: float = Field(
         default=30.0, gt=0, description="Cap of the reconnect back-off (full jitter below it)."
     )
+    resync_grace_s: float = Field(
+        default=2.0,
+        ge=0,
+        description=(
+            "After a reconnect to a task that has ended, how long the stream may take to "
+            "deliver its task_finished before the bridge emits it from the task's status."
+        ),
+    )
 
 
 class KafkaConfig(Section):

@@ -53,9 +53,9 @@ def bridge_config(
 
 
 async def wait_for(
-    condition: Callable[[], bool | Awaitable[bool]], timeout: float, what: str
+    condition: Callable[[], bool | Awaitable[bool]], within_s: float, what: str
 ) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within_s
     while True:
         result = condition()
         if not isinstance(result, bool):
@@ -113,14 +113,37 @@ async def consume_until(
     max_wait: float = 30.0,
 ) -> list[ConsumedRecord]:
     """Read the topic from the start until ``done(records)``; fail after ``max_wait``."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        records = await consume(kafka.bootstrap_servers, [topic], max_wait=0.5)
-        if done(records):
-            return records
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{topic}: condition not met with {len(records)} records")
+    records = await consume(kafka.bootstrap_servers, [topic], max_wait=max_wait, until=done)
+    if not done(records):
+        grouped = by_task(records)
+        summary = {
+            t[:8]: [(e["type"], e["source"], e["sse_id"]) for e in es] for t, es in grouped.items()
+        }
+        raise AssertionError(f"{topic}: condition not met with {len(records)} records: {summary}")
+    return records
 
 
 def finished_count(records: list[ConsumedRecord]) -> int:
     return sum(1 for r in records if b'"type":"task_finished"' in (r.value or b""))
+
+
+def covers(
+    expected: dict[str, list[tuple[str, bytes]]], everyone: int
+) -> Callable[[list[ConsumedRecord]], bool]:
+    """Done when each streaming task has as many stream envelopes as it emitted
+    events (``connected`` handshakes aside) and ``everyone`` tasks have finished."""
+
+    def done(records: list[ConsumedRecord]) -> bool:
+        counts: dict[str, int] = defaultdict(int)
+        finished = 0
+        for record in records:
+            envelope = orjson.loads(record.value or b"{}")
+            if envelope.get("type") == "task_finished":
+                finished += 1
+            if envelope.get("source") == "sse" and envelope.get("type") != "connected":
+                counts[envelope["task_id"]] += 1
+        return finished >= everyone and all(
+            counts[task] >= len(events) for task, events in expected.items()
+        )
+
+    return done

@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, NamedTuple
@@ -337,9 +337,11 @@ async def consume(
     *,
     count: int | None = None,
     max_wait: float = 10.0,
+    until: Callable[[list[ConsumedRecord]], bool] | None = None,
     **consumer_config: Any,
 ) -> list[ConsumedRecord]:
-    """Read all partitions of *topics* from the start until *count* records or *max_wait* s.
+    """Read all partitions of *topics* from the start until *count* records, until
+    ``until(records)`` holds, or for *max_wait* s, whichever comes first.
 
     No consumer group: partitions are assigned directly, so there is no group
     join to wait for (seconds on tansu) and no committed offset to leak into
@@ -361,7 +363,7 @@ async def consume(
         partitions = await _partitions_of(consumer, names, deadline)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        while count is None or len(out) < count:
+        while (count is None or len(out) < count) and not (until is not None and until(out)):
             left = deadline - time.monotonic()
             if left <= 0:
                 break

@@ -178,6 +178,9 @@ async def ensure_topics(kafka: KafkaConfig, topics: TopicsConfig) -> None:
                 name,
                 num_partitions=topics.partitions,
                 replication_factor=topics.replication_factor,
+                # aiokafka's NewTopic insists on an assignment map when a count
+                # is -1 (broker default, KIP-464); an empty map assigns nothing.
+                replica_assignments={} if topics.replication_factor == -1 else None,
                 topic_configs=wanted[name],
             )
             for name in missing

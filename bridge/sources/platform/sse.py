@@ -20,18 +20,30 @@ _BOM = b"\xef\xbb\xbf"
 
 @dataclass(frozen=True, slots=True)
 class SSEEvent:
-    """One dispatched event. ``id`` is the stream's last event id at dispatch."""
+    """One dispatched event. ``id`` is the stream's last event id at dispatch (it
+    persists across events, per the spec); ``own_id`` says whether this event's
+    block carried an ``id`` line itself, which is what an event identity may use."""
 
     event: str
     data: bytes
     id: str | None
     retry: int | None
+    own_id: bool = False
 
 
 class SSEDecoder:
     """Feed it chunks of bytes; it returns the events they complete."""
 
-    __slots__ = ("_data", "_event", "_last_id", "_pending", "_retry", "_skip_lf", "_started")
+    __slots__ = (
+        "_data",
+        "_event",
+        "_id_in_block",
+        "_last_id",
+        "_pending",
+        "_retry",
+        "_skip_lf",
+        "_started",
+    )
 
     def __init__(self, last_event_id: str | None = None) -> None:
         self._pending = b""  # an unterminated line, carried to the next chunk
@@ -40,6 +52,7 @@ class SSEDecoder:
         self._data: list[bytes] = []
         self._event = b""
         self._last_id = last_event_id
+        self._id_in_block = False
         self._retry: int | None = None
 
     @property
@@ -82,10 +95,12 @@ class SSEDecoder:
                             data=b"\n".join(self._data),
                             id=self._last_id,
                             retry=self._retry,
+                            own_id=self._id_in_block,
                         )
                     )
                     self._data = []
                 self._event = b""
+                self._id_in_block = False
                 continue
             if line[0] == 0x3A:  # ':' starts a comment
                 continue
@@ -99,6 +114,7 @@ class SSEDecoder:
             elif name == b"id":
                 if b"\x00" not in value:
                     self._last_id = value.decode("utf-8", "replace")
+                    self._id_in_block = True
             elif name == b"retry" and value.isdigit():
                 self._retry = int(value)
         return events

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import httpx
 
@@ -59,6 +60,7 @@ class StreamOutcome(StrEnum):
 class StreamSettings:
     reconnect_initial_s: float
     reconnect_max_s: float
+    resync_grace_s: float
 
 
 class TaskStreamer:
@@ -87,24 +89,33 @@ class TaskStreamer:
         self._on_auth_error = on_auth_error
         self._on_auth_ok = on_auth_ok
         self._last_event_id: str | None = None
+        self._connected = False
+        self._terminal_snapshot: dict[str, Any] | None = None
+        self._closed_by_check = False
         self._server_retry_ms: int | None = None
         self._loop = asyncio.get_running_loop()
 
     async def run(self) -> StreamOutcome:
         backoff = Backoff(self._settings.reconnect_initial_s, self._settings.reconnect_max_s)
+        reconnect = False
         while True:
             reason: str
+            self._connected = False
+            self._terminal_snapshot = None
+            self._closed_by_check = False
+            clean_end = False
             try:
                 async with self._admission:
-                    delivered_any = await self._read_stream()
+                    delivered_any = await self._read_stream(reconnect)
                 if self.task.finished:
                     return StreamOutcome.FINISHED
                 reason = "ended"
+                clean_end = True
                 if delivered_any:
                     backoff.reset()
             except NotFoundError:
-                self._drop("not_found")
-                return StreamOutcome.NOT_FOUND
+                # An ended task's stream may be gone: the status fetch below decides.
+                reason = "not_found"
             except AuthError as exc:
                 reason = "auth"
                 if self._on_auth_error is not None:
@@ -122,16 +133,32 @@ class TaskStreamer:
                 reason = "server_error" if (exc.status or 0) >= 500 else "network"
                 if exc.status == 429:
                     reason = "rate_limited"
+            snapshot = self._terminal_snapshot
+            if snapshot is not None and (clean_end or self._closed_by_check):
+                # The status check after the reconnect says the task ended, and
+                # the stream ended without its task_finished (or kept silent
+                # about it past the grace period). A stream that broke off
+                # instead gets another reconnect: with ids it replays the rest.
+                await self._emit_resync(snapshot)
+                return StreamOutcome.FINISHED
             self._metrics.stream_reconnects.labels(reason).inc()
-
-            outcome = await self._resync()
-            if outcome is not None:
-                return outcome
+            if not self._connected:
+                # No stream to learn from: ask the task itself.
+                outcome = await self._resync()
+                if outcome is not None:
+                    return outcome
+            reconnect = True
             hint = self._server_retry_ms / 1000 if self._server_retry_ms is not None else None
             await asyncio.sleep(backoff.next_delay(hint))
 
-    async def _read_stream(self) -> bool:
-        """One connection; returns whether any event was read. Raises on failure."""
+    async def _read_stream(self, reconnect: bool) -> bool:
+        """One connection; returns whether any event was read. Raises on failure.
+
+        On a reconnect the task's status is fetched beside the stream: if the
+        task has ended, the stream gets ``resync_grace_s`` to deliver the
+        ``task_finished`` (a server that replays after ``Last-Event-ID`` does);
+        otherwise the stream is closed and ``run`` emits it from the snapshot.
+        """
         task = self.task
         loop = self._loop
         normalizer = self._normalizer
@@ -139,8 +166,12 @@ class TaskStreamer:
         decoder = SSEDecoder(last_event_id=self._last_event_id)
         got_any = False
         async with self._client.task_events(task.task_id, self._last_event_id) as response:
+            self._connected = True
             if self._on_auth_ok is not None:
                 self._on_auth_ok()
+            # After a reconnect, fetch the task's status beside the stream.
+            fetch = loop.create_task(self._fetch_status()) if reconnect else None
+            closer = loop.create_task(self._close_if_ended(fetch, response)) if fetch else None
             self._metrics.active_streams.inc()
             try:
                 async for chunk in response.aiter_raw():
@@ -151,22 +182,65 @@ class TaskStreamer:
                     for event in events:
                         if not event.data:
                             continue  # a keep-alive form; the official client skips it too
-                        records = normalizer.from_frame(task, event.data, event.id, received_at)
+                        sse_id = event.id if event.own_id else None
+                        records = normalizer.from_frame(task, event.data, sse_id, received_at)
                         if records:
                             await publish(records)
-                        got_any = True
+                            # A handshake is not progress: it must not reset the back-off.
+                            got_any = got_any or records[0].event_type != "connected"
                         if task.finished:
                             return True
             except httpx.ReadTimeout as exc:
                 raise RequestTimeoutError("no bytes on the stream within the idle timeout") from exc
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, httpx.StreamError) as exc:
                 raise _interrupted(exc) from exc
             finally:
                 self._metrics.active_streams.dec()
+                if closer is not None:
+                    closer.cancel()
+                if fetch is not None:
+                    await self._settle_fetch(fetch)
                 # Kept across reconnects: resume where the server's ids left off.
                 self._last_event_id = decoder.last_event_id
                 self._server_retry_ms = decoder.retry
         return got_any
+
+    async def _fetch_status(self) -> dict[str, Any] | None:
+        try:
+            return await self._client.get_task(self.task.task_id)
+        except BridgeError as exc:
+            log.debug(
+                "status check failed", extra={"task_id": self.task.task_id, "error": str(exc)}
+            )
+            return None
+
+    async def _close_if_ended(
+        self, fetch: asyncio.Task[dict[str, Any] | None], response: httpx.Response
+    ) -> None:
+        # Shielded: cancelling this closer must not cancel the fetch it waits on.
+        snapshot = await asyncio.shield(fetch)
+        if snapshot is None or snapshot.get("status") not in TERMINAL_STATUSES:
+            return
+        await asyncio.sleep(self._settings.resync_grace_s)
+        if not self.task.finished:
+            self._closed_by_check = True
+            await response.aclose()  # ends the read loop; run() emits the end
+
+    async def _settle_fetch(self, fetch: asyncio.Task[dict[str, Any] | None]) -> None:
+        """The stream is over: learn what the status check found (waiting for it if
+        it is still running, since the stream can no longer deliver the end)."""
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            fetch.cancel()  # shutting down: nothing to learn
+            return
+        snapshot = await asyncio.shield(fetch)
+        if snapshot is None:
+            return
+        if snapshot.get("status") in TERMINAL_STATUSES:
+            if not self.task.finished:
+                self._terminal_snapshot = snapshot
+        else:
+            self._metrics.resyncs.labels("running").inc()
 
     async def _resync(self) -> StreamOutcome | None:
         """After an interruption: if the task ended meanwhile, emit its end."""
@@ -179,26 +253,29 @@ class TaskStreamer:
             self._metrics.resyncs.labels("failed").inc()
             log.debug("resync failed", extra={"task_id": self.task.task_id, "error": str(exc)})
             return None
-        status = snapshot.get("status")
-        if status in TERMINAL_STATUSES and not self.task.finished:
-            self._metrics.resyncs.labels("terminal").inc()
-            log.info(
-                "task ended while its stream was down; emitting task_finished from resync",
-                extra={"task_id": self.task.task_id, "status": status},
-            )
-            records = self._normalizer.emit(
-                self.task,
-                "task_finished",
-                snapshot,
-                source=EventSource.RESYNC,
-                occurred_at=_finished_at(snapshot),
-                received_at=self._loop.time(),
-                id_material=f"resync\x00{status}\x00{snapshot.get('finished_at')}".encode(),
-            )
-            await self._publish(records)
+        if snapshot.get("status") in TERMINAL_STATUSES and not self.task.finished:
+            await self._emit_resync(snapshot)
             return StreamOutcome.FINISHED
         self._metrics.resyncs.labels("running").inc()
         return None
+
+    async def _emit_resync(self, snapshot: dict[str, Any]) -> None:
+        status = snapshot.get("status")
+        self._metrics.resyncs.labels("terminal").inc()
+        log.info(
+            "task ended without its task_finished on the stream; emitting it from resync",
+            extra={"task_id": self.task.task_id, "status": status},
+        )
+        records = self._normalizer.emit(
+            self.task,
+            "task_finished",
+            snapshot,
+            source=EventSource.RESYNC,
+            occurred_at=_finished_at(snapshot),
+            received_at=self._loop.time(),
+            id_material=f"resync\x00{status}\x00{snapshot.get('finished_at')}".encode(),
+        )
+        await self._publish(records)
 
     def _drop(self, reason: str) -> None:
         self._metrics.tasks_dropped.labels(reason).inc()
@@ -208,10 +285,10 @@ class TaskStreamer:
         )
 
 
-def _finished_at(snapshot: dict[str, object]) -> str | None:
+def _finished_at(snapshot: dict[str, Any]) -> str | None:
     value = snapshot.get("finished_at")
     return value if isinstance(value, str) else None
 
 
-def _interrupted(exc: httpx.TransportError) -> RetryableError:
+def _interrupted(exc: httpx.TransportError | httpx.StreamError) -> RetryableError:
     return StreamInterrupted(f"stream interrupted: {type(exc).__name__}")

@@ -51,7 +51,9 @@ class TaskSupervisor:
         self._publish = publish
         self._metrics = metrics
         self._discovery = discovery
-        self._settings = StreamSettings(streams.reconnect_initial_s, streams.reconnect_max_s)
+        self._settings = StreamSettings(
+            streams.reconnect_initial_s, streams.reconnect_max_s, streams.resync_grace_s
+        )
         self._admission = asyncio.Semaphore(streams.max_concurrent)
         self._on_auth_error = on_auth_error
         self._on_auth_ok = on_auth_ok

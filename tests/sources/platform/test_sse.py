@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+import itertools
+
 from httpx_sse._decoders import SSEDecoder as ReferenceDecoder
 from httpx_sse._decoders import SSELineDecoder
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.sources.platform.sse import SSEDecoder, SSEEvent
 
@@ -14,7 +16,7 @@ def decode_all(stream: bytes, cuts: list[int] | None = None) -> list[SSEEvent]:
     decoder = SSEDecoder()
     points = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts or [])})
     events: list[SSEEvent] = []
-    for start, end in zip(points, points[1:], strict=False):
+    for start, end in itertools.pairwise(points):
         events.extend(decoder.feed(stream[start:end]))
     return events
 
@@ -23,8 +25,9 @@ def test_spec_example_multiline_data_and_ids() -> None:
     stream = b": comment\ndata: first\ndata: second\nid: 7\n\nevent: custom\ndata:x\n\n"
     events = decode_all(stream)
     assert events == [
-        SSEEvent(event="message", data=b"first\nsecond", id="7", retry=None),
-        SSEEvent(event="custom", data=b"x", id="7", retry=None),
+        SSEEvent(event="message", data=b"first\nsecond", id="7", retry=None, own_id=True),
+        # The last id persists, but this event did not carry one of its own.
+        SSEEvent(event="custom", data=b"x", id="7", retry=None, own_id=False),
     ]
 
 
@@ -38,7 +41,7 @@ def test_bom_retry_and_nul_id() -> None:
     stream = b"\xef\xbb\xbfretry: 1500\nid: ok\n\nid: bad\x00\ndata: d\n\nretry: x1\n"
     decoder = SSEDecoder()
     events = decoder.feed(stream[:2]) + decoder.feed(stream[2:])
-    assert events == [SSEEvent(event="message", data=b"d", id="ok", retry=1500)]
+    assert events == [SSEEvent(event="message", data=b"d", id="ok", retry=1500, own_id=False)]
     assert decoder.retry == 1500
     assert decoder.last_event_id == "ok"
 
@@ -62,8 +65,8 @@ def reference(stream: bytes) -> list[tuple[str, str, str]]:
 
 
 FIELD = st.sampled_from(["data", "event", "id", "retry", ":", "data", "data"])
-VALUE = st.text(alphabet=st.sampled_from("ab {}\"1:"), max_size=6)
-LINE = st.tuples(FIELD, st.sampled_from([": ", ":", ""]), VALUE).map(lambda t: "".join(t))
+VALUE = st.text(alphabet=st.sampled_from('ab {}"1:'), max_size=6)
+LINE = st.tuples(FIELD, st.sampled_from([": ", ":", ""]), VALUE).map("".join)
 EOL = st.sampled_from(["\n", "\r\n", "\r"])
 
 
