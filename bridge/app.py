@@ -70,6 +70,8 @@ class Bridge:
         self.supervisor: TaskSupervisor | None = None
         self.client: PlatformClient | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: records handed to the queue; at a clean stop, all of them were delivered
+        self.records_enqueued = 0
         self._stopped = asyncio.Event()
         for secret in (config.platform.api_key, config.kafka.sasl_password):
             if secret is not None:
@@ -154,6 +156,7 @@ class Bridge:
 
     async def _publish(self, records: list[OutRecord]) -> None:
         queue = self.queue
+        self.records_enqueued += len(records)
         for record in records:
             if queue.full():
                 await queue.put(record)  # back-pressure: the stream stops reading here
@@ -169,8 +172,11 @@ class Bridge:
     async def _watch_readiness(self) -> None:
         while True:
             delivery = self.delivery
-            ok = self.sink.connected and (delivery is None or delivery.healthy)
-            self.health.set("kafka", ok, "" if ok else "sends failing; retrying")
+            stall = max(10.0, 2 * self.config.kafka.request_timeout_ms / 1000 / 3)
+            ok = self.sink.connected and (
+                delivery is None or (delivery.healthy and not delivery.stalled(stall))
+            )
+            self.health.set("kafka", ok, "" if ok else "sends failing or stalled; retrying")
             self.metrics.queue_depth.set(self.queue.qsize())
             await asyncio.sleep(1.0)
 
@@ -237,6 +243,8 @@ class Bridge:
             "bridge stopped" if report.clean else "bridge stopped with work left undone",
             extra={
                 "seconds": round(report.seconds, 3),
+                "records_enqueued": self.records_enqueued,
+                "records_delivered": self.delivery.delivered if self.delivery else 0,
                 "undelivered_records": report.undelivered,
                 "not_stopped": ",".join(report.not_stopped) or None,
             },

@@ -58,10 +58,19 @@ class DeliveryLoop:
         self._retries: set[asyncio.Task[None]] = set()
         #: False while sends fail; readiness reads it
         self.healthy = True
+        #: records acknowledged (or, for the undeliverable, given up on with a log line)
+        self.delivered = 0
+        self._last_progress = self._loop.time()
 
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    def stalled(self, threshold_s: float) -> bool:
+        """Records wait and nothing was acknowledged for ``threshold_s``: the broker
+        is away even if no send has failed yet (an idempotent producer retries
+        inside the client and reports nothing until it succeeds)."""
+        return self._in_flight > 0 and self._loop.time() - self._last_progress > threshold_s
 
     async def run(self) -> None:
         """Forever: take a record, write it. Cancel to stop (after ``drain``)."""
@@ -70,6 +79,8 @@ class DeliveryLoop:
         while True:
             record = await queue.get()
             depth.set(queue.qsize())
+            if self._in_flight == 0:
+                self._last_progress = self._loop.time()  # idle time is not a stall
             self._in_flight += 1
             self._idle.clear()
             await self._write(record)
@@ -161,6 +172,8 @@ class DeliveryLoop:
         self._metrics.publish_errors.labels(reason).inc()
 
     def _finish_one(self) -> None:
+        self._last_progress = self._loop.time()
+        self.delivered += 1
         self._in_flight -= 1
         if self._in_flight == 0:
             self._idle.set()

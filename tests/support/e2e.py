@@ -13,11 +13,14 @@ import orjson
 from bridge.app import Bridge
 from bridge.config import BridgeConfig
 from bridge.emulator import Emulator
-from support.kafka import ConsumedRecord, KafkaService, consume
+from support.kafka import ConsumedRecord, KafkaOutage, KafkaService, consume
 
 
 def bridge_config(
-    emu: Emulator, kafka: KafkaService, new_topic: Callable[[str], str], **sections: Any
+    emu: Emulator,
+    broker: KafkaService | KafkaOutage,
+    new_topic: Callable[[str], str],
+    **sections: Any,
 ) -> BridgeConfig:
     """A config pointing at the emulator and the test broker, with unique topics."""
     data: dict[str, Any] = {
@@ -33,8 +36,9 @@ def bridge_config(
         },
         "streams": {"reconnect_initial_s": 0.05, "reconnect_max_s": 0.5, "idle_timeout_s": 5},
         "kafka": {
-            "bootstrap_servers": kafka.bootstrap_servers.split(","),
-            "enable_idempotence": kafka.supports_idempotence,
+            "bootstrap_servers": broker.bootstrap_servers.split(","),
+            # The outage broker is the embedded one, which has no idempotence.
+            "enable_idempotence": getattr(broker, "supports_idempotence", False),
             "linger_ms": 2,
         },
         "topics": {
@@ -107,7 +111,7 @@ def expected_events(emu: Emulator) -> dict[str, list[tuple[str, bytes]]]:
 
 
 async def consume_until(
-    kafka: KafkaService,
+    kafka: KafkaService | KafkaOutage,
     topic: str,
     done: Callable[[list[ConsumedRecord]], bool],
     max_wait: float = 30.0,

@@ -1,0 +1,175 @@
+"""The bridge against failures: the broker away for a while, SIGTERM mid-run,
+a broker without idempotence."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from support.e2e import (
+    all_finished,
+    bridge_config,
+    by_task,
+    consume_until,
+    covers,
+    discovery_ready,
+    expected_events,
+    wait_for,
+)
+from support.kafka import KafkaOutage, KafkaService, consume
+
+from bridge.app import Bridge
+from bridge.emulator import Emulator
+from bridge.emulator.settings import EmulatorSettings, ScenarioSettings, TaskProfile
+from bridge.errors import ConfigError
+from bridge.kafka.embedded import EmbeddedBroker
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def scenario(tasks: int, events: int, interval: float) -> ScenarioSettings:
+    return ScenarioSettings(
+        task_count=tasks,
+        arrival_interval_s=0.05,
+        streaming_share=1.0,
+        profile=TaskProfile(events_per_task=events, event_interval_s=interval, sub_task_share=0),
+    )
+
+
+@pytest.mark.timeout(120)
+async def test_broker_down_for_a_while_loses_nothing(
+    kafka_outage: KafkaOutage, new_topic: Callable[[str], str]
+) -> None:
+    settings = EmulatorSettings(scenario=scenario(tasks=10, events=60, interval=0.03), seed=7)
+    async with Emulator(settings) as emu:
+        config = bridge_config(emu, kafka_outage, new_topic, kafka={"request_timeout_ms": 2000})
+        async with Bridge(config) as bridge:
+            await discovery_ready(bridge)
+            emu.start_scenario(emu.settings.scenario)
+            await wait_for(lambda: bridge.records_enqueued > 50, 20, "events flowing")
+            kafka_outage.proxy.pause()
+            assert bridge.http is not None
+            readyz = f"http://127.0.0.1:{bridge.http.port}/readyz"
+            async with httpx.AsyncClient() as client:
+
+                async def not_ready() -> bool:
+                    return (await client.get(readyz)).status_code == 503
+
+                await wait_for(not_ready, 20, "readiness to drop while Kafka is down")
+                await asyncio.sleep(2)  # long enough for sends to expire and be retried
+                kafka_outage.proxy.resume()
+
+                async def ready() -> bool:
+                    return (await client.get(readyz)).status_code == 200
+
+                await wait_for(ready, 30, "readiness to come back")
+            await wait_for(all_finished(emu, 10), 40, "every task to finish")
+            expected = expected_events(emu)
+            records = await consume_until(
+                kafka_outage, config.topics.events, covers(expected, len(expected)), 40
+            )
+            published = by_task(records)
+            for task_id, emitted in expected.items():
+                stream = [e for e in published[task_id] if e["type"] != "connected"]
+                # At least once: every emitted event, none missing; duplicates
+                # (retried sends) carry the same event_id and sequence. Without
+                # an idempotent producer (this broker has none) an outage longer
+                # than the batch TTL can reorder a task's events: `sequence`
+                # restores the order, which is what consumers are told to use.
+                unique = {e["sequence"]: e for e in stream}
+                in_order = [unique[s]["sse_id"] for s in sorted(unique)]
+                assert in_order == [e.id for e in emu.events(task_id)]
+                assert len(in_order) == len(emitted)
+                assert len({e["event_id"] for e in stream}) == len(unique)
+            assert (
+                bridge.metrics.publish_errors.labels("timeout")._value.get()
+                + (bridge.metrics.publish_errors.labels("unavailable")._value.get())
+                > 0
+            )
+
+
+@pytest.mark.timeout(90)
+async def test_sigterm_mid_run_exits_0_with_everything_read_in_kafka(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    settings = EmulatorSettings(scenario=scenario(tasks=30, events=200, interval=0.01), seed=9)
+    async with Emulator(settings) as emu:
+        config = bridge_config(emu, kafka, new_topic)
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("XPANDER", "KAFKA"))},
+            "XPANDER_BASE_URL": emu.base_url,
+            "XPANDER_API_KEY": emu.api_key,
+            "XPANDER_ORGANIZATION_ID": emu.organization_id,
+            "XPANDER_BRIDGE_AGENT_IDS": ",".join(emu.settings.agent_ids),
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            "XPANDER_BRIDGE_KAFKA__ENABLE_IDEMPOTENCE": str(kafka.supports_idempotence).lower(),
+            "XPANDER_BRIDGE_TOPICS__EVENTS": config.topics.events,
+            "XPANDER_BRIDGE_TOPICS__STATE": config.topics.state,
+            "XPANDER_BRIDGE_TOPICS__DLQ": config.topics.dlq,
+            "XPANDER_BRIDGE_DISCOVERY__INTERVAL_S": "0.2",
+            "XPANDER_BRIDGE_REPORTS__ENABLED": "false",
+            "XPANDER_BRIDGE_HTTP__ENABLED": "false",
+            "XPANDER_BRIDGE_LOGGING__FORMAT": "json",
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bridge",
+            "run",
+            env=env,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await wait_for(lambda: emu.stats()["open_streams"] >= 5, 30, "streams to open")
+            emu.start_scenario(emu.settings.scenario)
+            await wait_for(lambda: emu.stats()["events_sent"] > 500, 30, "events flowing")
+            process.send_signal(signal.SIGTERM)
+            _, stderr = await asyncio.wait_for(process.communicate(), 30)
+        finally:
+            if process.returncode is None:
+                process.kill()
+        assert process.returncode == 0, stderr.decode()[-3000:]
+        lines = [orjson.loads(line) for line in stderr.splitlines() if line.startswith(b"{")]
+        (stopped,) = [line for line in lines if line["message"] == "bridge stopped"]
+        assert stopped["undelivered_records"] == 0
+        enqueued = stopped["records_enqueued"]
+        assert enqueued > 0
+        assert stopped["records_delivered"] == enqueued
+        topics = [config.topics.events, config.topics.state, config.topics.dlq]
+        records = await consume(kafka.bootstrap_servers, topics, count=enqueued, max_wait=20)
+        assert len(records) == enqueued
+        # No gap: each task's stream envelopes are a prefix of what it emitted.
+        for task_id, events in by_task([r for r in records if r.topic == topics[0]]).items():
+            ids = [e["sse_id"] for e in events if e["type"] != "connected"]
+            assert ids == [e.id for e in emu.events(task_id)][: len(ids)]
+
+
+@pytest.mark.timeout(30)
+async def test_idempotence_on_a_broker_without_it_is_a_clear_config_error(
+    new_topic: Callable[[str], str],
+) -> None:
+    async with EmbeddedBroker() as broker, Emulator() as emu:
+        config = bridge_config(emu, _Broker(broker.bootstrap_servers), new_topic)
+        config = config.model_copy(
+            update={"kafka": config.kafka.model_copy(update={"enable_idempotence": True})}
+        )
+        bridge = Bridge(config)
+        with pytest.raises(ConfigError) as caught:
+            await bridge.start()
+        await bridge.shutdown()
+        assert "kafka.enable_idempotence" in str(caught.value)
+        assert "XPANDER_BRIDGE_KAFKA__ENABLE_IDEMPOTENCE=false" in str(caught.value)
+
+
+class _Broker:
+    def __init__(self, bootstrap_servers: str) -> None:
+        self.bootstrap_servers = bootstrap_servers
