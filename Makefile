@@ -34,6 +34,9 @@ unit: $(STAMP)  ## pytest only
 
 test: tools lint typecheck unit  ## everything CI runs
 
+demo: $(STAMP)  ## the emulator, an embedded broker and the bridge, live, until Ctrl-C
+	$(BIN)/xpander-bridge demo
+
 emulator: $(STAMP)  ## serve the xpander platform emulator on :8085-like port 9016
 	$(BIN)/xpander-bridge emulator
 

@@ -47,6 +47,14 @@ def _run(args: argparse.Namespace) -> int:
     return asyncio.run(run_bridge(config))
 
 
+def _demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bridge.demo import run_demo
+
+    return asyncio.run(run_demo(duration_s=args.duration, http_port=args.http_port))
+
+
 def _emulator(args: argparse.Namespace) -> int:
     import bridge.emulator.cli as emulator_cli
 
@@ -93,6 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", help="YAML config file (optional: env alone works)")
     run.set_defaults(handler=_run)
+
+    demo = commands.add_parser(
+        "demo",
+        help="the emulator, an embedded Kafka broker and the bridge, with a live summary",
+        description=(
+            "Start the platform emulator (tasks arriving all the time), an embedded "
+            "Kafka-compatible broker and the bridge between them; show events/s by type, "
+            "tasks by status and the queue until Ctrl-C, then stop cleanly."
+        ),
+    )
+    demo.add_argument("--duration", type=float, help="stop after this many seconds")
+    demo.add_argument("--http-port", type=int, default=8080, help="metrics port (0: any)")
+    demo.set_defaults(handler=_demo)
 
     emulator = commands.add_parser(
         "emulator",
