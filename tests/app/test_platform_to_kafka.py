@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import orjson
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from support.e2e import (
     all_finished,
     bridge_config,
@@ -25,6 +27,7 @@ from bridge.emulator import Emulator
 from bridge.emulator.settings import (
     EmulatorSettings,
     FaultSettings,
+    HttpFaultRule,
     ScenarioSettings,
     StreamSettings,
     TaskProfile,
@@ -166,3 +169,70 @@ async def test_malformed_frame_goes_to_the_dlq_and_the_stream_goes_on(
         for record in dead:
             assert record.header("dlq.reason") in (b"invalid_json", b"not_an_event")
             assert record.header("dlq.task_id") == record.key
+
+
+async def test_stalled_stream_is_reconnected_by_the_idle_timeout(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    settings = EmulatorSettings(
+        scenario=scenario(tasks=4, events=20, streaming_share=1.0),
+        faults=FaultSettings(stall_after_events=5, stall_max_per_task=1),
+        seed=13,
+    )
+    config = {"streams": {"idle_timeout_s": 0.5, "reconnect_initial_s": 0.05}}
+    async with (
+        Emulator(settings) as emu,
+        Bridge(bridge_config(emu, kafka, new_topic, **config)) as bridge,
+    ):
+        published = await run_to_completion(emu, bridge, kafka, 4)
+        assert emu.stats()["stalls"] > 0
+        for task_id, emitted in expected_events(emu).items():
+            assert_stream_matches(emitted, published[task_id])
+        reconnects = bridge.metrics.stream_reconnects.labels("idle_timeout")._value.get()
+        assert reconnects >= 1
+
+
+async def test_listing_errors_back_off_and_recover(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    settings = EmulatorSettings(
+        scenario=scenario(tasks=3, events=10, streaming_share=1.0),
+        faults=FaultSettings(
+            http=[
+                HttpFaultRule(endpoints=["list"], status=503, next_n=2),
+                HttpFaultRule(endpoints=["list"], status=429, next_n=2, retry_after_s=0.2),
+            ]
+        ),
+    )
+    async with Emulator(settings) as emu, Bridge(bridge_config(emu, kafka, new_topic)) as bridge:
+        published = await run_to_completion(emu, bridge, kafka, 3)
+        assert emu.stats()["injected_http"], "the faults must have fired"
+        for task_id, emitted in expected_events(emu).items():
+            assert_stream_matches(emitted, published[task_id])
+        assert bridge.metrics.platform_requests.labels("list_tasks", "5xx")._value.get() >= 2
+        assert bridge.metrics.platform_requests.labels("list_tasks", "4xx")._value.get() >= 2
+
+
+async def test_topics_are_created_with_compaction_for_the_state_topic(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    async with Emulator() as emu:
+        config = bridge_config(emu, kafka, new_topic)
+        async with Bridge(config):
+            admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+            await admin.start()
+            try:
+                topics = set(await admin.list_topics())
+                assert {config.topics.events, config.topics.state, config.topics.dlq} <= topics
+                described = await admin.describe_configs(
+                    [ConfigResource(ConfigResourceType.TOPIC, config.topics.state)]
+                )
+            finally:
+                await admin.close()
+            entries = {
+                entry[0]: entry[1]
+                for response in described
+                for resource in response.resources
+                for entry in resource[4]
+            }
+            assert entries.get("cleanup.policy") == "compact"
