@@ -34,6 +34,8 @@ from bridge.pipeline.delivery import DeliveryLoop
 from bridge.pipeline.record import OutRecord
 from bridge.platform.client import PlatformClient
 from bridge.sinks.kafka.producer import KafkaSink
+from bridge.sinks.platform.recorder import Recorder
+from bridge.sources.kafka.reports import ReportsSource
 from bridge.sources.platform.discovery import Discovery
 from bridge.sources.platform.supervisor import TaskSupervisor
 from bridge.transforms.normalize import Normalizer
@@ -69,6 +71,7 @@ class Bridge:
         self.discovery: Discovery | None = None
         self.supervisor: TaskSupervisor | None = None
         self.client: PlatformClient | None = None
+        self.reports: ReportsSource | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         #: records handed to the queue; at a clean stop, all of them were delivered
         self.records_enqueued = 0
@@ -100,6 +103,8 @@ class Bridge:
         self._spawn("readiness", self._watch_readiness())
         if config.streams.enabled:
             self._start_platform_source()
+        if config.reports.enabled:
+            self._start_reports_source()
         log.info(
             "bridge started",
             extra={
@@ -130,10 +135,39 @@ class Bridge:
                 self.sink = KafkaSink(self.config.kafka, self.config.topics)
                 await asyncio.sleep(delay)
 
+    def _platform_client(self) -> PlatformClient:
+        if self.client is None:
+            config = self.config
+            self.client = PlatformClient(config.platform, config.streams, self.metrics)
+        return self.client
+
+    def _start_reports_source(self) -> None:
+        config = self.config
+        self.health.set("reports", False, "joining the consumer group")
+        recorder = Recorder(
+            self._platform_client(),
+            self.metrics,
+            config.reports,
+            on_halt=lambda exc: self.health.set(
+                "reports", False, f"halted: the platform refuses the API key (HTTP {exc.status})"
+            ),
+            on_resume=lambda: self.health.set("reports", True),
+        )
+        self.reports = ReportsSource(
+            config,
+            recorder,
+            Normalizer(config.topics, config.kafka, self.metrics),
+            self._publish,
+            self.metrics,
+            on_state=lambda ok, detail: self.health.set("reports", ok, detail),
+        )
+        self._spawn("reports", self.reports.run())
+
     def _start_platform_source(self) -> None:
         config = self.config
         self.health.set("platform", False, "first listing pending")
-        self.client = PlatformClient(config.platform, config.streams, self.metrics)
+        self._platform_client()
+        assert self.client is not None
         normalizer = Normalizer(config.topics, config.kafka, self.metrics)
         self.supervisor = TaskSupervisor(
             self.client,
@@ -214,6 +248,12 @@ class Bridge:
         await self._cancel("discovery")
         if self.supervisor is not None:
             await self.supervisor.stop()
+        if self.reports is not None:
+            # Its in-flight messages finish (their DLQ and mirror records need
+            # the delivery loop, still running), then it commits and leaves.
+            await self._cancel("reports")  # the fetch loop; recordings go on
+            remaining = max(0.1, deadline - (time.monotonic() - started))
+            await self.reports.stop(remaining * 0.6)
         # 2. Drain: every record read so far acknowledged by Kafka.
         if self.delivery is not None:
             remaining = max(0.0, deadline - (time.monotonic() - started))

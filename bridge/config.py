@@ -297,6 +297,28 @@ class ReportsConfig(Section):
     )
     retry_initial_s: float = Field(default=0.5, gt=0, description="First retry back-off.")
     retry_max_s: float = Field(default=30.0, gt=0, description="Cap of the retry back-off.")
+    commit_interval_s: float = Field(
+        default=0.5, gt=0, description="Most time between two offset commits while working."
+    )
+    dedupe_cache_size: int = Field(
+        default=10_000,
+        ge=0,
+        description="Recently recorded task ids remembered to skip a redelivered duplicate.",
+    )
+    session_timeout_ms: int = Field(
+        default=10_000, ge=1000, description="Consumer group session timeout."
+    )
+    heartbeat_interval_ms: int = Field(
+        default=3_000, ge=100, description="Consumer group heartbeat interval."
+    )
+    rebalance_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "On a rebalance, how long in-flight recordings of revoked partitions may take to "
+            "finish before they are abandoned (the new owner records them again)."
+        ),
+    )
 
 
 class PipelineConfig(Section):

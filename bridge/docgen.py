@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from bridge.config_doc import render_env_table, render_example
 from bridge.transforms.envelope import Envelope, TaskSnapshot, ToolCallData, TruncatedData
+from bridge.transforms.reports import ExternalTaskReport, MetricsReport
 
 __all__ = ["SCHEMAS", "render_readme", "render_schema", "write_all"]
 
@@ -24,6 +25,8 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "task-snapshot.v1.json": TaskSnapshot,
     "tool-call-data.v1.json": ToolCallData,
     "truncated-data.v1.json": TruncatedData,
+    "task-report.v1.json": ExternalTaskReport,
+    "metrics-report.v1.json": MetricsReport,
 }
 
 _TABLE_START = "| variable | setting | description |"

@@ -8,10 +8,11 @@ record was acknowledged). Retries never call it: a retried record is not done.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Headers", "OutRecord"]
+__all__ = ["Headers", "OutRecord", "completion"]
 
 Headers = list[tuple[str, bytes]]
 
@@ -30,3 +31,28 @@ class OutRecord:
     #: set when a record goes to the DLQ; the metric reason label
     dead_letter_reason: str | None = None
     attempts: int = field(default=0)
+
+
+def completion(records: list[OutRecord]) -> asyncio.Future[None]:
+    """A future that resolves when every one of ``records`` was delivered; the
+    records' own ``on_delivered`` callbacks still run first."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    remaining = len(records)
+    if remaining == 0:
+        future.set_result(None)
+        return future
+
+    def wrap(original: Callable[[OutRecord], None] | None) -> Callable[[OutRecord], None]:
+        def delivered(record: OutRecord) -> None:
+            nonlocal remaining
+            if original is not None:
+                original(record)
+            remaining -= 1
+            if remaining == 0 and not future.done():
+                future.set_result(None)
+
+        return delivered
+
+    for record in records:
+        record.on_delivered = wrap(record.on_delivered)
+    return future

@@ -161,6 +161,8 @@ class PlatformClient:
         try:
             return orjson.loads(response.content)
         except orjson.JSONDecodeError as exc:
+            if method != "GET":
+                return None  # recorded (2xx); an answer we cannot read changes nothing
             raise InvalidDataError(f"{endpoint}: the answer is not JSON") from exc
 
     # --- streams ------------------------------------------------------------

@@ -66,7 +66,7 @@ async def run_to_completion(
     expected = expected_events(emu)
     # Streaming tasks: every emitted event plus one `connected` per connection;
     # polled tasks: at least one status envelope each.
-    everyone = len(emu.control.tasks())  # sub-tasks included
+    everyone = {t["id"] for t in emu.control.tasks()}  # sub-tasks included
     records = await consume_until(kafka, bridge.config.topics.events, covers(expected, everyone))
     for record in records:
         assert {name for name, _ in record.headers} >= CE_HEADERS
@@ -127,7 +127,8 @@ async def test_dropped_streams(
         await wait_for(all_finished(emu, 8), 40, "every emulator task to finish")
         expected = expected_events(emu)
         # Without ids, events sent while disconnected are gone: wait for the ends only.
-        done = covers(expected if server_ids else {}, len(expected))
+        everyone = {t["id"] for t in emu.control.tasks()}
+        done = covers(expected if server_ids else {}, everyone)
         records = await consume_until(kafka, bridge.config.topics.events, done)
         published = by_task(records)
         assert emu.stats()["drops"] > 0

@@ -73,7 +73,7 @@ async def test_broker_down_for_a_while_loses_nothing(
             await wait_for(all_finished(emu, 10), 40, "every task to finish")
             expected = expected_events(emu)
             records = await consume_until(
-                kafka_outage, config.topics.events, covers(expected, len(expected)), 40
+                kafka_outage, config.topics.events, covers(expected, set(expected)), 40
             )
             published = by_task(records)
             for task_id, emitted in expected.items():

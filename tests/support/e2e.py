@@ -132,21 +132,22 @@ def finished_count(records: list[ConsumedRecord]) -> int:
 
 
 def covers(
-    expected: dict[str, list[tuple[str, bytes]]], everyone: int
+    expected: dict[str, list[tuple[str, bytes]]], must_finish: set[str]
 ) -> Callable[[list[ConsumedRecord]], bool]:
     """Done when each streaming task has as many stream envelopes as it emitted
-    events (``connected`` handshakes aside) and ``everyone`` tasks have finished."""
+    events (``connected`` handshakes aside) and every task in ``must_finish``
+    has its ``task_finished``."""
 
     def done(records: list[ConsumedRecord]) -> bool:
         counts: dict[str, int] = defaultdict(int)
-        finished = 0
+        finished_ids: set[str] = set()
         for record in records:
             envelope = orjson.loads(record.value or b"{}")
             if envelope.get("type") == "task_finished":
-                finished += 1
+                finished_ids.add(envelope["task_id"])
             if envelope.get("source") == "sse" and envelope.get("type") != "connected":
                 counts[envelope["task_id"]] += 1
-        return finished >= everyone and all(
+        return must_finish <= finished_ids and all(
             counts[task] >= len(events) for task, events in expected.items()
         )
 

@@ -1,0 +1,1 @@
+"""The platform sink: recording external task reports and metrics."""

@@ -1,0 +1,1 @@
+"""The Kafka-to-platform source: report and metrics topics, consumed in a group."""

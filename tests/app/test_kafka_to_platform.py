@@ -1,0 +1,348 @@
+"""Kafka to platform, end to end: reports and metrics written to Kafka are
+recorded on the emulator (a real port), through a real broker and a real
+consumer group."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from support.e2e import bridge_config, consume_until, wait_for
+from support.kafka import KafkaService, OutRecord, consume, create_topics, produce
+
+from bridge.app import Bridge
+from bridge.config import BridgeConfig
+from bridge.emulator import Emulator
+from bridge.emulator.settings import EmulatorSettings, FaultSettings, HttpFaultRule
+from bridge.transforms.reports import derived_report_id
+
+pytestmark = pytest.mark.timeout(90)
+
+ROOT = Path(__file__).resolve().parents[2]
+AGENT = "agent-emulator-1"
+
+
+def reports_config(
+    emu: Emulator, kafka: KafkaService, new_topic: Callable[[str], str], **reports: Any
+) -> BridgeConfig:
+    return bridge_config(
+        emu,
+        kafka,
+        new_topic,
+        streams={"enabled": False},
+        reports={
+            "enabled": True,
+            "reports_topic": new_topic("reports"),
+            "metrics_topic": new_topic("metrics"),
+            "group_id": new_topic("group"),
+            "retry_initial_s": 0.05,
+            "retry_max_s": 0.5,
+            "commit_interval_s": 0.1,
+            **kafka.group_settings,
+            **reports,
+        },
+    )
+
+
+def report(i: int, **fields: Any) -> dict[str, Any]:
+    return {
+        "agent_id": AGENT,
+        "id": f"ext-{i}",
+        "input": f"job {i}",
+        "llm_response": {"text": f"answer {i}"},
+        "tokens": {"completion_tokens": i, "prompt_tokens": 2 * i},
+        "is_success": i % 3 != 0,
+        "result": f"result {i}",
+        "duration": i / 10,
+        "used_tools": ["search"] if i % 2 else [],
+        **fields,
+    }
+
+
+def metrics_message(i: int) -> dict[str, Any]:
+    return {
+        "agent_id": AGENT,
+        "execution_id": f"exec-{i}",
+        "source": "sdk",
+        "memory_thread_id": f"exec-{i}",
+        "task": f"task {i}",
+        "status": "completed",
+        "duration": 1.25,
+        "ai_model": "gpt-test",
+        "llm_tokens": {"worker": {"completion_tokens": i, "prompt_tokens": i + 1}},
+    }
+
+
+async def setup_topics(kafka: KafkaService, config: BridgeConfig) -> None:
+    await create_topics(
+        kafka.bootstrap_servers,
+        config.reports.reports_topic,
+        config.reports.metrics_topic,
+        partitions=2,
+    )
+
+
+async def send(
+    kafka: KafkaService, topic: str, values: list[Any], key: bytes | None = None
+) -> None:
+    await produce(
+        kafka.bootstrap_servers,
+        topic,
+        [OutRecord(v if isinstance(v, bytes) else orjson.dumps(v), key=key) for v in values],
+    )
+
+
+async def committed(kafka: KafkaService, config: BridgeConfig) -> int:
+    """The group's committed offsets summed over the reports topic's partitions."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        group_id=config.reports.group_id,
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        total = 0
+        for partition in range(2):
+            offset = await consumer.committed(
+                TopicPartition(config.reports.reports_topic, partition)
+            )
+            total += offset or 0
+        return total
+    finally:
+        await consumer.stop()
+
+
+async def test_reports_and_metrics_are_recorded_field_by_field(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    async with Emulator() as emu:
+        config = reports_config(emu, kafka, new_topic)
+        await setup_topics(kafka, config)
+        sent = [report(i) for i in range(1, 11)]
+        sent.append({"result": "keyed", "is_success": True})  # agent from the key, id derived
+        async with Bridge(config) as bridge:
+            await send(kafka, config.reports.reports_topic, sent[:10])
+            await send(kafka, config.reports.reports_topic, sent[10:], key=AGENT.encode())
+            await send(kafka, config.reports.metrics_topic, [metrics_message(i) for i in range(5)])
+            await wait_for(
+                lambda: len(emu.reports()) >= 11 and len(emu.metrics()) >= 5, 30, "recordings"
+            )
+            received = {r.key: r for r in emu.reports()}
+            for message in sent[:10]:
+                got = received[message["id"]]
+                assert got.agent_id == AGENT
+                for field in ("input", "llm_response", "is_success", "result", "duration"):
+                    assert got.body[field] == message[field], field
+                assert got.body["used_tools"] == message["used_tools"]
+                assert (
+                    got.body["tokens"]["completion_tokens"]
+                    == message["tokens"]["completion_tokens"]
+                )
+                assert got.body["tokens"]["prompt_tokens"] == message["tokens"]["prompt_tokens"]
+            derived = [k for k in received if k.startswith("ext-") is False]
+            assert len(derived) == 1
+            assert received[derived[0]].body["result"] == "keyed"
+            metrics = {m.key: m for m in emu.metrics()}
+            assert metrics["exec-3"].body["llm_tokens"]["worker"] == {
+                "completion_tokens": 3,
+                "prompt_tokens": 4,
+            }
+            assert metrics["exec-3"].body["ai_model"] == "gpt-test"
+            # Each recorded report is mirrored on the events topic, source "report".
+            mirrors = await consume_until(
+                kafka, config.topics.events, lambda rs: len(rs) >= 11, max_wait=20
+            )
+            envelopes = [orjson.loads(r.value) for r in mirrors]
+            assert {e["source"] for e in envelopes} == {"report"}
+            assert {e["task_id"] for e in envelopes} == set(received)
+            statuses = {e["task_id"]: e["status"] for e in envelopes}
+            assert statuses["ext-3"] == "failed"
+            assert statuses["ext-1"] == "completed"
+            assert all(emu.control.inbox.report_counts[k] == 1 for k in received)
+            assert bridge.health.ready
+
+
+async def test_5xx_and_429_are_retried_then_every_report_recorded_once(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    faults = FaultSettings(
+        http=[
+            HttpFaultRule(endpoints=["report"], status=503, next_n=8),
+            HttpFaultRule(endpoints=["report"], status=429, next_n=4, retry_after_s=0.1),
+        ]
+    )
+    async with Emulator(EmulatorSettings(faults=faults)) as emu:
+        config = reports_config(emu, kafka, new_topic)
+        await setup_topics(kafka, config)
+        async with Bridge(config) as bridge:
+            await send(
+                kafka, config.reports.reports_topic, [report(i) for i in range(20)], key=b"k"
+            )
+            await wait_for(lambda: len(emu.reports()) >= 1, 30, "the first recording")
+            await wait_for(lambda: len(emu.reports()) >= 20, 30, "every recording")
+            counts = emu.control.inbox.report_counts
+            assert sorted(counts) == sorted(f"ext-{i}" for i in range(20))
+            assert set(counts.values()) == {1}
+            assert emu.stats()["injected_http"], "the faults must have fired"
+            retries = bridge.metrics.report_retries
+            assert retries.labels("report", "unavailable")._value.get() >= 8
+            assert retries.labels("report", "rate_limited")._value.get() >= 4
+            await wait_for(
+                lambda: _committed_in_bridge(bridge) == 20, 10, "offsets committed after recording"
+            )
+        assert await committed(kafka, config) == 20
+        dlq = await consume(kafka.bootstrap_servers, [config.topics.dlq], max_wait=1)
+        assert dlq == []
+
+
+def _committed_in_bridge(bridge: Bridge) -> int:
+    assert bridge.reports is not None
+    return sum(max(0, p.committed) for p in bridge.reports._partitions.values())
+
+
+async def test_poison_messages_go_to_the_dlq_and_the_rest_is_recorded(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    faults = FaultSettings(http=[HttpFaultRule(endpoints=["report"], status=422, next_n=1)])
+    async with Emulator(EmulatorSettings(faults=faults)) as emu:
+        config = reports_config(emu, kafka, new_topic)
+        await setup_topics(kafka, config)
+        poison = [
+            b"{not json",
+            orjson.dumps({**report(1), "is_sucess": True}),  # a typo
+            orjson.dumps(report(2)),  # the platform answers 422
+        ]
+        good = [orjson.dumps(report(i)) for i in range(3, 8)]
+        async with Bridge(config):
+            # One key, one partition: strictly in this order.
+            await send(kafka, config.reports.reports_topic, [*poison, *good], key=b"same")
+            dead = await consume_until(kafka, config.topics.dlq, lambda rs: len(rs) >= 3)
+            await wait_for(lambda: len(emu.reports()) >= 5, 20, "the good reports")
+        assert sorted(r.key for r in emu.reports()) == sorted(f"ext-{i}" for i in range(3, 8))
+        by_reason = {r.header("dlq.reason"): r for r in dead}
+        assert set(by_reason) == {b"invalid_report", b"platform_rejected"}
+        values = sorted(r.value for r in dead)
+        assert values == sorted(poison)
+        for record in dead:
+            assert record.header("dlq.original_topic") == config.reports.reports_topic.encode()
+            assert record.header("dlq.original_partition") is not None
+            assert record.header("dlq.original_offset") is not None
+            assert record.key == b"same"
+        typo = next(r for r in dead if b"is_sucess" in (r.value or b""))
+        assert b"is_sucess" in (typo.header("dlq.error") or b"")
+        rejected = next(r for r in dead if r.header("dlq.reason") == b"platform_rejected")
+        assert rejected.header("dlq.status") == b"422"
+        assert rejected.value == poison[2]
+
+
+async def test_401_halts_without_committing_or_dead_lettering_then_resumes(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    async with Emulator() as emu:
+        config = reports_config(emu, kafka, new_topic)
+        await setup_topics(kafka, config)
+        async with Bridge(config) as bridge:
+            await wait_for(lambda: bridge.health.ready, 20, "ready")
+            emu.set_api_key("rotated-elsewhere")
+            await send(kafka, config.reports.reports_topic, [report(i) for i in range(6)])
+            await wait_for(lambda: bridge.metrics.reports_halted._value.get() == 1, 20, "the halt")
+            await asyncio.sleep(1.0)
+            assert not bridge.health.ready
+            assert emu.reports() == []
+            assert _committed_in_bridge(bridge) == 0
+            assert await consume(kafka.bootstrap_servers, [config.topics.dlq], max_wait=0.5) == []
+            emu.set_api_key(config.platform.api_key.get_secret_value())  # type: ignore[union-attr]
+            await wait_for(lambda: len(emu.reports()) >= 6, 30, "recording after the fix")
+            await wait_for(lambda: bridge.health.ready, 10, "ready again")
+            assert bridge.metrics.reports_halted._value.get() == 0
+            await wait_for(lambda: _committed_in_bridge(bridge) == 6, 10, "commits")
+
+
+@pytest.mark.timeout(120)
+async def test_sigkill_and_restart_records_every_report_on_one_task_each(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    faults = FaultSettings(delay_s=0.005, delay_endpoints=["report"])
+    async with Emulator(EmulatorSettings(faults=faults)) as emu:
+        config = reports_config(emu, kafka, new_topic)
+        await setup_topics(kafka, config)
+        messages: list[Any] = [report(i) for i in range(150)]
+        messages += [{"agent_id": AGENT, "result": f"no id {i}"} for i in range(150)]
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("XPANDER", "KAFKA"))},
+            "XPANDER_BASE_URL": emu.base_url,
+            "XPANDER_API_KEY": emu.api_key,
+            "XPANDER_ORGANIZATION_ID": emu.organization_id,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            "XPANDER_BRIDGE_KAFKA__ENABLE_IDEMPOTENCE": str(kafka.supports_idempotence).lower(),
+            "XPANDER_BRIDGE_STREAMS__ENABLED": "false",
+            "XPANDER_BRIDGE_HTTP__ENABLED": "false",
+            "XPANDER_BRIDGE_TOPICS__EVENTS": config.topics.events,
+            "XPANDER_BRIDGE_TOPICS__STATE": config.topics.state,
+            "XPANDER_BRIDGE_TOPICS__DLQ": config.topics.dlq,
+            "XPANDER_BRIDGE_REPORTS__REPORTS_TOPIC": config.reports.reports_topic,
+            "XPANDER_BRIDGE_REPORTS__METRICS_TOPIC": config.reports.metrics_topic,
+            "XPANDER_BRIDGE_REPORTS__GROUP_ID": config.reports.group_id,
+            "XPANDER_BRIDGE_REPORTS__SESSION_TIMEOUT_MS": str(config.reports.session_timeout_ms),
+            "XPANDER_BRIDGE_REPORTS__HEARTBEAT_INTERVAL_MS": str(
+                config.reports.heartbeat_interval_ms
+            ),
+            "XPANDER_BRIDGE_LOGGING__FORMAT": "json",
+        }
+
+        async def start() -> asyncio.subprocess.Process:
+            return await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bridge",
+                "run",
+                env=env,
+                cwd=ROOT,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+
+        await send(kafka, config.reports.reports_topic, messages)
+        first = await start()
+        try:
+            await wait_for(lambda: len(emu.reports()) >= 60, 40, "recording under way")
+            first.send_signal(signal.SIGKILL)
+            await first.wait()
+        finally:
+            if first.returncode is None:
+                first.kill()
+        seen_before_restart = len(emu.reports())
+        assert seen_before_restart < len(messages), "killed too late to test anything"
+        second = await start()
+        try:
+            await wait_for(
+                lambda: len(emu.control.inbox.report_counts) >= len(messages), 60, "all recorded"
+            )
+            second.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(second.wait(), 30) == 0
+        finally:
+            if second.returncode is None:
+                second.kill()
+        expected = {f"ext-{i}" for i in range(150)}
+        # Messages without an id got one from (topic, partition, offset): a
+        # redelivery after the kill names the same task again.
+        partitions = {}
+        records = await consume(kafka.bootstrap_servers, [config.reports.reports_topic], count=300)
+        for record in records:
+            if b'"id"' not in (record.value or b""):
+                partitions[record.offset, record.partition] = derived_report_id(
+                    record.topic, record.partition, record.offset
+                )
+        expected |= set(partitions.values())
+        counts = emu.control.inbox.report_counts
+        assert set(counts) == expected  # every report recorded, on exactly one task each
+        report_tasks = [t for t in emu.control.tasks() if t["id"] in expected]
+        assert len(report_tasks) == len(expected)
