@@ -6,6 +6,14 @@ task id, never error text. The event type is the one open-ended label, so it
 goes through ``BoundedLabel``: the types the platform is known to send, plus
 the first few new ones, then ``other``.
 
+Every label value from a fixed set is created at 0 when ``Metrics`` is built
+(the reasons, outcomes and modes below, and each configured agent with each
+terminal status): a series that first appears already at 1 is invisible to
+``rate()`` and ``increase()``, so without this the first failure of a kind
+would never alert. The sets are the constants below; the code that counts
+uses those words, and ``tests/observability/test_metrics.py`` checks every
+``.labels(...)`` call in ``bridge/`` against them.
+
 A ``Metrics`` instance owns its registry, so several bridges can run in one
 process (the tests do) without mixing their numbers. ``docs/METRICS.md`` lists
 each metric; a test checks that list against this module.
@@ -16,12 +24,75 @@ from __future__ import annotations
 import platform
 import threading
 from collections.abc import Iterable
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from bridge import __version__
 
-__all__ = ["KNOWN_EVENT_TYPES", "BoundedLabel", "Metrics"]
+__all__ = [
+    "DEAD_LETTER_REASONS",
+    "DROP_REASONS",
+    "KNOWN_EVENT_TYPES",
+    "OTHER",
+    "PUBLISH_ERROR_REASONS",
+    "RECONNECT_REASONS",
+    "REPORT_KINDS",
+    "REPORT_OUTCOMES",
+    "REPORT_RETRY_REASONS",
+    "RESYNC_OUTCOMES",
+    "TASK_END_STATUSES",
+    "TRACKING_MODES",
+    "BoundedLabel",
+    "Metrics",
+]
+
+# --- the fixed label sets (each created at 0 on start-up) --------------------
+
+#: ``dead_letters_total{reason}``: why a record went to the dead-letter topic.
+#: Platform to Kafka: a frame that is not JSON, JSON without a ``type``, an
+#: envelope over the size limit (published truncated, body in the DLQ), a record
+#: the broker refused even truncated. Kafka to platform: a report that fails
+#: validation, a report the platform refused (4xx other than auth).
+DEAD_LETTER_REASONS: Final = (
+    "invalid_json",
+    "not_an_event",
+    "oversized",
+    "undeliverable",
+    "invalid_report",
+    "platform_rejected",
+)
+#: ``publish_errors_total{reason}``: a failed Kafka send, by cause.
+PUBLISH_ERROR_REASONS: Final = ("timeout", "unavailable", "too_large")
+#: ``stream_reconnects_total{reason}``: why a task stream was reopened.
+RECONNECT_REASONS: Final = (
+    "ended",
+    "not_found",
+    "auth",
+    "idle_timeout",
+    "server_error",
+    "network",
+    "rate_limited",
+)
+#: ``resyncs_total{outcome}``: what the status fetch after a reconnect found.
+RESYNC_OUTCOMES: Final = ("terminal", "running", "failed")
+#: ``tasks_dropped_total{reason}``: why a task stopped being followed unfinished.
+DROP_REASONS: Final = ("not_found",)
+#: ``tasks_finished_total{status}``: the platform's terminal statuses
+#: (``bridge.platform.wire.TERMINAL_STATUSES``; a test keeps the two equal).
+TASK_END_STATUSES: Final = ("completed", "failed", "error", "stopped")
+#: ``tracked_tasks{mode}``: how a task is followed.
+TRACKING_MODES: Final = ("stream", "poll")
+#: ``reports_*{kind}``: the two Kafka-to-platform topics.
+REPORT_KINDS: Final = ("report", "metrics")
+#: ``reports_recorded_total{outcome}``: how a report or metrics message ended:
+#: recorded on the platform, written to the dead-letter topic, or skipped as a
+#: redelivery of one recorded moments ago.
+REPORT_OUTCOMES: Final = ("recorded", "dead_lettered", "duplicate")
+#: ``report_retries_total{reason}``: why recording a report will be tried again:
+#: the platform refused the credentials (recording halts until they work), a
+#: 429, or no usable answer (timeout, network, 5xx).
+REPORT_RETRY_REASONS: Final = ("auth", "rate_limited", "unavailable")
 
 #: Event types the official client knows (``TaskUpdateEventType``).
 KNOWN_EVENT_TYPES = frozenset(
@@ -106,6 +177,7 @@ class Metrics:
         self, registry: CollectorRegistry | None = None, *, agent_ids: Iterable[str] = ()
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        agent_ids = tuple(agent_ids)
         self.event_type = BoundedLabel(KNOWN_EVENT_TYPES)
         # Agent ids are configured, so bounded; tasks found through user ids may
         # belong to other agents, which the cap folds into "other".
@@ -255,3 +327,29 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+
+        self._zero_fixed_labels(agent_ids)
+
+    def _zero_fixed_labels(self, agent_ids: Iterable[str]) -> None:
+        """Create every series with a label from a fixed set, at 0 (see the module doc)."""
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason)
+        for reason in PUBLISH_ERROR_REASONS:
+            self.publish_errors.labels(reason)
+        for reason in RECONNECT_REASONS:
+            self.stream_reconnects.labels(reason)
+        for outcome in RESYNC_OUTCOMES:
+            self.resyncs.labels(outcome)
+        for reason in DROP_REASONS:
+            self.tasks_dropped.labels(reason)
+        for agent in dict.fromkeys(agent_ids):
+            for status in TASK_END_STATUSES:
+                self.tasks_finished.labels(self.agent_label(agent), status)
+        for mode in TRACKING_MODES:
+            self.tracked_tasks.labels(mode)
+        for kind in REPORT_KINDS:
+            self.reports_consumed.labels(kind)
+            for outcome in REPORT_OUTCOMES:
+                self.reports_recorded.labels(kind, outcome)
+            for reason in REPORT_RETRY_REASONS:
+                self.report_retries.labels(kind, reason)
