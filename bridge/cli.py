@@ -115,6 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--http-port", type=int, default=8080, help="metrics port (0: any)")
     demo.set_defaults(handler=_demo)
 
+    report = commands.add_parser(
+        "report",
+        help="write one external task report (or metrics) message to Kafka",
+        description=(
+            "Validate and write one message to the reports topic (or the metrics topic with "
+            "--metrics), as the bridge will consume it. Kafka settings come from the config "
+            "file and the environment, exactly as for `run`."
+        ),
+    )
+    from bridge import report_cli
+
+    report_cli.configure_parser(report)
+    report.set_defaults(handler=report_cli.run)
+
     emulator = commands.add_parser(
         "emulator",
         help="serve the xpander platform emulator (REST API and event streams)",
