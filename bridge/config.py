@@ -85,11 +85,11 @@ class PlatformConfig(Section):
         default=10.0, gt=0, description="Deadline to open one connection, in seconds."
     )
     rest_connections: int = Field(
-        default=64,
+        default=8,
         ge=1,
         description=(
-            "HTTP connections kept for REST calls; the shared pool holds these plus "
-            "streams.max_concurrent."
+            "Concurrent REST calls (listings, status fetches, reports) and their connections; "
+            "streams have their own pool of streams.max_concurrent."
         ),
     )
 
