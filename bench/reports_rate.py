@@ -126,32 +126,21 @@ async def main(count: int, partitions: int, in_flight: int) -> None:
                 }
             )
             async with Bridge(config):
-                while (first := await recorded(client, base_url)) == 0:
+                while (first := await recorded(client, base_url)) == 0:  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
                 profiler = None
                 if "--profile" in sys.argv:
-                    import cProfile  # noqa: PLC0415
+                    import cProfile
 
                     profiler = cProfile.Profile()
                     profiler.enable()
                 started = time.perf_counter()
-                while await recorded(client, base_url) < count:
+                while await recorded(client, base_url) < count:  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
                 elapsed = time.perf_counter() - started
                 if profiler is not None:
                     profiler.disable()
                     profiler.print_stats("cumulative")
-                if profiler is not None:
-                    profiler.disable()
-                    profiler.print_stats("cumulative")
-                if "--debug" in sys.argv:
-                    from prometheus_client import generate_latest  # noqa: PLC0415
-
-                    for line in generate_latest(bridge.metrics.registry).decode().splitlines():
-                        if (
-                            "platform_requests" in line or "retries" in line or "recorded" in line
-                        ) and not line.startswith("#"):
-                            print(line)
             rate = (count - first) / elapsed
             plain = await baseline(client, base_url, min(count, 2000))
     finally:
