@@ -24,6 +24,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from bridge.config import BridgeConfig
+from bridge.coordination.checkpointer import Checkpointer
+from bridge.coordination.checkpoints import Checkpoint, load_checkpoints
+from bridge.coordination.ownership import Ownership
+from bridge.coordination.partitioning import partition_for
 from bridge.errors import AuthError, ConfigError, UnavailableError
 from bridge.observability.health import Health
 from bridge.observability.http import HealthServer
@@ -65,13 +69,17 @@ class Bridge:
         self.health = Health(self.metrics)
         self.queue: asyncio.Queue[OutRecord] = asyncio.Queue(config.pipeline.queue_capacity)
         self.metrics.queue_capacity.set(config.pipeline.queue_capacity)
-        self.sink = KafkaSink(config.kafka, config.topics)
+        self.sink = KafkaSink(config.kafka, config.topics, config.coordination)
         self.http: HealthServer | None = None
         self.delivery: DeliveryLoop | None = None
         self.discovery: Discovery | None = None
         self.supervisor: TaskSupervisor | None = None
         self.client: PlatformClient | None = None
         self.reports: ReportsSource | None = None
+        self.ownership: Ownership | None = None
+        self.checkpointer: Checkpointer | None = None
+        #: checkpoints of the tasks in the owned partitions, loaded on assignment
+        self.checkpoints: dict[str, Checkpoint] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         #: records handed to the queue; at a clean stop, all of them were delivered
         self.records_enqueued = 0
@@ -101,6 +109,8 @@ class Bridge:
         self.delivery = DeliveryLoop(self.queue, self.sink, self.metrics)
         self._spawn("delivery", self.delivery.run())
         self._spawn("readiness", self._watch_readiness())
+        if config.streams.enabled and config.coordination.enabled:
+            self._start_coordination()
         if config.streams.enabled:
             self._start_platform_source()
         if config.reports.enabled:
@@ -132,7 +142,9 @@ class Bridge:
                     "Kafka not reachable yet; retrying",
                     extra={"error": str(exc), "retry_in_s": round(delay, 2)},
                 )
-                self.sink = KafkaSink(self.config.kafka, self.config.topics)
+                self.sink = KafkaSink(
+                    self.config.kafka, self.config.topics, self.config.coordination
+                )
                 await asyncio.sleep(delay)
 
     def _platform_client(self) -> PlatformClient:
@@ -163,6 +175,57 @@ class Bridge:
         )
         self._spawn("reports", self.reports.run())
 
+    def _start_coordination(self) -> None:
+        config = self.config
+        self.health.set("coordination", False, "waiting for a partition assignment")
+        self.metrics.coordination_partitions.set(config.coordination.partitions)
+        self.checkpointer = Checkpointer(config.coordination, self._publish, self.metrics)
+        self.ownership = Ownership(
+            config.kafka,
+            config.coordination,
+            self.metrics,
+            on_assigned=self._partitions_assigned,
+            on_revoked=self._partitions_revoked,
+        )
+        self._spawn("ownership", self.ownership.run())
+        self._spawn("checkpointer", self.checkpointer.run())
+
+    async def _partitions_assigned(self, partitions: list[int]) -> None:
+        config = self.config
+        loaded = await load_checkpoints(
+            config.kafka, config.coordination.checkpoints_topic, partitions
+        )
+        assert self.checkpointer is not None
+        expired = self.checkpointer.expire(loaded.values())
+        if expired:
+            await self._publish(expired)
+        self.checkpoints.update(loaded)
+        self.health.set("coordination", True)
+        log.info(
+            "resuming owned tasks from their checkpoints",
+            extra={"partitions": len(partitions), "checkpoints": len(loaded)},
+        )
+        if self.discovery is not None:
+            self.discovery.wake()
+
+    async def _partitions_revoked(self, partitions: list[int]) -> None:
+        """Ownership moves: stop those streams, write their checkpoints, and
+        only then let the group rebalance, so the next owner starts from them."""
+        moving = set(partitions)
+        count = self.config.coordination.partitions
+
+        def leaving(task_id: str) -> bool:
+            return partition_for(task_id, count) in moving
+
+        states = await self.supervisor.release(leaving) if self.supervisor else []
+        if self.checkpointer is not None:
+            states += self.checkpointer.watched(leaving)
+            await self.checkpointer.flush(
+                states, self.config.coordination.checkpoint_interval_s * 10
+            )
+        for task_id in [t for t in self.checkpoints if leaving(t)]:
+            del self.checkpoints[task_id]
+
     def _start_platform_source(self) -> None:
         config = self.config
         self.health.set("platform", False, "first listing pending")
@@ -178,13 +241,20 @@ class Bridge:
             config.discovery,
             on_auth_error=self._platform_auth_failed,
             on_auth_ok=self._platform_ok,
+            on_new_state=self.checkpointer.watch if self.checkpointer else None,
         )
+        ownership = self.ownership
         self.discovery = Discovery(
             self.client,
             self.supervisor,
             config.discovery,
             on_success=self._platform_ok,
             on_auth_error=self._platform_auth_failed,
+            owns=ownership.owns if ownership is not None else None,
+            checkpoints=self.checkpoints,
+            catch_up_window_s=(
+                config.coordination.checkpoint_retention_s if ownership is not None else None
+            ),
         )
         self._spawn("discovery", self.discovery.run())
 
@@ -247,7 +317,12 @@ class Bridge:
         # 1. Stop reading.
         await self._cancel("discovery")
         if self.supervisor is not None:
-            await self.supervisor.stop()
+            states = await self.supervisor.stop()
+            if self.checkpointer is not None:
+                await self._cancel("checkpointer")
+                remaining = max(0.1, deadline - (time.monotonic() - started))
+                states += self.checkpointer.watched(lambda _: True)
+                await self.checkpointer.flush(states, remaining * 0.5)
         if self.reports is not None:
             # Its in-flight messages finish (their DLQ and mirror records need
             # the delivery loop, still running), then it commits and leaves.
@@ -263,7 +338,10 @@ class Bridge:
                 report.clean = False
                 report.undelivered = self.queue.qsize() + self.delivery.in_flight
                 report.not_stopped.append("delivery")
-        # 3. Close the sink and the clients.
+        # 3. Leave the group (checkpoints are in Kafka), close the sink and clients.
+        await self._cancel("ownership")
+        if self.ownership is not None:
+            await self.ownership.aclose()
         for name in ("delivery", "readiness", "heartbeat"):
             await self._cancel(name)
         try:

@@ -321,6 +321,57 @@ class ReportsConfig(Section):
     )
 
 
+class CoordinationConfig(Section):
+    """Many replicas: task ownership and checkpoints, on Kafka alone."""
+
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "Own tasks through a consumer group and keep checkpoints in Kafka (needed for "
+            "replicas above 1 and to resume after a restart)."
+        ),
+    )
+    tasks_topic: str = Field(
+        default="xpander.bridge.tasks",
+        description="Coordination topic (compacted, key = task id): its partitions are owned.",
+    )
+    checkpoints_topic: str = Field(
+        default="xpander.bridge.checkpoints",
+        description="Compacted topic of per-task checkpoints, co-partitioned with tasks_topic.",
+    )
+    partitions: int = Field(
+        default=24,
+        ge=1,
+        description=(
+            "Partitions of both coordination topics: the most replicas that share the work. "
+            "Fixed once created."
+        ),
+    )
+    group_id: str = Field(
+        default="xpander-bridge-owners", description="Consumer group of the owners."
+    )
+    session_timeout_ms: int = Field(
+        default=10_000,
+        ge=1000,
+        description="A replica silent this long loses its tasks to the others.",
+    )
+    heartbeat_interval_ms: int = Field(
+        default=3_000, ge=100, description="Group heartbeat interval."
+    )
+    checkpoint_interval_s: float = Field(
+        default=1.0, gt=0, description="Most time between a task's progress and its checkpoint."
+    )
+    checkpoint_retention_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="How long a finished task's checkpoint is kept before its tombstone.",
+    )
+    instance_id: str | None = Field(
+        default=None,
+        description="This replica's name in logs and the tasks topic (default: the host name).",
+    )
+
+
 class PipelineConfig(Section):
     """The queue between sources and sinks, and shutdown."""
 
@@ -369,6 +420,9 @@ class BridgeConfig(Section):
     kafka: KafkaConfig = Field(default_factory=KafkaConfig, description="Kafka.")
     topics: TopicsConfig = Field(default_factory=TopicsConfig, description="Topics.")
     reports: ReportsConfig = Field(default_factory=ReportsConfig, description="Reports.")
+    coordination: CoordinationConfig = Field(
+        default_factory=CoordinationConfig, description="Replicas and checkpoints."
+    )
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Pipeline.")
     http: HttpConfig = Field(default_factory=HttpConfig, description="HTTP endpoint.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")

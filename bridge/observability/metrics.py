@@ -40,6 +40,7 @@ __all__ = [
     "REPORT_KINDS",
     "REPORT_OUTCOMES",
     "REPORT_RETRY_REASONS",
+    "RESUME_KINDS",
     "RESYNC_OUTCOMES",
     "TASK_END_STATUSES",
     "TRACKING_MODES",
@@ -93,6 +94,12 @@ REPORT_OUTCOMES: Final = ("recorded", "dead_lettered", "duplicate")
 #: the platform refused the credentials (recording halts until they work), a
 #: 429, or no usable answer (timeout, network, 5xx).
 REPORT_RETRY_REASONS: Final = ("auth", "rate_limited", "unavailable")
+
+#: ``resumes_total{kind}``: how a task with a checkpoint was picked up again:
+#: reconnecting with ``Last-Event-ID`` (``by_id``), skipping the events a
+#: replaying server sends again (``replay_skip``), or, with neither, only
+#: fetching the task's status so no terminal state is missed (``resync``).
+RESUME_KINDS: Final = ("by_id", "replay_skip", "resync")
 
 #: Event types the official client knows (``TaskUpdateEventType``).
 KNOWN_EVENT_TYPES = frozenset(
@@ -328,6 +335,34 @@ class Metrics:
             registry=r,
         )
 
+        # --- scale-out and resume ---
+        self.owned_partitions = Gauge(
+            "xpander_bridge_owned_partitions",
+            "Coordination-topic partitions this replica owns (it streams their tasks).",
+            registry=r,
+        )
+        self.coordination_partitions = Gauge(
+            "xpander_bridge_coordination_partitions",
+            "Partitions of the coordination topic (sum owned over replicas should equal it).",
+            registry=r,
+        )
+        self.rebalances = Counter(
+            "xpander_bridge_rebalances_total",
+            "Ownership assignments received from the consumer group.",
+            registry=r,
+        )
+        self.resumes = Counter(
+            "xpander_bridge_resumes_total",
+            "Tasks resumed from a checkpoint, by how.",
+            ["kind"],
+            registry=r,
+        )
+        self.checkpoint_lag = Gauge(
+            "xpander_bridge_checkpoint_lag",
+            "Envelopes acknowledged by Kafka but not yet covered by a written checkpoint.",
+            registry=r,
+        )
+
         self._zero_fixed_labels(agent_ids)
 
     def _zero_fixed_labels(self, agent_ids: Iterable[str]) -> None:
@@ -347,6 +382,8 @@ class Metrics:
                 self.tasks_finished.labels(self.agent_label(agent), status)
         for mode in TRACKING_MODES:
             self.tracked_tasks.labels(mode)
+        for how in RESUME_KINDS:
+            self.resumes.labels(how)
         for kind in REPORT_KINDS:
             self.reports_consumed.labels(kind)
             for outcome in REPORT_OUTCOMES:

@@ -155,7 +155,7 @@ class DeliveryLoop:
         log.error(
             "record refused by the broker as too large; lower kafka.max_request_bytes "
             "to the broker's message.max.bytes",
-            extra={"topic": record.topic, "bytes": len(record.value), "error": str(error)},
+            extra={"topic": record.topic, "bytes": len(record.value or b""), "error": str(error)},
         )
         if record.on_delivered is not None:
             record.on_delivered(record)

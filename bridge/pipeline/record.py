@@ -21,7 +21,8 @@ Headers = list[tuple[str, bytes]]
 class OutRecord:
     topic: str
     key: bytes | None
-    value: bytes
+    #: ``None`` is a tombstone (compacted topics delete the key)
+    value: bytes | None
     headers: Headers
     #: label for metrics: a bounded event type
     event_type: str
@@ -31,6 +32,8 @@ class OutRecord:
     #: set when a record goes to the DLQ; the metric reason label
     dead_letter_reason: str | None = None
     attempts: int = field(default=0)
+    #: an explicit partition (co-partitioned coordination topics); else by key
+    partition: int | None = None
 
 
 def completion(records: list[OutRecord]) -> asyncio.Future[None]:

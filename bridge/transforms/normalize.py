@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from typing import Any
 import orjson
 
 from bridge.config import KafkaConfig, TopicsConfig
+from bridge.coordination.checkpoints import Checkpoint
 from bridge.observability.metrics import Metrics
 from bridge.pipeline.acks import OrderedAcks
 from bridge.pipeline.record import Headers, OutRecord
@@ -29,7 +31,13 @@ from bridge.platform.wire import TERMINAL_STATUSES
 from bridge.sinks.kafka.dead_letter import dead_letter
 from bridge.transforms.envelope import SCHEMA_VERSION, Category, EventSource
 
-__all__ = ["CATEGORY_BY_TYPE", "LIFECYCLE_TYPES", "Normalizer", "TaskState"]
+__all__ = [
+    "CATEGORY_BY_TYPE",
+    "LIFECYCLE_TYPES",
+    "Normalizer",
+    "TaskState",
+    "event_id_for",
+]
 
 LIFECYCLE_TYPES = frozenset({"task_created", "task_updated", "task_finished"})
 
@@ -75,10 +83,49 @@ class TaskState:
     acks: OrderedAcks = field(default_factory=lambda: OrderedAcks(start=1))
     key: bytes = b""
     ce_source: bytes = b""
+    #: ``event_id`` of the task's first streamed event (a replay starts with it)
+    first_event_id: str | None = None
+    #: what the envelope at ``acks.done`` carried: what a checkpoint records
+    acked_sse_id: str | None = None
+    acked_event_id: str | None = None
+    #: ``event_id`` of the last acknowledged envelope read from the stream itself
+    acked_stream_event_id: str | None = None
+    acked_status: str | None = None
+    #: the sequence covered by a checkpoint Kafka acknowledged
+    checkpointed: int = 0
+    checkpoint_final: bool = False
+    #: (sequence, sse_id, event_id, status) of envelopes not yet covered by acks.done
+    pending: deque[tuple[int, str | None, str, str | None, bool]] = field(default_factory=deque)
 
     def __post_init__(self) -> None:
         self.key = self.task_id.encode()
         self._set_source()
+
+    def resume(self, checkpoint: Checkpoint) -> None:
+        """Continue where a checkpoint left off: the sequence goes on, never from 0."""
+        self.sequence = self.checkpointed = checkpoint.sequence
+        self.acks = OrderedAcks(start=checkpoint.sequence + 1)
+        self.acked_sse_id = checkpoint.last_sse_id
+        self.acked_event_id = checkpoint.last_event_id
+        self.acked_stream_event_id = checkpoint.last_stream_event_id
+        self.acked_status = self.status = checkpoint.status
+        self.first_event_id = checkpoint.first_event_id
+        self.finished = self.checkpoint_final = checkpoint.finished
+        self.learn(checkpoint.agent_id, checkpoint.organization_id)
+
+    def delivered(self, sequence: int) -> None:
+        """Every record of envelope ``sequence`` is in Kafka."""
+        done = self.acks.ack(sequence)
+        pending = self.pending
+        while pending and pending[0][0] <= done:
+            _, sse_id, event_id, status, from_stream = pending.popleft()
+            if sse_id is not None:
+                self.acked_sse_id = sse_id
+            self.acked_event_id = event_id
+            if from_stream:
+                self.acked_stream_event_id = event_id
+            if status is not None:
+                self.acked_status = status
 
     def learn(self, agent_id: str | None, organization_id: str | None) -> None:
         """Fill identity fields the discovery listing did not have."""
@@ -94,6 +141,16 @@ class TaskState:
         self.ce_source = (
             f"/xpander/organizations/{self.organization_id or '-'}/agents/{self.agent_id or '-'}"
         ).encode()
+
+
+def event_id_for(task_id: str, frame: bytes, sse_id: str | None) -> str:
+    """The ``event_id`` a frame gets, without building its envelope (replay skipping)."""
+    return _event_id(task_id, _id_material(frame, sse_id))
+
+
+def _id_material(frame: bytes, sse_id: str | None) -> bytes:
+    """With server ids the id decides; without, the frame's bytes (type, time, content)."""
+    return b"id\x00" + sse_id.encode() if sse_id is not None else b"frame\x00" + frame
 
 
 def _event_id(task_id: str, material: bytes) -> str:
@@ -159,7 +216,6 @@ class Normalizer:
                 )
             ]
         self._metrics.sse_events_received.labels(self._metrics.event_type(event_type)).inc()
-        material = b"id\x00" + sse_id.encode() if sse_id is not None else b"frame\x00" + frame
         return self.emit(
             task,
             event_type,
@@ -167,7 +223,7 @@ class Normalizer:
             source=EventSource.SSE,
             occurred_at=_valid_time(event.get("time")),
             received_at=received_at,
-            id_material=material,
+            id_material=_id_material(frame, sse_id),
             sse_id=sse_id,
         )
 
@@ -239,6 +295,11 @@ class Normalizer:
                 OutRecord(self._state_topic, task.key, value, headers, label, received_at)
             )
         task.acks.track(sequence)
+        from_stream = source is EventSource.SSE
+        task.pending.append((sequence, sse_id, event_id, status, from_stream))
+        # The handshake is per connection, not task history: a replay never repeats it.
+        if task.first_event_id is None and from_stream and event_type != "connected":
+            task.first_event_id = event_id
         self._join_acks(task, sequence, records)
         return records
 
@@ -265,7 +326,7 @@ class Normalizer:
             nonlocal remaining
             remaining -= 1
             if remaining == 0:
-                task.acks.ack(sequence)
+                task.delivered(sequence)
                 if self._on_delivered is not None:
                     self._on_delivered(task, sequence)
 

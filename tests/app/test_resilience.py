@@ -18,6 +18,7 @@ from support.e2e import (
     bridge_config,
     by_task,
     consume_until,
+    coordination_env,
     covers,
     discovery_ready,
     expected_events,
@@ -117,6 +118,7 @@ async def test_sigterm_mid_run_exits_0_with_everything_read_in_kafka(
             "XPANDER_BRIDGE_REPORTS__ENABLED": "false",
             "XPANDER_BRIDGE_HTTP__ENABLED": "false",
             "XPANDER_BRIDGE_LOGGING__FORMAT": "json",
+            **coordination_env(config),
         }
         process = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -144,7 +146,12 @@ async def test_sigterm_mid_run_exits_0_with_everything_read_in_kafka(
         enqueued = stopped["records_enqueued"]
         assert enqueued > 0
         assert stopped["records_delivered"] == enqueued
-        topics = [config.topics.events, config.topics.state, config.topics.dlq]
+        topics = [
+            config.topics.events,
+            config.topics.state,
+            config.topics.dlq,
+            config.coordination.checkpoints_topic,
+        ]
         records = await consume(kafka.bootstrap_servers, topics, count=enqueued, max_wait=20)
         assert len(records) == enqueued
         # No gap: each task's stream envelopes are a prefix of what it emitted.

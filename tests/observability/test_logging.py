@@ -208,6 +208,15 @@ def subprocess_env(
         "XPANDER_BRIDGE_STREAMS__RECONNECT_INITIAL_S": "0.05",
         "XPANDER_BRIDGE_STREAMS__RECONNECT_MAX_S": "0.5",
         "XPANDER_BRIDGE_REPORTS__ENABLED": "false",
+        "XPANDER_BRIDGE_COORDINATION__TASKS_TOPIC": topic("tasks"),
+        "XPANDER_BRIDGE_COORDINATION__CHECKPOINTS_TOPIC": topic("checkpoints"),
+        "XPANDER_BRIDGE_COORDINATION__GROUP_ID": topic("owners"),
+        "XPANDER_BRIDGE_COORDINATION__SESSION_TIMEOUT_MS": str(
+            kafka.group_settings["session_timeout_ms"]
+        ),
+        "XPANDER_BRIDGE_COORDINATION__HEARTBEAT_INTERVAL_MS": str(
+            kafka.group_settings["heartbeat_interval_ms"]
+        ),
         "XPANDER_BRIDGE_HTTP__HOST": "127.0.0.1",
         "XPANDER_BRIDGE_HTTP__PORT": "0",
         "XPANDER_BRIDGE_LOGGING__LEVEL": "DEBUG",

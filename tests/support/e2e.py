@@ -48,6 +48,15 @@ def bridge_config(
             "partitions": 3,
         },
         "reports": {"enabled": False},
+        "coordination": {
+            "tasks_topic": new_topic("tasks"),
+            "checkpoints_topic": new_topic("checkpoints"),
+            "group_id": new_topic("owners"),
+            "partitions": 6,
+            **getattr(
+                broker, "group_settings", {"session_timeout_ms": 2000, "heartbeat_interval_ms": 200}
+            ),
+        },
         "http": {"enabled": True, "host": "127.0.0.1", "port": 0},
         "pipeline": {"shutdown_timeout_s": 15},
     }
@@ -152,3 +161,19 @@ def covers(
         )
 
     return done
+
+
+def coordination_env(config: BridgeConfig) -> dict[str, str]:
+    """The coordination settings of ``config`` as environment variables, for a
+    bridge run as a subprocess."""
+    coordination = config.coordination
+    return {
+        "XPANDER_BRIDGE_COORDINATION__TASKS_TOPIC": coordination.tasks_topic,
+        "XPANDER_BRIDGE_COORDINATION__CHECKPOINTS_TOPIC": coordination.checkpoints_topic,
+        "XPANDER_BRIDGE_COORDINATION__GROUP_ID": coordination.group_id,
+        "XPANDER_BRIDGE_COORDINATION__PARTITIONS": str(coordination.partitions),
+        "XPANDER_BRIDGE_COORDINATION__SESSION_TIMEOUT_MS": str(coordination.session_timeout_ms),
+        "XPANDER_BRIDGE_COORDINATION__HEARTBEAT_INTERVAL_MS": str(
+            coordination.heartbeat_interval_ms
+        ),
+    }

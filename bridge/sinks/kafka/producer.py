@@ -26,7 +26,7 @@ from aiokafka.errors import (
 )
 from aiokafka.helpers import create_ssl_context
 
-from bridge.config import KafkaConfig, TopicsConfig
+from bridge.config import CoordinationConfig, KafkaConfig, TopicsConfig
 from bridge.errors import ConfigError, RequestTimeoutError, UnavailableError
 from bridge.errors import RecordTooLargeError as RecordTooLarge
 from bridge.pipeline.record import OutRecord
@@ -75,9 +75,15 @@ def translate_send_error(exc: BaseException) -> Exception:
 class KafkaSink:
     """One producer for every topic the bridge writes."""
 
-    def __init__(self, kafka: KafkaConfig, topics: TopicsConfig) -> None:
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        topics: TopicsConfig,
+        coordination: CoordinationConfig | None = None,
+    ) -> None:
         self._kafka = kafka
         self._topics = topics
+        self._coordination = coordination
         self._producer: AIOKafkaProducer | None = None
         self._closed = False
 
@@ -115,7 +121,7 @@ class KafkaSink:
             raise UnavailableError(f"Kafka producer failed to start: {exc}") from exc
         self._producer = producer
         try:
-            await ensure_topics(self._kafka, self._topics)
+            await ensure_topics(self._kafka, self._topics, self._coordination)
         except BaseException:
             await producer.stop()
             self._producer = None
@@ -131,7 +137,11 @@ class KafkaSink:
             raise UnavailableError("the Kafka sink is not connected")
         try:
             future: asyncio.Future[Any] = await self._producer.send(
-                record.topic, value=record.value, key=record.key, headers=record.headers
+                record.topic,
+                value=record.value,
+                key=record.key,
+                headers=record.headers,
+                partition=record.partition,
             )
         except (KafkaError, KafkaTimeoutError) as exc:
             raise translate_send_error(exc) from exc
@@ -147,9 +157,18 @@ class KafkaSink:
             await self._producer.stop()
 
 
-async def ensure_topics(kafka: KafkaConfig, topics: TopicsConfig) -> None:
+async def ensure_topics(
+    kafka: KafkaConfig, topics: TopicsConfig, coordination: CoordinationConfig | None = None
+) -> None:
     """Create the bridge's topics when missing (or only check them)."""
     wanted: dict[str, dict[str, str]] = {topics.events: {}, topics.dlq: {}}
+    partitions = dict.fromkeys(wanted, topics.partitions)
+    if coordination is not None and coordination.enabled:
+        # Co-partitioned: a task's checkpoint sits in the partition index its
+        # ownership does. Compacted: the latest record per task id is kept.
+        for name in (coordination.tasks_topic, coordination.checkpoints_topic):
+            wanted[name] = {"cleanup.policy": "compact"}
+            partitions[name] = coordination.partitions
     if topics.state:
         # Compaction keeps the latest snapshot per task id forever; the delete
         # half lets a tombstone remove a task after the retention.
@@ -176,7 +195,7 @@ async def ensure_topics(kafka: KafkaConfig, topics: TopicsConfig) -> None:
         new = [
             NewTopic(
                 name,
-                num_partitions=topics.partitions,
+                num_partitions=partitions.get(name, topics.partitions),
                 replication_factor=topics.replication_factor,
                 # aiokafka's NewTopic insists on an assignment map when a count
                 # is -1 (broker default, KIP-464); an empty map assigns nothing.

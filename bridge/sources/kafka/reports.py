@@ -188,6 +188,9 @@ class ReportsSource:
                 )
                 await asyncio.sleep(delay)
                 continue
+            except BaseException:
+                await asyncio.shield(consumer.stop())
+                raise
             self._consumer = consumer
             return
 

@@ -11,12 +11,16 @@ resync), so no terminal state is missed. Listing errors back off (honouring
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from bridge.config import DiscoveryConfig
+from bridge.coordination.checkpoints import Checkpoint
 from bridge.errors import AuthError, BridgeError, RetryableError
 from bridge.platform.client import PlatformClient
 from bridge.platform.wire import TERMINAL_STATUSES
@@ -37,7 +41,20 @@ class Discovery:
         on_success: Callable[[], None] | None = None,
         on_auth_error: Callable[[AuthError], None] | None = None,
         rng: random.Random | None = None,
+        owns: Callable[[str], bool] | None = None,
+        checkpoints: Mapping[str, Checkpoint] | None = None,
+        catch_up_window_s: float | None = None,
     ) -> None:
+        # With checkpoints, a task that ended within this window and has none
+        # was published by nobody (every publisher writes a finished checkpoint
+        # kept that long): its end is emitted. This covers tasks that started
+        # and ended while their partition had no owner, or the bridge was down.
+        self._catch_up = catch_up_window_s
+        # With several replicas, each follows only the tasks it owns; the
+        # checkpoints of those tasks say where each one stopped.
+        self._owns = owns or (lambda _: True)
+        self._checkpoints: Mapping[str, Checkpoint] = checkpoints if checkpoints is not None else {}
+        self._wake = asyncio.Event()
         self._client = client
         self._supervisor = supervisor
         self._config = config
@@ -45,6 +62,10 @@ class Discovery:
         self._on_auth_error = on_auth_error
         self._rng = rng or random.Random()
         self._seen: set[str] | None = None  # every id in the previous listing
+        # Tasks seen running while another replica (or nobody yet) owned them:
+        # if one turns up ended once owned, with no checkpoint, nobody
+        # published its end.
+        self._live_unowned: set[str] = set()
         self.rounds = 0
 
     async def run(self) -> None:
@@ -72,7 +93,13 @@ class Discovery:
                     "listing tasks failed; retrying",
                     extra={"error": str(exc), "retry_in_s": round(delay, 2)},
                 )
-            await asyncio.sleep(delay)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    def wake(self) -> None:
+        """List now (e.g. this replica was just given partitions)."""
+        self._wake.set()
 
     async def reconcile(self) -> None:
         """One listing of every agent and user; follow what is new."""
@@ -83,6 +110,7 @@ class Discovery:
             listings.append(await self._client.list_user_tasks(user_id))
         previous = self._seen
         current: set[str] = set()
+        live_unowned: set[str] = set()
         supervisor = self._supervisor
         for items in listings:
             for item in items:
@@ -90,14 +118,48 @@ class Discovery:
                 if not isinstance(task_id, str):
                     continue
                 current.add(task_id)
+                terminal = item.get("status") in TERMINAL_STATUSES
                 if supervisor.is_known(task_id):
                     continue
-                if item.get("status") not in TERMINAL_STATUSES:
-                    supervisor.follow(item)
-                elif previous is not None and task_id not in previous:
-                    supervisor.finish_unseen(item)
+                if not self._owns(task_id):
+                    if not terminal:
+                        live_unowned.add(task_id)
+                    continue
+                checkpoint = self._checkpoints.get(task_id)
+                if checkpoint is not None and checkpoint.finished:
+                    continue
+                if not terminal:
+                    supervisor.follow(item, checkpoint)
+                elif (
+                    checkpoint is not None
+                    or (
+                        previous is not None
+                        and (task_id not in previous or task_id in self._live_unowned)
+                    )
+                    or self._ended_recently(item)
+                ):
+                    # Ended unseen: between two listings, or while no replica
+                    # streamed it (no checkpoint, or one not finished).
+                    supervisor.finish_unseen(item, checkpoint)
         self._seen = current
+        # Keep the tasks still listed: a task seen running stays a candidate.
+        self._live_unowned = (self._live_unowned & current) | live_unowned
         self.rounds += 1
+
+    def _ended_recently(self, item: dict[str, Any]) -> bool:
+        if not self._catch_up:
+            return False
+        for field in ("finished_at", "updated_at"):
+            value = item.get(field)
+            if isinstance(value, str):
+                try:
+                    ended = datetime.fromisoformat(value)
+                except ValueError:
+                    continue
+                if ended.tzinfo is None:
+                    ended = ended.replace(tzinfo=UTC)
+                return time.time() - ended.timestamp() <= self._catch_up
+        return False
 
     def _interval(self) -> float:
         spread = self._config.jitter

@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 import httpx
+import orjson
 
 from bridge.errors import (
     AuthError,
@@ -39,7 +40,7 @@ from bridge.platform.client import PlatformClient
 from bridge.platform.wire import TERMINAL_STATUSES
 from bridge.sources.platform.sse import SSEDecoder
 from bridge.transforms.envelope import EventSource
-from bridge.transforms.normalize import Normalizer, TaskState
+from bridge.transforms.normalize import Normalizer, TaskState, event_id_for
 
 __all__ = ["Publish", "StreamOutcome", "StreamSettings", "TaskStreamer"]
 
@@ -88,7 +89,22 @@ class TaskStreamer:
         self._settings = settings
         self._on_auth_error = on_auth_error
         self._on_auth_ok = on_auth_ok
-        self._last_event_id: str | None = None
+        # A task resumed from a checkpoint: reconnect where it stopped.
+        self._last_event_id: str | None = task.acked_sse_id
+        self._resumed = task.sequence > 0
+        # Without ids, a server may replay the stream from its start: skip what
+        # the checkpoint says is already in Kafka (decided on the first frame).
+        self._skipping = (
+            self._resumed
+            and task.acked_sse_id is None
+            and task.first_event_id is not None
+            and task.acked_stream_event_id is not None
+        )
+        self._replaying: bool | None = None
+        if self._resumed:
+            kind = "by_id" if task.acked_sse_id is not None else "resync"
+            if not self._skipping:
+                metrics.resumes.labels(kind).inc()
         self._connected = False
         self._terminal_snapshot: dict[str, Any] | None = None
         self._closed_by_check = False
@@ -97,7 +113,9 @@ class TaskStreamer:
 
     async def run(self) -> StreamOutcome:
         backoff = Backoff(self._settings.reconnect_initial_s, self._settings.reconnect_max_s)
-        reconnect = False
+        # A resumed task's first connection is a reconnect: its status is checked
+        # beside it, so a task that ended while nobody streamed it still ends.
+        reconnect = self._resumed
         while True:
             reason: str
             self._connected = False
@@ -183,6 +201,8 @@ class TaskStreamer:
                         if not event.data:
                             continue  # a keep-alive form; the official client skips it too
                         sse_id = event.id if event.own_id else None
+                        if self._skipping and self._replayed(event.data, sse_id):
+                            continue
                         records = normalizer.from_frame(task, event.data, sse_id, received_at)
                         if records:
                             await publish(records)
@@ -204,6 +224,28 @@ class TaskStreamer:
                 self._last_event_id = decoder.last_event_id
                 self._server_retry_ms = decoder.retry
         return got_any
+
+    def _replayed(self, frame: bytes, sse_id: str | None) -> bool:
+        """While resuming without ids: is this frame one already in Kafka?
+
+        The first frame decides: if it is the task's first event, the server
+        replays from the start, and frames are skipped up to and including the
+        last one the checkpoint covers; otherwise it does not replay, and
+        nothing is skipped (the status check covers what was missed).
+        """
+        task = self.task
+        if b'"connected"' in frame and _event_type(frame) == "connected":
+            return False  # per-connection handshake, never part of a replay
+        event_id = event_id_for(task.task_id, frame, sse_id)
+        if self._replaying is None:
+            self._replaying = event_id == task.first_event_id
+            self._metrics.resumes.labels("replay_skip" if self._replaying else "resync").inc()
+            if not self._replaying:
+                self._skipping = False
+                return False
+        if event_id == task.acked_stream_event_id:
+            self._skipping = False  # caught up: the next frame is new
+        return True
 
     async def _fetch_status(self) -> dict[str, Any] | None:
         try:
@@ -283,6 +325,15 @@ class TaskStreamer:
             "task no longer exists on the platform; stop following it",
             extra={"task_id": self.task.task_id, "reason": reason},
         )
+
+
+def _event_type(frame: bytes) -> str | None:
+    try:
+        event = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return None
+    kind = event.get("type") if isinstance(event, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def _finished_at(snapshot: dict[str, Any]) -> str | None:

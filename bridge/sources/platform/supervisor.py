@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bridge.config import DiscoveryConfig, StreamsConfig
+from bridge.coordination.checkpoints import Checkpoint
 from bridge.errors import AuthError, BridgeError, NotFoundError
 from bridge.observability.metrics import Metrics
 from bridge.platform.client import PlatformClient
@@ -45,7 +46,9 @@ class TaskSupervisor:
         *,
         on_auth_error: Callable[[AuthError], None] | None = None,
         on_auth_ok: Callable[[], None] | None = None,
+        on_new_state: Callable[[TaskState], None] | None = None,
     ) -> None:
+        self._on_new_state = on_new_state
         self._client = client
         self._normalizer = normalizer
         self._publish = publish
@@ -70,48 +73,63 @@ class TaskSupervisor:
     def is_known(self, task_id: str) -> bool:
         return task_id in self._workers or task_id in self._ended
 
-    def follow(self, item: dict[str, Any]) -> None:
-        """Start following a task from a listing item (idempotent)."""
+    def follow(self, item: dict[str, Any], checkpoint: Checkpoint | None = None) -> None:
+        """Start following a task from a listing item (idempotent), from its
+        checkpoint when it has one."""
         task_id = item.get("id")
         if not isinstance(task_id, str) or self._stopping or self.is_known(task_id):
             return
-        state = TaskState(
-            task_id=task_id,
-            agent_id=_str(item.get("agent_id")),
-            organization_id=_str(item.get("organization_id")),
-        )
-        self._states[task_id] = state
+        state = self._new_state(task_id, item, checkpoint)
         worker = asyncio.get_running_loop().create_task(
             self._work(state, item), name=f"task:{task_id}"
         )
         self._workers[task_id] = worker
         worker.add_done_callback(lambda _: self._forget(task_id))
 
-    def finish_unseen(self, item: dict[str, Any]) -> None:
-        """A task that started and ended between two listings: emit its end."""
+    def finish_unseen(self, item: dict[str, Any], checkpoint: Checkpoint | None = None) -> None:
+        """A task that ended unseen (between two listings, or while no replica
+        streamed it): emit its end, after its checkpoint's sequence."""
         task_id = item.get("id")
         if not isinstance(task_id, str) or self._stopping or self.is_known(task_id):
             return
-        state = TaskState(
-            task_id=task_id,
-            agent_id=_str(item.get("agent_id")),
-            organization_id=_str(item.get("organization_id")),
-        )
-        self._states[task_id] = state
+        state = self._new_state(task_id, item, checkpoint)
         worker = asyncio.get_running_loop().create_task(
             self._emit_end(state, None), name=f"end:{task_id}"
         )
         self._workers[task_id] = worker
         worker.add_done_callback(lambda _: self._forget(task_id))
 
-    async def stop(self) -> None:
+    def _new_state(
+        self, task_id: str, item: dict[str, Any], checkpoint: Checkpoint | None
+    ) -> TaskState:
+        state = TaskState(
+            task_id=task_id,
+            agent_id=_str(item.get("agent_id")),
+            organization_id=_str(item.get("organization_id")),
+        )
+        if checkpoint is not None:
+            state.resume(checkpoint)
+        self._states[task_id] = state
+        if self._on_new_state is not None:
+            self._on_new_state(state)
+        return state
+
+    async def stop(self) -> list[TaskState]:
         """Stop every worker (the first stage of shutdown: stop reading)."""
         self._stopping = True
-        workers = list(self._workers.values())
+        return await self.release(lambda _: True)
+
+    async def release(self, which: Callable[[str], bool]) -> list[TaskState]:
+        """Stop the workers of the tasks ``which`` selects (ownership moved);
+        returns their states, whose checkpoints the caller writes."""
+        chosen = [task_id for task_id in self._workers if which(task_id)]
+        states = [self._states[t] for t in chosen if t in self._states]
+        workers = [self._workers[t] for t in chosen]
         for worker in workers:
             worker.cancel()
         if workers:
             await asyncio.gather(*workers, return_exceptions=True)
+        return states
 
     # --- workers ------------------------------------------------------------
 

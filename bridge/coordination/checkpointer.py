@@ -1,0 +1,165 @@
+"""Writes each followed task's checkpoint as its acknowledged run grows.
+
+A task's checkpoint is due when ``acks.done`` passed the last written one; the
+writer batches these every ``coordination.checkpoint_interval_s``, and writes
+at once (and waits for the broker) when a task's ownership moves or the
+bridge stops. A finished task's checkpoint is tombstoned after
+``coordination.checkpoint_retention_s``. ``checkpoint_lag`` counts the
+envelopes acknowledged but not yet covered by a written checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+
+from bridge.config import CoordinationConfig
+from bridge.coordination.checkpoints import Checkpoint, now
+from bridge.coordination.partitioning import partition_for
+from bridge.observability.metrics import Metrics
+from bridge.pipeline.record import OutRecord, completion
+from bridge.transforms.normalize import TaskState
+
+__all__ = ["Checkpointer"]
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[list[OutRecord]], Awaitable[None]]
+
+
+class Checkpointer:
+    def __init__(self, config: CoordinationConfig, publish: Publish, metrics: Metrics) -> None:
+        self._config = config
+        self._publish = publish
+        self._metrics = metrics
+        self._tasks: dict[str, TaskState] = {}
+        self._tombstones: list[tuple[float, str]] = []
+        self._loop = asyncio.get_running_loop()
+
+    def watch(self, task: TaskState) -> None:
+        """Keep writing this task's checkpoint until its final one is written."""
+        self._tasks[task.task_id] = task
+
+    def watched(self, which: Callable[[str], bool]) -> list[TaskState]:
+        """Watched tasks that ``which`` selects (ended ones awaiting their final write too)."""
+        return [task for task_id, task in self._tasks.items() if which(task_id)]
+
+    def forget(self, task_ids: Iterable[str]) -> None:
+        for task_id in task_ids:
+            self._tasks.pop(task_id, None)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.checkpoint_interval_s)
+            await self.write_due()
+
+    async def write_due(self) -> None:
+        records = [r for task in list(self._tasks.values()) if (r := self._record(task))]
+        records.extend(self._due_tombstones())
+        if records:
+            await self._publish(records)
+        self._update_lag()
+
+    async def flush(self, tasks: Iterable[TaskState], timeout_s: float) -> None:
+        """Write these tasks' checkpoints now and wait until Kafka has them."""
+        batch = list({task.task_id: task for task in tasks}.values())
+        # The events already read are on their way to Kafka: let them land, so
+        # the checkpoint covers them and the next owner does not repeat them.
+        deadline = self._loop.time() + timeout_s / 2
+        while any(t.acks.done < t.sequence for t in batch) and self._loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        records = [r for task in batch if (r := self._record(task, force=True))]
+        if records:
+            done = completion(records)
+            await self._publish(records)
+            try:
+                await asyncio.wait_for(done, timeout_s)
+            except TimeoutError:
+                log.warning(
+                    "checkpoints not acknowledged in time; the next owner may repeat events",
+                    extra={"tasks": len(records)},
+                )
+        self.forget(task.task_id for task in batch)
+        self._update_lag()
+
+    def _record(self, task: TaskState, *, force: bool = False) -> OutRecord | None:
+        done = task.acks.done
+        final = task.finished and done == task.sequence
+        due = done > task.checkpointed or (final and not task.checkpoint_final)
+        if not due and not (force and done >= 1):
+            return None
+        checkpoint = Checkpoint(
+            task_id=task.task_id,
+            agent_id=task.agent_id,
+            organization_id=task.organization_id,
+            sequence=done,
+            last_sse_id=task.acked_sse_id,
+            last_event_id=task.acked_event_id,
+            last_stream_event_id=task.acked_stream_event_id,
+            first_event_id=task.first_event_id,
+            status=task.acked_status,
+            finished=final,
+            written_at=now(),
+        )
+        record = OutRecord(
+            self._config.checkpoints_topic,
+            task.key,
+            checkpoint.encode(),
+            [],
+            "checkpoint",
+            self._loop.time(),
+            partition=partition_for(task.task_id, self._config.partitions),
+        )
+
+        def written(_: OutRecord) -> None:
+            task.checkpointed = max(task.checkpointed, done)
+            if final and not task.checkpoint_final:
+                task.checkpoint_final = True
+                self._tasks.pop(task.task_id, None)
+                heapq.heappush(
+                    self._tombstones,
+                    (now() + self._config.checkpoint_retention_s, task.task_id),
+                )
+
+        record.on_delivered = written
+        return record
+
+    def _due_tombstones(self) -> list[OutRecord]:
+        due: list[OutRecord] = []
+        current = now()
+        while self._tombstones and self._tombstones[0][0] <= current:
+            _, task_id = heapq.heappop(self._tombstones)
+            due.append(self.tombstone(task_id))
+        return due
+
+    def tombstone(self, task_id: str) -> OutRecord:
+        """A ``None`` value: compaction then removes the task's checkpoint."""
+        return OutRecord(
+            self._config.checkpoints_topic,
+            task_id.encode(),
+            None,
+            [],
+            "checkpoint",
+            self._loop.time(),
+            partition=partition_for(task_id, self._config.partitions),
+        )
+
+    def expire(self, checkpoints: Iterable[Checkpoint]) -> list[OutRecord]:
+        """Tombstones for loaded checkpoints of finished tasks past the retention
+        (a restart forgets the in-memory schedule, so loading re-derives it)."""
+        current = now()
+        expired = []
+        for checkpoint in checkpoints:
+            if checkpoint.finished:
+                due = checkpoint.written_at + self._config.checkpoint_retention_s
+                if due <= current:
+                    expired.append(self.tombstone(checkpoint.task_id))
+                else:
+                    heapq.heappush(self._tombstones, (due, checkpoint.task_id))
+        return expired
+
+    def _update_lag(self) -> None:
+        lag = sum(max(0, t.acks.done - t.checkpointed) for t in self._tasks.values())
+        self._metrics.checkpoint_lag.set(lag)

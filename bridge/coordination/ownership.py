@@ -1,0 +1,140 @@
+"""Which replica streams which task: Kafka's consumer-group protocol does it.
+
+Every replica joins one consumer group on the coordination topic
+(``xpander.bridge.tasks``, compacted, key = task id). The group's assignment of
+that topic's partitions *is* the ownership: a task belongs to the replica that
+holds ``partition_for(task_id)``. Kafka's group coordinator detects dead
+members (session timeout) and rebalances; no consensus of our own.
+
+aiokafka implements only the eager rebalance protocol, so on a rebalance every
+member gives up its partitions (``on_revoked``: stop those streams, write their
+checkpoints) before the new assignment arrives (``on_assigned``: read the
+checkpoints, resume). The consumer reads the topic's records only to stay in
+the group; they are informational (which replica streams which task).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from bridge.config import CoordinationConfig, KafkaConfig
+from bridge.coordination.partitioning import partition_for
+from bridge.observability.metrics import Metrics
+from bridge.pipeline.backoff import Backoff
+from bridge.sinks.kafka.producer import client_options
+
+__all__ = ["Ownership"]
+
+log = logging.getLogger(__name__)
+
+PartitionsCallback = Callable[[list[int]], Awaitable[None]]
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, ownership: Ownership) -> None:
+        self._ownership = ownership
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._ownership.revoked([tp.partition for tp in revoked])
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._ownership.assigned([tp.partition for tp in assigned])
+
+
+class Ownership:
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        config: CoordinationConfig,
+        metrics: Metrics,
+        *,
+        on_assigned: PartitionsCallback,
+        on_revoked: PartitionsCallback,
+    ) -> None:
+        self._kafka = kafka
+        self._config = config
+        self._metrics = metrics
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
+        self._owned: frozenset[int] = frozenset()
+        self._consumer: AIOKafkaConsumer | None = None
+        #: set once the first assignment was handled (readiness)
+        self.settled = asyncio.Event()
+
+    @property
+    def owned(self) -> frozenset[int]:
+        return self._owned
+
+    def owns(self, task_id: str) -> bool:
+        return partition_for(task_id, self._config.partitions) in self._owned
+
+    async def assigned(self, partitions: list[int]) -> None:
+        self._metrics.rebalances.inc()
+        await self._on_assigned(sorted(partitions))
+        self._owned = frozenset(self._owned | set(partitions))
+        self._metrics.owned_partitions.set(len(self._owned))
+        log.info("coordination partitions assigned", extra={"partitions": sorted(partitions)})
+        self.settled.set()
+
+    async def revoked(self, partitions: list[int]) -> None:
+        # Stop claiming the tasks first, so discovery does not restart them.
+        self._owned = frozenset(self._owned - set(partitions))
+        self._metrics.owned_partitions.set(len(self._owned))
+        if partitions:
+            await self._on_revoked(sorted(partitions))
+            log.info("coordination partitions revoked", extra={"partitions": sorted(partitions)})
+
+    async def run(self) -> None:
+        await self._connect()
+        consumer = self._consumer
+        assert consumer is not None
+        while True:
+            try:
+                # The records are not needed; polling keeps the membership alive.
+                await consumer.getmany(timeout_ms=1000, max_records=500)
+            except KafkaError as exc:
+                log.warning("coordination consumer error; retrying", extra={"error": str(exc)})
+                await asyncio.sleep(1.0)
+
+    async def _connect(self) -> None:
+        backoff = Backoff(0.5, 15.0)
+        config = self._config
+        while True:
+            consumer = AIOKafkaConsumer(
+                **client_options(self._kafka),
+                group_id=config.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="latest",
+                session_timeout_ms=config.session_timeout_ms,
+                heartbeat_interval_ms=config.heartbeat_interval_ms,
+            )
+            consumer.subscribe([config.tasks_topic], listener=_Listener(self))
+            try:
+                await consumer.start()
+            except KafkaConnectionError as exc:
+                await consumer.stop()
+                delay = backoff.next_delay()
+                log.warning(
+                    "coordination consumer cannot reach Kafka; retrying",
+                    extra={"error": str(exc), "retry_in_s": round(delay, 2)},
+                )
+                await asyncio.sleep(delay)
+                continue
+            except BaseException:
+                # Cancelled while joining (shutdown): never leak the consumer.
+                await asyncio.shield(consumer.stop())
+                raise
+            self._consumer = consumer
+            return
+
+    async def aclose(self) -> None:
+        """Leave the group (the caller has already stopped and checkpointed the streams)."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            self._owned = frozenset()
+            await consumer.stop()

@@ -1,0 +1,49 @@
+"""The benchmark harness itself, on a tiny burst: it starts the emulator, the
+broker and two contenders, and counts what reached Kafka. Counts only, never
+speed: a benchmark figure is not a test assertion."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(90)
+def test_tiny_burst_counts_every_event(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--size",
+            "tiny",
+            "--scenarios",
+            "burst",
+            "--contenders",
+            "bridge,lean",
+            "--no-chart",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=80,
+    )
+    report = orjson.loads((out / "results.json").read_bytes())
+    rows = {row["contender"]: row for row in report["results"]}
+    assert set(rows) == {"bridge", "lean"}
+    for row in rows.values():
+        assert row["expected"] == 5 * 10
+        assert row["emitted"] == row["expected"]
+        assert row["delivered"] == row["expected"], row
+        assert row["connected_records"] >= 5  # one handshake per stream, counted apart
+        assert row["peak_rss_mb"] > 0 and row["cpu_s"] > 0
+        assert row["ended_by"] == "all delivered"
