@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup tools test unit lint typecheck emulator demo clean
+.PHONY: help setup tools test unit lint typecheck emulator demo clean bench bench-quick
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -39,6 +39,19 @@ demo: $(STAMP)  ## the emulator, an embedded broker and the bridge, live, until 
 
 emulator: $(STAMP)  ## serve the xpander platform emulator on :8085-like port 9016
 	$(BIN)/xpander-bridge emulator
+
+# The bench extra (matplotlib, py-spy) is installed on top of the test set-up.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)  ## bridge vs official client vs lean ceiling, all scenarios (bench/README.md)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+bench-quick: $(BENCH_STAMP)  ## the same, smaller: under two minutes
+	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)
 
 clean:  ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -108,6 +108,8 @@ class TaskStreamer:
         self._connected = False
         self._terminal_snapshot: dict[str, Any] | None = None
         self._closed_by_check = False
+        #: the last status fetch found the task running without events_streaming
+        self._running_without_stream = False
         self._server_retry_ms: int | None = None
         self._loop = asyncio.get_running_loop()
 
@@ -165,6 +167,9 @@ class TaskStreamer:
                 outcome = await self._resync()
                 if outcome is not None:
                     return outcome
+                if reason == "not_found" and self._running_without_stream:
+                    # The task exists and runs, but has no event stream.
+                    return StreamOutcome.NOT_STREAMABLE
             reconnect = True
             hint = self._server_retry_ms / 1000 if self._server_retry_ms is not None else None
             await asyncio.sleep(backoff.next_delay(hint))
@@ -286,6 +291,7 @@ class TaskStreamer:
 
     async def _resync(self) -> StreamOutcome | None:
         """After an interruption: if the task ended meanwhile, emit its end."""
+        self._running_without_stream = False
         try:
             snapshot = await self._client.get_task(self.task.task_id)
         except NotFoundError:
@@ -298,6 +304,7 @@ class TaskStreamer:
         if snapshot.get("status") in TERMINAL_STATUSES and not self.task.finished:
             await self._emit_resync(snapshot)
             return StreamOutcome.FINISHED
+        self._running_without_stream = snapshot.get("events_streaming") is not True
         self._metrics.resyncs.labels("running").inc()
         return None
 

@@ -1,0 +1,1 @@
+"""The programs compared with the bridge, each run as its own process."""

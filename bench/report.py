@@ -1,0 +1,174 @@
+"""The benchmark's outputs: a Markdown table, the targets' verdicts, a PNG chart.
+
+.venv/bin/python -m bench.report bench/report/results.json   # table + chart again
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["table", "targets", "write_chart"]
+
+_COLUMNS = (
+    ("scenario", "scenario"),
+    ("contender", "contender"),
+    ("streams", "streams"),
+    ("delivered / emitted", "delivered"),
+    ("time to deliver (s)", "time_to_deliver_s"),
+    ("steady rate (ev/s)", "steady_rate_eps"),
+    ("latency p50 / p99 (ms)", "latency"),
+    ("peak RSS (MB)", "peak_rss_mb"),
+    ("CPU s / 10k events", "cpu_s_per_10k"),
+)
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    if row.get("skipped") and key not in ("scenario", "contender", "streams"):
+        return "skipped" if key == "delivered" else ""
+    if key == "delivered":
+        share = row["delivered_share"] * 100
+        return f"{row['delivered']:,} / {row['emitted']:,} ({share:.1f}%)"
+    if key == "latency":
+        if row.get("latency_p50_ms") is None:
+            return ""
+        return f"{row['latency_p50_ms']:g} / {row['latency_p99_ms']:g}"
+    value = row.get(key)
+    if value is None:
+        return ""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [
+        "| " + " | ".join(title for title, _ in _COLUMNS) + " |",
+        "|" + "---|" * len(_COLUMNS),
+    ]
+    for row in report["results"]:
+        lines.append("| " + " | ".join(_cell(row, key) for _, key in _COLUMNS) + " |")
+    skipped = [r for r in report["results"] if r.get("skipped")]
+    for row in skipped:
+        lines.append(f"\n{row['contender']} skipped in {row['scenario']}: {row['skipped']}")
+    verdicts = report.get("targets") or []
+    if verdicts:
+        lines.append("\n| target | measured | met |\n|---|---|---|")
+        for t in verdicts:
+            met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
+            lines.append(f"| {t['target']} | {t['measured']} | {met} |")
+    return "\n".join(lines)
+
+
+def _find(rows: list[dict[str, Any]], scenario: str, contender: str) -> dict[str, Any] | None:
+    for row in rows:
+        if row["scenario"] == scenario and row["contender"] == contender and not row["skipped"]:
+            return row
+    return None
+
+
+def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's four targets, each with the measured figure (None: not run)."""
+    out: list[dict[str, Any]] = []
+    bridge, official = _find(rows, "wide", "bridge"), _find(rows, "wide", "official")
+    if bridge and official and bridge["time_to_deliver_s"] and official["time_to_deliver_s"]:
+        ratio = official["time_to_deliver_s"] / bridge["time_to_deliver_s"]
+        complete = bridge["delivered"] >= bridge["emitted"] > 0
+        out.append(
+            {
+                "target": "wide: time to deliver <= 1/15 of the official client's, all delivered",
+                "measured": f"{ratio:.1f}x faster ({bridge['time_to_deliver_s']} s vs "
+                f"{official['time_to_deliver_s']} s), {bridge['delivered']}/{bridge['emitted']}",
+                "met": ratio >= 15 and complete,
+            }
+        )
+    for scenario in ("burst", "wide"):
+        bridge, lean = _find(rows, scenario, "bridge"), _find(rows, scenario, "lean")
+        if bridge and lean and bridge["steady_rate_eps"] and lean["steady_rate_eps"]:
+            share = bridge["steady_rate_eps"] / lean["steady_rate_eps"]
+            out.append(
+                {
+                    "target": f"{scenario}: steady rate >= 80% of the lean ceiling's",
+                    "measured": f"{share:.0%} ({bridge['steady_rate_eps']:,} vs "
+                    f"{lean['steady_rate_eps']:,} ev/s)",
+                    "met": share >= 0.8,
+                }
+            )
+    bridge = _find(rows, "steady", "bridge")
+    if bridge:
+        out.append(
+            {
+                "target": "steady: peak RSS <= 400 MB",
+                "measured": f"{bridge['peak_rss_mb']} MB at {bridge['streams']:,} streams",
+                "met": bridge["peak_rss_mb"] <= 400 if bridge["streams"] >= 10_000 else None,
+            }
+        )
+        rate = bridge["params"].get("rate")
+        p99 = bridge["latency_p99_ms"]
+        out.append(
+            {
+                "target": "steady: p99 latency <= 100 ms at 2,000 events/s",
+                "measured": f"{p99} ms at {rate:,} events/s",
+                "met": (p99 is not None and p99 <= 100) if rate == 2000 else None,
+            }
+        )
+    return out
+
+
+def write_chart(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["results"] if not r["skipped"]]
+    scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
+    contenders = list(dict.fromkeys(r["contender"] for r in rows))
+    colours = {"bridge": "#2a7ab9", "lean": "#8fbf5a", "official": "#d9822b"}
+    panels = (
+        ("time to deliver (s, lower is better)", "time_to_deliver_s", scenarios),
+        ("steady rate (events/s)", "steady_rate_eps", scenarios),
+        ("delivered / emitted (%)", "delivered_share", scenarios),
+        ("peak RSS (MB)", "peak_rss_mb", scenarios),
+        ("CPU s per 10k events", "cpu_s_per_10k", scenarios),
+        ("steady: latency p99 (ms)", "latency_p99_ms", [s for s in scenarios if s == "steady"]),
+    )
+    figure, axes = plt.subplots(2, 3, figsize=(15, 8))
+    width = 0.8 / max(1, len(contenders))
+    for ax, (title, key, groups) in zip(axes.flat, panels, strict=True):
+        for i, contender in enumerate(contenders):
+            xs, ys = [], []
+            for j, scenario in enumerate(groups):
+                row = _find(rows, scenario, contender)
+                value = row.get(key) if row else None
+                if value is None:
+                    continue
+                xs.append(j + (i - (len(contenders) - 1) / 2) * width)
+                ys.append(value * 100 if key == "delivered_share" else value)
+            bars = ax.bar(xs, ys, width, label=contender, color=colours.get(contender))
+            ax.bar_label(bars, fmt="%.3g", fontsize=7)
+        ax.set_xticks(range(len(groups)), groups)
+        ax.set_title(title, fontsize=10)
+        if key in ("time_to_deliver_s", "peak_rss_mb"):
+            ax.set_yscale("log")
+    axes.flat[0].legend()
+    skipped = [f"{r['contender']}@{r['scenario']}" for r in report["results"] if r["skipped"]]
+    figure.suptitle(
+        f"xpander-bridge benchmark ({report['size']}, {report['machine']['cpus']} CPUs, "
+        f"{report['when']}); skipped: {', '.join(skipped) or 'none'}",
+        fontsize=10,
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    source = Path(sys.argv[1])
+    loaded = orjson.loads(source.read_bytes())
+    loaded["targets"] = targets(loaded["results"])
+    print(table(loaded))
+    write_chart(loaded, source.with_suffix(".png"))

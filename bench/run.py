@@ -1,0 +1,552 @@
+"""``make bench``: the bridge against the official client and a lean ceiling.
+
+For each scenario (burst, wide, steady) and each contender (bridge, lean,
+official), in turn and never at the same time:
+
+1. a fresh emulator process with the scenario's tasks, held until subscribed
+   (same seed: every contender gets the same tasks and events);
+2. the contender as its own process, writing to its own topic on the
+   scenario's embedded broker (tansu, its own process);
+3. a consumer in this process reads the topic from the start while the
+   contender runs: every figure is counted from what is in Kafka, never from
+   what a sender says it sent;
+4. /proc sampling of the contender's process tree: peak RSS, CPU seconds.
+
+A contender is done when the topic holds every emitted event, or when the
+emulator has emitted everything and no record arrived for ``quiet_s`` (the
+official client drops event types it does not know), or at the timeout.
+
+    .venv/bin/python -m bench.run              # full: a few minutes
+    .venv/bin/python -m bench.run --quick      # under two minutes
+    .venv/bin/python -m bench.run --size tiny --scenarios burst --contenders bridge,lean
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import signal
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bench.measure import TreeSampler, descendants
+from bridge.kafka.embedded import EmbeddedBroker
+
+__all__ = ["SIZES", "main", "run"]
+
+REPO = Path(__file__).resolve().parent.parent
+CONTENDERS = ("bridge", "lean", "official")
+SCENARIOS = ("burst", "wide", "steady")
+#: what the official client needs per open stream (measured elsewhere: 731 MB at 400
+#: tasks, 2.9 GB at 2,000): it runs only where streams x this fits the budget
+OFFICIAL_BYTES_PER_STREAM = 1.5 * 1024**2
+PARTITIONS = 12  # what the bridge creates; the others get the same
+
+#: scenario parameters per size (the emulator presets' parameters)
+SIZES: dict[str, dict[str, dict[str, Any]]] = {
+    "full": {
+        "burst": {"tasks": 400, "events": 100},
+        "wide": {"tasks": 2000, "events": 20},
+        "steady": {"streams": 10_000, "rate": 2000, "duration_s": 30},
+    },
+    "quick": {
+        "burst": {"tasks": 100, "events": 100},
+        "wide": {"tasks": 500, "events": 20},
+        "steady": {"streams": 1000, "rate": 1000, "duration_s": 8},
+    },
+    "tiny": {
+        "burst": {"tasks": 5, "events": 10},
+        "wide": {"tasks": 5, "events": 6},
+        "steady": {"streams": 5, "rate": 10, "duration_s": 2},
+    },
+}
+
+
+@dataclass
+class Result:
+    scenario: str
+    contender: str
+    params: dict[str, Any]
+    streams: int = 0
+    skipped: str | None = None
+    emitted: int = 0
+    expected: int = 0
+    delivered: int = 0
+    connected_records: int = 0
+    delivered_share: float = 0.0
+    time_to_deliver_s: float | None = None
+    steady_rate_eps: float | None = None
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    latency_create_p50_ms: float | None = None
+    latency_create_p99_ms: float | None = None
+    peak_rss_mb: float = 0.0
+    cpu_s: float = 0.0
+    cpu_s_at_first_record: float | None = None
+    cpu_s_per_10k: float | None = None
+    ended_by: str = ""
+    exit_code: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# -- the consumer that counts -------------------------------------------------------
+
+
+class TopicCounter:
+    """Reads every partition of ``topic`` from offset 0, no group (no join wait on
+    tansu, nothing committed). Keeps each event's record timestamp, arrival time
+    and value; the per-stream ``connected`` handshakes are counted apart."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.values: list[bytes] = []
+        self.timestamps: list[int] = []
+        self.arrivals: list[float] = []
+        self.connected = 0
+        self.last_arrival = time.monotonic()
+        self.first_arrival_cpu: float | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    @property
+    def delivered(self) -> int:
+        return len(self.values)
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        await asyncio.wait_for(self._ready.wait(), 30)
+
+    async def _run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=20,
+            max_partition_fetch_bytes=4 * 1024**2,
+        )
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(self.topic, p) for p in range(PARTITIONS)]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            self._ready.set()
+            marker = b'"type":"connected"'
+            while True:
+                batch = await consumer.getmany(timeout_ms=200, max_records=20_000)
+                if not batch:
+                    continue
+                now = time.time()
+                self.last_arrival = time.monotonic()
+                for messages in batch.values():
+                    for m in messages:
+                        value = m.value or b""
+                        if marker in value[:200]:
+                            self.connected += 1
+                            continue
+                        self.values.append(value)
+                        self.timestamps.append(m.timestamp)
+                        self.arrivals.append(now)
+        finally:
+            await consumer.stop()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+# -- processes --------------------------------------------------------------------------
+
+
+async def start_emulator(
+    scenario: str, params: dict[str, Any], log: Path
+) -> tuple[Any, dict[str, Any]]:
+    spec = orjson.dumps({"scenario": scenario, "params": params}).decode()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.emulator_runner",
+        spec,
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=log.open("ab"),
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), 120)
+    if not line:
+        raise RuntimeError(f"the emulator did not start; see {log}")
+    return process, orjson.loads(line)
+
+
+def contender_command(
+    name: str, emu: dict[str, Any], bootstrap: str, topic: str
+) -> tuple[list[str], dict[str, str]]:
+    env = dict(os.environ)
+    if name == "bridge":
+        env.update(
+            {
+                "XPANDER_BASE_URL": emu["base_url"],
+                "XPANDER_API_KEY": emu["api_key"],
+                "XPANDER_ORGANIZATION_ID": emu["organization_id"],
+                "XPANDER_BRIDGE_AGENT_IDS": ",".join(emu["agent_ids"]),
+                "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                # tansu refuses aiokafka's InitProducerId (docs/notes/tansu.md)
+                "XPANDER_BRIDGE_KAFKA__ENABLE_IDEMPOTENCE": "false",
+                "XPANDER_BRIDGE_TOPICS__EVENTS": topic,
+                "XPANDER_BRIDGE_TOPICS__STATE": f"{topic}.state",
+                "XPANDER_BRIDGE_TOPICS__DLQ": f"{topic}.dlq",
+                "XPANDER_BRIDGE_HTTP_PORT": "0",  # several runs on one machine
+            }
+        )
+        executable = Path(sys.executable).parent / "xpander-bridge"
+        return [str(executable), "run"], env
+    argv = [
+        sys.executable,
+        "-m",
+        f"bench.contenders.{name}",
+        "--base-url",
+        emu["base_url"],
+        "--api-key",
+        emu["api_key"],
+        "--org",
+        emu["organization_id"],
+        "--agents",
+        ",".join(emu["agent_ids"]),
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        topic,
+    ]
+    return argv, env
+
+
+async def create_topic(bootstrap: str, topic: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
+    finally:
+        await admin.close()
+
+
+async def emulator_stats(client: httpx.AsyncClient, base_url: str) -> dict[str, Any]:
+    try:
+        response = await client.get(f"{base_url}/_emulator/stats", timeout=10)
+        stats: dict[str, Any] = response.json()
+        return stats
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+async def stop_process(
+    process: Any, grace_s: float = 30.0, sig: signal.Signals = signal.SIGTERM
+) -> int | None:
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(sig)
+        try:
+            await asyncio.wait_for(process.wait(), grace_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+    code: int | None = process.returncode
+    return code
+
+
+async def stop_tree(process: Any, *, profile: bool) -> int | None:
+    """SIGTERM the contender (under py-spy: py-spy's child, so that py-spy sees it
+    exit and writes its profile); whatever of the tree outlives it is killed."""
+    tree = descendants(process.pid)
+    if profile and tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(tree[0], signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), 60)
+    code = await stop_process(process)
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return code
+
+
+# -- one contender on one scenario --------------------------------------------------------
+
+
+async def run_one(
+    scenario: str,
+    contender: str,
+    params: dict[str, Any],
+    bootstrap: str,
+    out: Path,
+    *,
+    quiet_s: float,
+    timeout_s: float,
+    profile: bool = False,
+) -> Result:
+    result = Result(scenario, contender, params)
+    topic = f"bench.{scenario}.{contender}.{int(time.time())}"
+    await create_topic(bootstrap, topic)
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    emulator_log = logs / f"{scenario}-{contender}-emulator.log"
+    emulator, emu = await start_emulator(scenario, params, emulator_log)
+    result.streams = emu["tasks"]
+    result.expected = emu["expected_events"]
+    counter = TopicCounter(bootstrap, topic)
+    await counter.start()
+    argv, env = contender_command(contender, emu, bootstrap, topic)
+    if profile:
+        # collapsed stacks for flame graphs; the tree's RSS and CPU then include py-spy
+        spy = Path(sys.executable).parent / "py-spy"
+        folded = out / f"{scenario}-{contender}.folded"
+        record = ["record", "--format", "raw", "--rate", "200", "-o", str(folded), "--"]
+        argv = [str(spy), *record, *argv]
+    log = (logs / f"{scenario}-{contender}.log").open("wb")
+    started = time.time()
+    process = await asyncio.create_subprocess_exec(
+        *argv, cwd=REPO, env=env, stdout=log, stderr=asyncio.subprocess.STDOUT
+    )
+    sampler = TreeSampler(process.pid)
+    sampler.start()
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient() as http:
+        emitted_all = False
+        subscribed_at: float | None = None
+        next_stats = 0.0
+        while True:
+            await asyncio.sleep(0.2)
+            if counter.delivered and result.cpu_s_at_first_record is None:
+                result.cpu_s_at_first_record = round(sampler.cpu_s, 2)
+            if counter.delivered >= result.expected:
+                result.ended_by = "all delivered"
+                break
+            now = time.monotonic()
+            if not emitted_all and now >= next_stats:
+                stats = await emulator_stats(http, emu["base_url"])
+                emitted_all = stats.get("events_emitted", 0) >= result.expected
+                if subscribed_at is None and stats.get("connections", 0) >= result.streams:
+                    subscribed_at = time.time()
+                next_stats = now + 1.0
+            quiet = now - counter.last_arrival
+            if process.returncode is not None and quiet > 2.0:
+                result.ended_by = f"contender exited ({process.returncode})"
+                break
+            if emitted_all and quiet > quiet_s:
+                result.ended_by = f"emulator done, topic quiet for {quiet_s:g}s"
+                break
+            if now > deadline:
+                result.ended_by = f"timeout after {timeout_s:g}s"
+                break
+        await sampler.stop()  # CPU and RSS up to here: shutdown not included
+        stats = await emulator_stats(http, emu["base_url"])
+    result.emitted = int(stats.get("events_emitted", 0))
+    result.extra["emulator"] = {
+        k: stats.get(k) for k in ("events_sent", "connections", "open_streams", "tasks")
+    }
+    result.exit_code = await stop_tree(process, profile=profile)
+    log.close()
+    await asyncio.sleep(0.5)  # anything flushed at shutdown still counts as delivered
+    await counter.stop()
+    await stop_process(emulator, 10.0)
+    if subscribed_at is not None:
+        result.extra["all_streams_open_after_s"] = round(subscribed_at - started, 2)
+    summarize(result, counter, sampler, started, subscribed_at)
+    return result
+
+
+def _emitted_at(value: bytes) -> float | None:
+    """When the emulator emitted this event: ``emitted_at`` (top level or in dict
+    data), else the event's own time (``occurred_at`` in the bridge's envelope,
+    ``time`` in the platform event), which the emulator sets from the same clock."""
+    try:
+        event = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(event, dict):
+        return None
+    stamp = event.get("emitted_at")
+    data = event.get("data")
+    if stamp is None and isinstance(data, dict):
+        stamp = data.get("emitted_at")
+    if isinstance(stamp, int | float):
+        return float(stamp)
+    iso = event.get("occurred_at") or event.get("time")
+    if isinstance(iso, str):
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(iso).timestamp()
+    return None
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summarize(
+    result: Result,
+    counter: TopicCounter,
+    sampler: TreeSampler,
+    started: float,
+    subscribed_at: float | None,
+) -> None:
+    result.delivered = counter.delivered
+    result.connected_records = counter.connected
+    result.peak_rss_mb = round(sampler.peak_rss / 1024**2, 1)
+    result.cpu_s = round(sampler.cpu_s, 2)
+    if result.emitted:
+        result.delivered_share = round(result.delivered / result.emitted, 4)
+    if result.delivered:
+        result.cpu_s_per_10k = round(sampler.cpu_s / result.delivered * 10_000, 3)
+        first, last = min(counter.timestamps) / 1000, max(counter.timestamps) / 1000
+        result.time_to_deliver_s = round(last - started, 2)
+        if last > first:
+            result.steady_rate_eps = round(result.delivered / (last - first))
+    if result.scenario == "steady" and counter.values:
+        seen: list[float] = []
+        created: list[float] = []
+        settled: list[float] = []  # emitted once every stream was open
+        for value, ts, arrival in zip(
+            counter.values, counter.timestamps, counter.arrivals, strict=True
+        ):
+            emitted = _emitted_at(value)
+            if emitted is not None:
+                seen.append((arrival - emitted) * 1000)
+                created.append(ts - emitted * 1000)
+                if subscribed_at is not None and emitted >= subscribed_at:
+                    settled.append(seen[-1])
+        if settled:
+            result.extra["latency_settled_p50_ms"] = round(_percentile(settled, 0.50), 1)
+            result.extra["latency_settled_p99_ms"] = round(_percentile(settled, 0.99), 1)
+            result.extra["latency_settled_samples"] = len(settled)
+        if seen:
+            result.latency_p50_ms = round(_percentile(seen, 0.50), 1)
+            result.latency_p99_ms = round(_percentile(seen, 0.99), 1)
+            result.latency_create_p50_ms = round(_percentile(created, 0.50), 1)
+            result.latency_create_p99_ms = round(_percentile(created, 0.99), 1)
+            result.extra["latency_samples"] = len(seen)
+            result.extra["latency_mean_ms"] = round(statistics.fmean(seen), 1)
+
+
+# -- the whole run --------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    out: Path = args.out
+    sizes = SIZES[args.size]
+    budget = args.memory_budget_gb * 1024**3
+    results: list[Result] = []
+    for scenario in args.scenarios:
+        params = dict(sizes[scenario])
+        streams = int(params.get("tasks", params.get("streams", 0)))
+        async with EmbeddedBroker() as broker:
+            for contender in args.contenders:
+                if contender == "official" and streams * OFFICIAL_BYTES_PER_STREAM > budget:
+                    need = streams * OFFICIAL_BYTES_PER_STREAM / 1024**3
+                    skipped = Result(scenario, contender, params, streams=streams)
+                    skipped.skipped = (
+                        f"needs ~{need:.1f} GB at {streams} streams (1.5 MB each), over the "
+                        f"{args.memory_budget_gb:g} GB budget"
+                    )
+                    results.append(skipped)
+                    print(f"{scenario:7} {contender:9} skipped: {skipped.skipped}", flush=True)
+                    continue
+                print(f"{scenario:7} {contender:9} running ...", flush=True)
+                result = await run_one(
+                    scenario,
+                    contender,
+                    params,
+                    broker.bootstrap_servers,
+                    out,
+                    quiet_s=args.quiet_s,
+                    timeout_s=args.timeout_s,
+                    profile=args.profile,
+                )
+                results.append(result)
+                print(f"{scenario:7} {contender:9} {brief(result)}", flush=True)
+    report = {
+        "size": args.size,
+        "when": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "results": [asdict(r) for r in results],
+    }
+    from bench.report import targets
+
+    report["targets"] = targets(report["results"])
+    return report
+
+
+def brief(r: Result) -> str:
+    return (
+        f"{r.delivered}/{r.emitted} delivered in {r.time_to_deliver_s}s, "
+        f"{r.steady_rate_eps} ev/s, RSS {r.peak_rss_mb} MB, CPU {r.cpu_s}s ({r.ended_by})"
+    )
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="benchmark the bridge (bench/README.md)")
+    parser.add_argument("--quick", action="store_const", const="quick", dest="size")
+    parser.add_argument("--size", choices=tuple(SIZES))
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--out", type=Path, help="default: bench/results/<size>-<time>")
+    parser.add_argument("--memory-budget-gb", type=float, default=8.0)
+    parser.add_argument("--quiet-s", type=float, default=5.0)
+    parser.add_argument("--timeout-s", type=float, default=600.0)
+    parser.add_argument("--no-chart", action="store_true")
+    parser.add_argument(
+        "--profile", action="store_true", help="run each contender under py-spy (figures skewed)"
+    )
+    parser.set_defaults(size="full")
+    args = parser.parse_args(argv)
+    args.scenarios = [s for s in args.scenarios.split(",") if s]
+    args.contenders = [c for c in args.contenders.split(",") if c]
+    for name in args.scenarios:
+        if name not in SCENARIOS:
+            parser.error(f"unknown scenario {name!r}")
+    for name in args.contenders:
+        if name not in CONTENDERS:
+            parser.error(f"unknown contender {name!r}")
+    if args.out is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        args.out = REPO / "bench" / "results" / f"{args.size}-{stamp}"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = asyncio.run(run(args))
+    from bench.report import table, write_chart
+
+    (args.out / "results.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    print()
+    print(table(report))
+    if not args.no_chart:
+        write_chart(report, args.out / "results.png")
+    print(f"\nresults: {args.out}/results.json" + ("" if args.no_chart else " and results.png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
