@@ -168,7 +168,12 @@ class Bridge:
         self.reports = ReportsSource(
             config,
             recorder,
-            Normalizer(config.topics, config.kafka, self.metrics),
+            Normalizer(
+                config.topics,
+                config.kafka,
+                self.metrics,
+                publish_connected=config.streams.publish_connected,
+            ),
             self._publish,
             self.metrics,
             on_state=lambda ok, detail: self.health.set("reports", ok, detail),
@@ -231,7 +236,13 @@ class Bridge:
         self.health.set("platform", False, "first listing pending")
         self._platform_client()
         assert self.client is not None
-        normalizer = Normalizer(config.topics, config.kafka, self.metrics)
+        normalizer = Normalizer(
+            config.topics,
+            config.kafka,
+            self.metrics,
+            publish_connected=config.streams.publish_connected,
+            on_delivered=self.checkpointer.delivered if self.checkpointer else None,
+        )
         self.supervisor = TaskSupervisor(
             self.client,
             normalizer,

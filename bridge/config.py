@@ -155,6 +155,14 @@ class StreamsConfig(Section):
     reconnect_max_s: float = Field(
         default=30.0, gt=0, description="Cap of the reconnect back-off (full jitter below it)."
     )
+    publish_connected: bool = Field(
+        default=False,
+        description=(
+            "Publish the `connected` handshake a server sends on every connection. Off: it "
+            "is not task activity, and numbering it would shift `sequence` after a resume "
+            "(counted in events_filtered_total)."
+        ),
+    )
     resync_grace_s: float = Field(
         default=2.0,
         ge=0,

@@ -11,6 +11,7 @@ envelopes acknowledged but not yet covered by a written checkpoint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -36,6 +37,7 @@ class Checkpointer:
         self._metrics = metrics
         self._tasks: dict[str, TaskState] = {}
         self._tombstones: list[tuple[float, str]] = []
+        self._urgent = asyncio.Event()
         self._loop = asyncio.get_running_loop()
 
     def watch(self, task: TaskState) -> None:
@@ -50,9 +52,19 @@ class Checkpointer:
         for task_id in task_ids:
             self._tasks.pop(task_id, None)
 
+    def delivered(self, task: TaskState, sequence: int) -> None:
+        """An envelope of ``task`` is in Kafka. A task's first checkpoint and its
+        final one are written at once, not at the next interval: a task with no
+        checkpoint at all is the one a crash would make the next owner start
+        from scratch (sequence from 1 again)."""
+        if task.checkpointed == 0 or task.finished:
+            self._urgent.set()
+
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self._config.checkpoint_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._urgent.wait(), self._config.checkpoint_interval_s)
+            self._urgent.clear()
             await self.write_due()
 
     async def write_due(self) -> None:

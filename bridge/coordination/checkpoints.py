@@ -24,6 +24,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bridge.config import KafkaConfig
+from bridge.errors import UnavailableError
 from bridge.sinks.kafka.producer import client_options
 
 __all__ = ["Checkpoint", "load_checkpoints"]
@@ -106,10 +107,15 @@ async def load_checkpoints(
         assigned = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(assigned)
         await consumer.seek_to_beginning(*assigned)
-        deadline = asyncio.get_running_loop().time() + timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         pending = set(assigned)
-        quiet_rounds = 0
-        while pending and asyncio.get_running_loop().time() < deadline:
+        while pending:
+            if loop.time() > deadline:
+                raise UnavailableError(
+                    f"checkpoints of partitions {sorted(tp.partition for tp in pending)} "
+                    f"not read within {timeout_s}s"
+                )
             batch = await consumer.getmany(timeout_ms=200, max_records=5000)
             for records in batch.values():
                 for record in records:
@@ -120,11 +126,11 @@ async def load_checkpoints(
                     checkpoint = Checkpoint.decode(record.value)
                     if checkpoint is not None:
                         found[checkpoint.task_id] = checkpoint
-            quiet_rounds = 0 if batch else quiet_rounds + 1
             for tp in list(pending):
+                # Known only once a fetch answered for the partition: until
+                # then, an empty answer does not mean "nothing there".
                 highwater = consumer.highwater(tp)
-                position = await consumer.position(tp)
-                if (highwater is not None and position >= highwater) or quiet_rounds >= 3:
+                if highwater is not None and await consumer.position(tp) >= highwater:
                     pending.discard(tp)
     finally:
         await asyncio.shield(consumer.stop())

@@ -112,6 +112,9 @@ class Ownership:
                 auto_offset_reset="latest",
                 session_timeout_ms=config.session_timeout_ms,
                 heartbeat_interval_ms=config.heartbeat_interval_ms,
+                # A revoke waits for in-flight acks and writes checkpoints
+                # (seconds): the group must wait for it rather than evict us.
+                rebalance_timeout_ms=max(60_000, config.session_timeout_ms),
             )
             consumer.subscribe([config.tasks_topic], listener=_Listener(self))
             try:

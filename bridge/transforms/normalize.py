@@ -184,6 +184,7 @@ class Normalizer:
         *,
         on_delivered: Callable[[TaskState, int], None] | None = None,
         clock: Callable[[], str] = _iso_now,
+        publish_connected: bool = False,
     ) -> None:
         self._events_topic = topics.events
         self._state_topic = topics.state
@@ -192,6 +193,9 @@ class Normalizer:
         for rule in reversed(topics.routes):  # first match wins
             for event_type in rule.types:
                 self._routes[event_type] = None if rule.drop else rule.topic
+        if not publish_connected:
+            # The per-connection handshake, not task history (a rule can still route it).
+            self._routes.setdefault("connected", None)
         self._limit = max(4096, kafka.max_request_bytes - _RECORD_OVERHEAD)
         self._metrics = metrics
         self._on_delivered = on_delivered

@@ -89,6 +89,7 @@ KUBE_VERSIONS = ["1.25.0", all_versions()[-1]]
 def _rendered_sets(helm: Path) -> dict[str, list[Manifest]]:
     return {
         "defaults": render(helm),
+        "three-replicas": render(helm, set_values=["replicas=3"]),
         "full-values": render(helm, [FULL_VALUES]),
         "chart-secret": render(
             helm,
@@ -156,17 +157,27 @@ def test_service_monitor_scrapes_the_service(full_manifests: list[Manifest]) -> 
 # --- the config file, as the bridge loads it ------------------------------------------
 
 
-def _pod_environment(manifests: list[Manifest], secret_values: dict[str, str]) -> dict[str, str]:
-    """The container's environment: plain values, and secret keys resolved."""
+#: The name a pod of the Deployment gets, as the downward API hands it over.
+POD_NAME = "rel-xpander-bridge-6b8f9c7d5-x2k4q"
+
+
+def _pod_environment(
+    manifests: list[Manifest], secret_values: dict[str, str], pod_name: str = POD_NAME
+) -> dict[str, str]:
+    """The container's environment: plain values, secret keys and pod fields resolved."""
     secrets = {
         m["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in m["data"].items()}
         for m in manifests
         if m["kind"] == "Secret"
     }
+    pod_fields = {"metadata.name": pod_name, "metadata.namespace": NAMESPACE}
     environ: dict[str, str] = {}
     for env in bridge_container(manifests).get("env", []):
         if "value" in env:
             environ[env["name"]] = env["value"]
+            continue
+        if "fieldRef" in env["valueFrom"]:
+            environ[env["name"]] = pod_fields[env["valueFrom"]["fieldRef"]["fieldPath"]]
             continue
         ref = env["valueFrom"]["secretKeyRef"]
         chart_secret = secrets.get(ref["name"])
@@ -224,15 +235,17 @@ def test_full_config_loads_with_nothing_missing(
     assert config.kafka.sasl_password is not None
     assert config.kafka.sasl_password.get_secret_value() == "pw-from-secret"
     assert config.logging.level == "DEBUG"  # extraEnv reached the bridge
+    assert config.coordination.instance_id == POD_NAME  # the downward API did
     # Every value of the full-values file arrived unchanged (numbers included).
     values = yaml.safe_load(FULL_VALUES.read_text())["config"]
-    expected = BridgeConfig.model_validate(values).model_dump(
-        exclude={"platform": {"api_key"}, "kafka": {"sasl_password"}, "logging": {"level"}}
-    )
-    got = config.model_dump(
-        exclude={"platform": {"api_key"}, "kafka": {"sasl_password"}, "logging": {"level"}}
-    )
-    assert got == expected
+    from_env: Any = {
+        "platform": {"api_key"},
+        "kafka": {"sasl_password"},
+        "logging": {"level"},
+        "coordination": {"instance_id"},
+    }
+    expected = BridgeConfig.model_validate(values).model_dump(exclude=from_env)
+    assert config.model_dump(exclude=from_env) == expected
 
 
 def test_chart_secret_feeds_the_bridge(helm: Path, tmp_path: Path) -> None:
@@ -336,6 +349,79 @@ def test_disruption_budget_selects_the_pods(full_manifests: list[Manifest]) -> N
     assert budget["selector"]["matchLabels"].items() <= pod_labels.items()
 
 
+# --- several replicas ------------------------------------------------------------------
+
+
+def test_three_replicas_share_the_work(helm: Path, tmp_path: Path) -> None:
+    manifests = render(
+        helm,
+        set_values=[
+            "replicas=3",
+            "config.platform.organization_id=org",
+            "config.discovery.agent_ids={a1}",
+            "secrets.apiKey=k",
+        ],
+    )
+    deployment = only(manifests, "Deployment")["spec"]
+    assert deployment["replicas"] == 3
+    # A new pod is ready (it holds its assignment) before an old one goes, so
+    # the group never has fewer members than replicas during a rollout.
+    assert deployment["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    # Voluntary evictions one at a time: the other two own every partition.
+    budget = only(manifests, "PodDisruptionBudget")["spec"]
+    assert budget["maxUnavailable"] == 1
+    assert "minAvailable" not in budget
+    pod_labels = deployment["template"]["metadata"]["labels"]
+    assert budget["selector"]["matchLabels"].items() <= pod_labels.items()
+
+    env = {e["name"]: e for e in bridge_container(manifests)["env"]}
+    instance = env["XPANDER_BRIDGE_COORDINATION__INSTANCE_ID"]
+    assert instance == {
+        "name": "XPANDER_BRIDGE_COORDINATION__INSTANCE_ID",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+    }
+
+    # The rendered config, as each pod loads it: coordination on, its own name.
+    path = _mounted_config(manifests, tmp_path)
+    names = ["rel-xpander-bridge-6b8f9c7d5-aaaaa", "rel-xpander-bridge-6b8f9c7d5-bbbbb"]
+    configs = [load_config(path, environ=_pod_environment(manifests, {}, name)) for name in names]
+    for config, name in zip(configs, names, strict=True):
+        assert config.missing_for_run() == []
+        assert config.coordination.enabled is True
+        assert config.coordination.instance_id == name
+        assert config.coordination.partitions >= 3
+    # The grace period covers the shutdown (stop, final checkpoints, drain).
+    grace = deployment["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > configs[0].pipeline.shutdown_timeout_s
+
+
+def test_one_replica_keeps_a_budget_that_lets_drains_through(
+    default_manifests: list[Manifest],
+) -> None:
+    # minAvailable 1 on a single replica would block every node drain.
+    budget = only(default_manifests, "PodDisruptionBudget")["spec"]
+    assert budget["maxUnavailable"] == 1
+    assert "minAvailable" not in budget
+    env = {e["name"] for e in bridge_container(default_manifests)["env"]}
+    assert "XPANDER_BRIDGE_COORDINATION__INSTANCE_ID" in env
+
+
+def test_replicas_without_streams_need_no_coordination(helm: Path) -> None:
+    # Reports alone share their partitions through their own consumer group.
+    manifests = render(
+        helm,
+        set_values=[
+            "replicas=3",
+            "config.streams.enabled=false",
+            "config.coordination.enabled=false",
+        ],
+    )
+    assert only(manifests, "Deployment")["spec"]["replicas"] == 3
+
+
 def test_dashboard_config_map_carries_the_dashboard(full_manifests: list[Manifest]) -> None:
     dashboard = only(full_manifests, "ConfigMap", "bridge-dashboard")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
@@ -379,6 +465,11 @@ def test_values_schema_refuses(helm: Path, setting: str, complaint: str) -> None
             ["config.kafka.security_protocol=SASL_SSL", "config.kafka.sasl_mechanism=PLAIN"],
             "set secrets.kafkaSaslPassword",
         ),
+        (
+            ["replicas=2", "config.coordination.enabled=false"],
+            "every replica would stream every task",
+        ),
+        (["config.coordination.instance_id=bridge-1"], "sets it to each pod's name"),
     ],
 )
 def test_chart_refuses_a_broken_release(helm: Path, settings: list[str], complaint: str) -> None:
@@ -456,3 +547,12 @@ def test_notes_are_quiet_when_everything_is_set(helm: Path, tmp_path: Path) -> N
     notes = _notes(helm, tmp_path, [FULL_VALUES])
     assert "WARNING" not in notes
     assert "PrometheusRule bridge" in notes
+
+
+def test_notes_say_when_replicas_outnumber_partitions(helm: Path, tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text("replicas: 6\nconfig:\n  coordination:\n    partitions: 4\n")
+    notes = _notes(helm, tmp_path, [values])
+    assert "replicas (6) is above config.coordination.partitions (4)" in notes
+    assert "2 of them own no partition" in notes
+    assert "config.coordination.partitions" not in _notes(helm, tmp_path / "again", [])

@@ -167,7 +167,13 @@ async def ensure_topics(
         # Co-partitioned: a task's checkpoint sits in the partition index its
         # ownership does. Compacted: the latest record per task id is kept.
         for name in (coordination.tasks_topic, coordination.checkpoints_topic):
-            wanted[name] = {"cleanup.policy": "compact"}
+            # Small segments and an eager cleaner keep the topic near one
+            # record per live task, so loading it on a rebalance stays fast.
+            wanted[name] = {
+                "cleanup.policy": "compact",
+                "segment.ms": "600000",
+                "min.cleanable.dirty.ratio": "0.1",
+            }
             partitions[name] = coordination.partitions
     if topics.state:
         # Compaction keeps the latest snapshot per task id forever; the delete

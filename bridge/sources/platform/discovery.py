@@ -128,7 +128,10 @@ class Discovery:
                 checkpoint = self._checkpoints.get(task_id)
                 if checkpoint is not None and checkpoint.finished:
                     continue
-                if not terminal:
+                if not terminal or (checkpoint is not None and checkpoint.last_stream_event_id):
+                    # Running, or ended while its stream was unread: the stream
+                    # (Last-Event-ID, or a replay) gives the rest; the status
+                    # check beside it emits the end if the stream cannot.
                     supervisor.follow(item, checkpoint)
                 elif (
                     checkpoint is not None

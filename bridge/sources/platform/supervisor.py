@@ -137,7 +137,8 @@ class TaskSupervisor:
         try:
             streaming = item.get("events_streaming")
             snapshot: dict[str, Any] | None = None
-            if item.get("status") in TERMINAL_STATUSES:
+            resumable = state.acked_stream_event_id is not None
+            if item.get("status") in TERMINAL_STATUSES and not resumable:
                 await self._emit_end(state, None)
                 return
             # A listing that says the task runs is enough to open its stream:

@@ -79,8 +79,10 @@ app.kubernetes.io/part-of: xpander-bridge
 {{- define "xpander-bridge.configDir" -}}/etc/xpander-bridge{{- end }}
 
 {{/*
-The pod's grace period: the bridge drains for pipeline.shutdown_timeout_s after
-SIGTERM, so the kubelet must wait longer than that before SIGKILL.
+The pod's grace period: within pipeline.shutdown_timeout_s after SIGTERM the
+bridge stops its streams, writes their final checkpoints, drains and flushes;
+then it leaves the consumer group. The kubelet must wait longer than that
+before SIGKILL: the timeout plus shutdownGraceMarginSeconds.
 */}}
 {{- define "xpander-bridge.terminationGracePeriodSeconds" -}}
 {{- $drain := dig "pipeline" "shutdown_timeout_s" 25 .Values.config | float64 }}
@@ -101,4 +103,16 @@ SIGTERM, so the kubelet must wait longer than that before SIGKILL.
 {{- if and (include "xpander-bridge.kafkaSasl" .) (not .Values.secrets.existingSecret) (not .Values.secrets.kafkaSaslPassword) }}
 {{- fail "config.kafka.security_protocol is SASL_*: set secrets.kafkaSaslPassword, or secrets.existingSecret holding it" }}
 {{- end }}
+{{- /* Cross-field checks: JSON Schema cannot compare two values or say why. */}}
+{{- if and (gt (int .Values.replicas) 1) (dig "streams" "enabled" true .Values.config) (not (dig "coordination" "enabled" true .Values.config)) }}
+{{- fail (printf "replicas is %v but config.coordination.enabled is false: every replica would stream every task and Kafka would get each event %v times; enable coordination or set replicas to 1" .Values.replicas .Values.replicas) }}
+{{- end }}
+{{- if dig "coordination" "instance_id" "" .Values.config }}
+{{- fail "config.coordination.instance_id: the chart sets it to each pod's name (one value for every replica would make them indistinguishable); remove it" }}
+{{- end }}
+{{- end }}
+
+{{/* Partitions of the coordination topic: the most replicas that get work. */}}
+{{- define "xpander-bridge.coordinationPartitions" -}}
+{{- dig "coordination" "partitions" 24 .Values.config | int }}
 {{- end }}
