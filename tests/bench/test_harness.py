@@ -44,6 +44,9 @@ def test_tiny_burst_counts_every_event(tmp_path: Path) -> None:
         assert row["expected"] == 5 * 10
         assert row["emitted"] == row["expected"]
         assert row["delivered"] == row["expected"], row
-        assert row["connected_records"] >= 5  # one handshake per stream, counted apart
+        # One handshake per stream, counted apart; the bridge filters them by
+        # default (streams.publish_connected), the lean ceiling forwards them.
+        expected_handshakes = 0 if row["contender"] == "bridge" else 5
+        assert row["connected_records"] >= expected_handshakes
         assert row["peak_rss_mb"] > 0 and row["cpu_s"] > 0
         assert row["ended_by"] == "all delivered"
