@@ -138,7 +138,8 @@ async def run_demo(
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await stop.wait()
                 summary.show()
                 if duration_s is not None and time.monotonic() - started >= duration_s:
                     break

@@ -62,8 +62,11 @@ class Checkpointer:
 
     async def run(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11, wait_for can swallow a
+            # cancellation that lands as the event fires (the task then never stops).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._urgent.wait(), self._config.checkpoint_interval_s)
+                async with asyncio.timeout(self._config.checkpoint_interval_s):
+                    await self._urgent.wait()
             self._urgent.clear()
             await self.write_due()
 

@@ -95,7 +95,8 @@ class Discovery:
                 )
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     def wake(self) -> None:
         """List now (e.g. this replica was just given partitions)."""
