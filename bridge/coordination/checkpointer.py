@@ -14,20 +14,18 @@ import asyncio
 import contextlib
 import heapq
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from bridge.config import CoordinationConfig
 from bridge.coordination.checkpoints import Checkpoint, now
 from bridge.coordination.partitioning import partition_for
 from bridge.observability.metrics import Metrics
-from bridge.pipeline.record import OutRecord, completion
+from bridge.pipeline.record import OutRecord, Publish, completion
 from bridge.transforms.normalize import TaskState
 
 __all__ = ["Checkpointer"]
 
 log = logging.getLogger(__name__)
-
-Publish = Callable[[list[OutRecord]], Awaitable[None]]
 
 
 class Checkpointer:

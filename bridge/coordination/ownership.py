@@ -20,12 +20,12 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 
 from bridge.config import CoordinationConfig, KafkaConfig
 from bridge.coordination.partitioning import partition_for
+from bridge.kafka.group import join_group
 from bridge.observability.metrics import Metrics
-from bridge.pipeline.backoff import Backoff
 from bridge.sinks.kafka.producer import client_options
 
 __all__ = ["Ownership"]
@@ -102,9 +102,9 @@ class Ownership:
                 await asyncio.sleep(1.0)
 
     async def _connect(self) -> None:
-        backoff = Backoff(0.5, 15.0)
         config = self._config
-        while True:
+
+        def make() -> AIOKafkaConsumer:
             consumer = AIOKafkaConsumer(
                 **client_options(self._kafka),
                 group_id=config.group_id,
@@ -117,23 +117,9 @@ class Ownership:
                 rebalance_timeout_ms=max(60_000, config.session_timeout_ms),
             )
             consumer.subscribe([config.tasks_topic], listener=_Listener(self))
-            try:
-                await consumer.start()
-            except KafkaConnectionError as exc:
-                await consumer.stop()
-                delay = backoff.next_delay()
-                log.warning(
-                    "coordination consumer cannot reach Kafka; retrying",
-                    extra={"error": str(exc), "retry_in_s": round(delay, 2)},
-                )
-                await asyncio.sleep(delay)
-                continue
-            except BaseException:
-                # Cancelled while joining (shutdown): never leak the consumer.
-                await asyncio.shield(consumer.stop())
-                raise
-            self._consumer = consumer
-            return
+            return consumer
+
+        self._consumer = await join_group(make, "coordination")
 
     async def aclose(self) -> None:
         """Leave the group (the caller has already stopped and checkpointed the streams)."""

@@ -9,10 +9,10 @@ record was acknowledged). Retries never call it: a retried record is not done.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Headers", "OutRecord", "completion"]
+__all__ = ["Headers", "OutRecord", "Publish", "completion"]
 
 Headers = list[tuple[str, bytes]]
 
@@ -59,3 +59,7 @@ def completion(records: list[OutRecord]) -> asyncio.Future[None]:
     for record in records:
         record.on_delivered = wrap(record.on_delivered)
     return future
+
+
+#: How sources hand records to the bounded queue (waits while it is full).
+Publish = Callable[[list[OutRecord]], Awaitable[None]]

@@ -22,19 +22,19 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 
 from bridge.config import BridgeConfig
 from bridge.errors import InvalidDataError, RejectedError
+from bridge.kafka.group import join_group
 from bridge.observability.metrics import Metrics
 from bridge.pipeline.acks import OrderedAcks
-from bridge.pipeline.backoff import Backoff
-from bridge.pipeline.record import OutRecord, completion
+from bridge.pipeline.record import Publish, completion
 from bridge.sinks.kafka.dead_letter import dead_letter
 from bridge.sinks.kafka.producer import client_options
 from bridge.sinks.platform.recorder import Recorder
@@ -45,8 +45,6 @@ from bridge.transforms.reports import ParsedMessage, ReportKind, parse_message
 __all__ = ["ReportsSource"]
 
 log = logging.getLogger(__name__)
-
-Publish = Callable[[list[OutRecord]], Awaitable[None]]
 
 
 @dataclass(eq=False)
@@ -163,9 +161,9 @@ class ReportsSource:
             self._consumer = None
 
     async def _connect(self) -> None:
-        backoff = Backoff(0.5, 15.0)
         reports = self._reports
-        while True:
+
+        def make() -> AIOKafkaConsumer:
             consumer = AIOKafkaConsumer(
                 **client_options(self._config.kafka),
                 group_id=reports.group_id,
@@ -176,23 +174,11 @@ class ReportsSource:
                 max_poll_interval_ms=300_000,
             )
             consumer.subscribe(list(self._kinds), listener=_Listener(self))
-            try:
-                await consumer.start()
-            except KafkaConnectionError as exc:
-                await consumer.stop()
-                self._state(False, "Kafka not reachable")
-                delay = backoff.next_delay()
-                log.warning(
-                    "report consumer cannot reach Kafka; retrying",
-                    extra={"error": str(exc), "retry_in_s": round(delay, 2)},
-                )
-                await asyncio.sleep(delay)
-                continue
-            except BaseException:
-                await asyncio.shield(consumer.stop())
-                raise
-            self._consumer = consumer
-            return
+            return consumer
+
+        self._consumer = await join_group(
+            make, "reports", on_unreachable=lambda: self._state(False, "Kafka not reachable")
+        )
 
     # --- rebalance ------------------------------------------------------------
 

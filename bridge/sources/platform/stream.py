@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -35,7 +35,7 @@ from bridge.errors import (
 )
 from bridge.observability.metrics import Metrics
 from bridge.pipeline.backoff import Backoff
-from bridge.pipeline.record import OutRecord
+from bridge.pipeline.record import Publish
 from bridge.platform.client import PlatformClient
 from bridge.platform.wire import TERMINAL_STATUSES
 from bridge.sources.platform.sse import SSEDecoder
@@ -45,8 +45,6 @@ from bridge.transforms.normalize import Normalizer, TaskState, event_id_for
 __all__ = ["Publish", "StreamOutcome", "StreamSettings", "TaskStreamer"]
 
 log = logging.getLogger(__name__)
-
-Publish = Callable[[list[OutRecord]], Awaitable[None]]
 
 
 class StreamOutcome(StrEnum):
