@@ -34,13 +34,18 @@ class Checkpointer:
         self._publish = publish
         self._metrics = metrics
         self._tasks: dict[str, TaskState] = {}
+        #: tasks with progress since their last checkpoint: only these are looked
+        #: at, so a round costs what changed, not every followed task
+        self._dirty: dict[str, TaskState] = {}
         self._tombstones: list[tuple[float, str]] = []
         self._urgent = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        self._lag_updated = 0.0
 
     def watch(self, task: TaskState) -> None:
         """Keep writing this task's checkpoint until its final one is written."""
         self._tasks[task.task_id] = task
+        self._dirty[task.task_id] = task
 
     def watched(self, which: Callable[[str], bool]) -> list[TaskState]:
         """Watched tasks that ``which`` selects (ended ones awaiting their final write too)."""
@@ -55,6 +60,7 @@ class Checkpointer:
         final one are written at once, not at the next interval: a task with no
         checkpoint at all is the one a crash would make the next owner start
         from scratch (sequence from 1 again)."""
+        self._dirty[task.task_id] = task
         if task.checkpointed == 0 or task.finished:
             self._urgent.set()
 
@@ -69,11 +75,19 @@ class Checkpointer:
             await self.write_due()
 
     async def write_due(self) -> None:
-        records = [r for task in list(self._tasks.values()) if (r := self._record(task))]
+        dirty, self._dirty = self._dirty, {}
+        records = [
+            r
+            for task in dirty.values()
+            if task.task_id in self._tasks and (r := self._record(task))
+        ]
         records.extend(self._due_tombstones())
         if records:
             await self._publish(records)
-        self._update_lag()
+        now_ = self._loop.time()
+        if now_ - self._lag_updated >= self._config.checkpoint_interval_s:
+            self._lag_updated = now_
+            self._update_lag()
 
     async def flush(self, tasks: Iterable[TaskState], timeout_s: float) -> None:
         """Write these tasks' checkpoints now and wait until Kafka has them."""
