@@ -34,6 +34,7 @@ from bridge.observability.logging import register_secret
 from bridge.observability.metrics import Metrics
 from bridge.pipeline.backoff import Backoff
 from bridge.pipeline.delivery import DeliveryLoop
+from bridge.pipeline.queue import RecordQueue
 from bridge.pipeline.record import OutRecord
 from bridge.platform.client import PlatformClient
 from bridge.sinks.kafka.producer import KafkaSink
@@ -66,7 +67,7 @@ class Bridge:
         self.config = config
         self.metrics = Metrics(registry, agent_ids=config.discovery.agent_ids)
         self.health = Health(self.metrics)
-        self.queue: asyncio.Queue[OutRecord] = asyncio.Queue(config.pipeline.queue_capacity)
+        self.queue = RecordQueue(config.pipeline.queue_capacity, config.pipeline.queue_max_bytes)
         self.metrics.queue_capacity.set(config.pipeline.queue_capacity)
         self.sink = KafkaSink(config.kafka, config.topics, config.coordination)
         self.http: HealthServer | None = None

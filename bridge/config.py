@@ -388,6 +388,14 @@ class PipelineConfig(Section):
         ge=1,
         description="Events buffered between streams and Kafka; when full, streams stop reading.",
     )
+    queue_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Bytes of envelopes buffered between streams and Kafka; when reached, streams "
+            "stop reading (the memory bound the record count alone is not)."
+        ),
+    )
     shutdown_timeout_s: float = Field(
         default=25.0,
         gt=0,

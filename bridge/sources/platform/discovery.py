@@ -15,7 +15,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -103,17 +103,20 @@ class Discovery:
         self._wake.set()
 
     async def reconcile(self) -> None:
-        """One listing of every agent and user; follow what is new."""
-        listings: list[list[dict[str, Any]]] = []
-        for agent_id in self._config.agent_ids:
-            listings.append(await self._client.list_agent_tasks(agent_id))
-        for user_id in self._config.user_ids:
-            listings.append(await self._client.list_user_tasks(user_id))
+        """One listing of every agent and user; follow what is new.
+
+        Each listing is processed and dropped before the next is fetched: a
+        listing holds every task of an agent, history included, and holding
+        all of them at once was the largest transient allocation."""
         previous = self._seen
         current: set[str] = set()
         live_unowned: set[str] = set()
         supervisor = self._supervisor
-        for items in listings:
+        listings: list[tuple[Callable[[str], Awaitable[list[dict[str, Any]]]], str]] = [
+            (self._client.list_agent_tasks, agent_id) for agent_id in self._config.agent_ids
+        ] + [(self._client.list_user_tasks, user_id) for user_id in self._config.user_ids]
+        for fetch, owner in listings:
+            items = await fetch(owner)
             for item in items:
                 task_id = item.get("id")
                 if not isinstance(task_id, str):
@@ -145,6 +148,7 @@ class Discovery:
                     # Ended unseen: between two listings, or while no replica
                     # streamed it (no checkpoint, or one not finished).
                     supervisor.finish_unseen(item, checkpoint)
+            del items
         self._seen = current
         # Keep the tasks still listed: a task seen running stays a candidate.
         self._live_unowned = (self._live_unowned & current) | live_unowned

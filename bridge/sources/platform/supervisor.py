@@ -80,8 +80,16 @@ class TaskSupervisor:
         if not isinstance(task_id, str) or self._stopping or self.is_known(task_id):
             return
         state = self._new_state(task_id, item, checkpoint)
+        # Only what the worker needs: the listing item is a large dict, and
+        # holding one per followed task for its whole life added up.
+        streaming = item.get("events_streaming")
         worker = asyncio.get_running_loop().create_task(
-            self._work(state, item), name=f"task:{task_id}"
+            self._work(
+                state,
+                streaming if isinstance(streaming, bool) else None,
+                item.get("status") in TERMINAL_STATUSES,
+            ),
+            name=f"task:{task_id}",
         )
         self._workers[task_id] = worker
         worker.add_done_callback(lambda _: self._forget(task_id))
@@ -133,12 +141,11 @@ class TaskSupervisor:
 
     # --- workers ------------------------------------------------------------
 
-    async def _work(self, state: TaskState, item: dict[str, Any]) -> None:
+    async def _work(self, state: TaskState, streaming: bool | None, terminal: bool) -> None:
         try:
-            streaming = item.get("events_streaming")
             snapshot: dict[str, Any] | None = None
             resumable = state.acked_stream_event_id is not None
-            if item.get("status") in TERMINAL_STATUSES and not resumable:
+            if terminal and not resumable:
                 await self._emit_end(state, None)
                 return
             # A listing that says the task runs is enough to open its stream:
