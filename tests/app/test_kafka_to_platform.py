@@ -5,7 +5,6 @@ consumer group."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from support.e2e import bridge_config, consume_until, wait_for
+from support.e2e import bridge_config, config_env, consume_until, wait_for
 from support.kafka import KafkaService, OutRecord, consume, create_topics, produce
 
 from bridge.app import Bridge
@@ -276,27 +275,9 @@ async def test_sigkill_and_restart_records_every_report_on_one_task_each(
         await setup_topics(kafka, config)
         messages: list[Any] = [report(i) for i in range(150)]
         messages += [{"agent_id": AGENT, "result": f"no id {i}"} for i in range(150)]
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("XPANDER", "KAFKA"))},
-            "XPANDER_BASE_URL": emu.base_url,
-            "XPANDER_API_KEY": emu.api_key,
-            "XPANDER_ORGANIZATION_ID": emu.organization_id,
-            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-            "XPANDER_BRIDGE_KAFKA__ENABLE_IDEMPOTENCE": str(kafka.supports_idempotence).lower(),
-            "XPANDER_BRIDGE_STREAMS__ENABLED": "false",
-            "XPANDER_BRIDGE_HTTP__ENABLED": "false",
-            "XPANDER_BRIDGE_TOPICS__EVENTS": config.topics.events,
-            "XPANDER_BRIDGE_TOPICS__STATE": config.topics.state,
-            "XPANDER_BRIDGE_TOPICS__DLQ": config.topics.dlq,
-            "XPANDER_BRIDGE_REPORTS__REPORTS_TOPIC": config.reports.reports_topic,
-            "XPANDER_BRIDGE_REPORTS__METRICS_TOPIC": config.reports.metrics_topic,
-            "XPANDER_BRIDGE_REPORTS__GROUP_ID": config.reports.group_id,
-            "XPANDER_BRIDGE_REPORTS__SESSION_TIMEOUT_MS": str(config.reports.session_timeout_ms),
-            "XPANDER_BRIDGE_REPORTS__HEARTBEAT_INTERVAL_MS": str(
-                config.reports.heartbeat_interval_ms
-            ),
-            "XPANDER_BRIDGE_LOGGING__FORMAT": "json",
-        }
+        env = config_env(
+            config, XPANDER_BRIDGE_HTTP__ENABLED="false", XPANDER_BRIDGE_LOGGING__FORMAT="json"
+        )
 
         async def start() -> asyncio.subprocess.Process:
             return await asyncio.create_subprocess_exec(

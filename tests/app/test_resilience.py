@@ -4,7 +4,6 @@ a broker without idempotence."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -17,8 +16,8 @@ from support.e2e import (
     all_finished,
     bridge_config,
     by_task,
+    config_env,
     consume_until,
-    coordination_env,
     covers,
     discovery_ready,
     expected_events,
@@ -103,23 +102,12 @@ async def test_sigterm_mid_run_exits_0_with_everything_read_in_kafka(
     settings = EmulatorSettings(scenario=scenario(tasks=30, events=200, interval=0.01), seed=9)
     async with Emulator(settings) as emu:
         config = bridge_config(emu, kafka, new_topic)
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("XPANDER", "KAFKA"))},
-            "XPANDER_BASE_URL": emu.base_url,
-            "XPANDER_API_KEY": emu.api_key,
-            "XPANDER_ORGANIZATION_ID": emu.organization_id,
-            "XPANDER_BRIDGE_AGENT_IDS": ",".join(emu.settings.agent_ids),
-            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-            "XPANDER_BRIDGE_KAFKA__ENABLE_IDEMPOTENCE": str(kafka.supports_idempotence).lower(),
-            "XPANDER_BRIDGE_TOPICS__EVENTS": config.topics.events,
-            "XPANDER_BRIDGE_TOPICS__STATE": config.topics.state,
-            "XPANDER_BRIDGE_TOPICS__DLQ": config.topics.dlq,
-            "XPANDER_BRIDGE_DISCOVERY__INTERVAL_S": "0.2",
-            "XPANDER_BRIDGE_REPORTS__ENABLED": "false",
-            "XPANDER_BRIDGE_HTTP__ENABLED": "false",
-            "XPANDER_BRIDGE_LOGGING__FORMAT": "json",
-            **coordination_env(config),
-        }
+        env = config_env(
+            config,
+            XPANDER_BRIDGE_REPORTS__ENABLED="false",
+            XPANDER_BRIDGE_HTTP__ENABLED="false",
+            XPANDER_BRIDGE_LOGGING__FORMAT="json",
+        )
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

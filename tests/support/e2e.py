@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -161,6 +162,29 @@ def covers(
         )
 
     return done
+
+
+def config_env(config: BridgeConfig, **overrides: str) -> dict[str, str]:
+    """The whole of ``config`` as environment variables, for a bridge run as a
+    subprocess exactly as Kubernetes runs it (no file): the inherited
+    environment without any XPANDER/KAFKA variable, then every field."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XPANDER", "KAFKA"))}
+    data = config.model_dump(mode="json")
+    for section, fields in data.items():
+        for field, value in fields.items():
+            if value is None or (section, field) == ("platform", "api_key"):
+                continue
+            if isinstance(value, list | dict):
+                text = orjson.dumps(value).decode()
+            elif isinstance(value, bool):
+                text = str(value).lower()
+            else:
+                text = str(value)
+            env[f"XPANDER_BRIDGE_{section.upper()}__{field.upper()}"] = text
+    if config.platform.api_key is not None:
+        env["XPANDER_API_KEY"] = config.platform.api_key.get_secret_value()
+    env.update(overrides)
+    return env
 
 
 def coordination_env(config: BridgeConfig) -> dict[str, str]:

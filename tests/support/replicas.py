@@ -4,7 +4,6 @@ scale-out tests: start, SIGTERM, SIGKILL, and their JSON logs."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from pathlib import Path
@@ -14,52 +13,21 @@ import orjson
 
 from bridge.config import BridgeConfig
 from bridge.emulator import Emulator
+from support.e2e import config_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def replica_env(emu: Emulator, config: BridgeConfig, name: str) -> dict[str, str]:
     """Everything a replica needs, from the environment only (as in Kubernetes)."""
-    c = config
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XPANDER", "KAFKA"))}
-    env.update(
-        {
-            "XPANDER_BASE_URL": emu.base_url,
-            "XPANDER_API_KEY": emu.api_key,
-            "XPANDER_ORGANIZATION_ID": emu.organization_id,
-            "XPANDER_BRIDGE_AGENT_IDS": ",".join(c.discovery.agent_ids),
-            "KAFKA_BOOTSTRAP_SERVERS": ",".join(c.kafka.bootstrap_servers),
-            "XPANDER_BRIDGE_KAFKA__ENABLE_IDEMPOTENCE": str(c.kafka.enable_idempotence).lower(),
-            "XPANDER_BRIDGE_KAFKA__LINGER_MS": str(c.kafka.linger_ms),
-            "XPANDER_BRIDGE_TOPICS__EVENTS": c.topics.events,
-            "XPANDER_BRIDGE_TOPICS__STATE": c.topics.state,
-            "XPANDER_BRIDGE_TOPICS__DLQ": c.topics.dlq,
-            "XPANDER_BRIDGE_TOPICS__PARTITIONS": str(c.topics.partitions),
-            "XPANDER_BRIDGE_DISCOVERY__INTERVAL_S": str(c.discovery.interval_s),
-            "XPANDER_BRIDGE_DISCOVERY__POLL_INTERVAL_S": str(c.discovery.poll_interval_s),
-            "XPANDER_BRIDGE_STREAMS__RECONNECT_INITIAL_S": str(c.streams.reconnect_initial_s),
-            "XPANDER_BRIDGE_STREAMS__RECONNECT_MAX_S": str(c.streams.reconnect_max_s),
-            "XPANDER_BRIDGE_STREAMS__RESYNC_GRACE_S": str(c.streams.resync_grace_s),
-            "XPANDER_BRIDGE_REPORTS__ENABLED": "false",
-            "XPANDER_BRIDGE_HTTP__ENABLED": "false",
-            "XPANDER_BRIDGE_LOGGING__FORMAT": "json",
-            "XPANDER_BRIDGE_COORDINATION__INSTANCE_ID": name,
-            "XPANDER_BRIDGE_COORDINATION__CHECKPOINT_INTERVAL_S": str(
-                c.coordination.checkpoint_interval_s
-            ),
-            "XPANDER_BRIDGE_COORDINATION__TASKS_TOPIC": c.coordination.tasks_topic,
-            "XPANDER_BRIDGE_COORDINATION__CHECKPOINTS_TOPIC": c.coordination.checkpoints_topic,
-            "XPANDER_BRIDGE_COORDINATION__GROUP_ID": c.coordination.group_id,
-            "XPANDER_BRIDGE_COORDINATION__PARTITIONS": str(c.coordination.partitions),
-            "XPANDER_BRIDGE_COORDINATION__SESSION_TIMEOUT_MS": str(
-                c.coordination.session_timeout_ms
-            ),
-            "XPANDER_BRIDGE_COORDINATION__HEARTBEAT_INTERVAL_MS": str(
-                c.coordination.heartbeat_interval_ms
-            ),
-        }
+    del emu  # the config already points at it
+    return config_env(
+        config,
+        XPANDER_BRIDGE_COORDINATION__INSTANCE_ID=name,
+        XPANDER_BRIDGE_REPORTS__ENABLED="false",
+        XPANDER_BRIDGE_HTTP__ENABLED="false",
+        XPANDER_BRIDGE_LOGGING__FORMAT="json",
     )
-    return env
 
 
 class Replica:
