@@ -49,6 +49,16 @@ def scale_config(
     )
 
 
+def streaming(tasks: int, *, arrival_s: float, events: int, interval_s: float) -> ScenarioSettings:
+    """Streaming tasks only, no sub-tasks: every event has one place to be."""
+    return ScenarioSettings(
+        task_count=tasks,
+        arrival_interval_s=arrival_s,
+        streaming_share=1.0,
+        profile=TaskProfile(events_per_task=events, event_interval_s=interval_s, sub_task_share=0),
+    )
+
+
 async def prepare(kafka: KafkaService, config: BridgeConfig) -> None:
     # Created up front so replicas starting together do not race to create them.
     c = config.coordination
@@ -142,12 +152,7 @@ def check(emu: Emulator, published: dict[str, list[dict[str, Any]]], *, ids: boo
 async def test_single_replica_killed_and_restarted_resumes_without_loss(
     kafka: KafkaService, new_topic: Callable[[str], str], tmp_path: Path, stream: StreamSettings
 ) -> None:
-    scenario = ScenarioSettings(
-        task_count=12,
-        arrival_interval_s=0.1,
-        streaming_share=1.0,
-        profile=TaskProfile(events_per_task=60, event_interval_s=0.04, sub_task_share=0),
-    )
+    scenario = streaming(12, arrival_s=0.1, events=60, interval_s=0.04)
     settings = EmulatorSettings(stream=stream, seed=21)
     async with Emulator(settings) as emu:
         config = scale_config(emu, kafka, new_topic)
@@ -232,12 +237,7 @@ async def test_three_replicas_1500_tasks_exactly_once_one_stream_per_task(
 async def test_one_of_three_killed_its_tasks_are_resumed_by_the_others(
     kafka: KafkaService, new_topic: Callable[[str], str], tmp_path: Path
 ) -> None:
-    scenario = ScenarioSettings(
-        task_count=60,
-        arrival_interval_s=0.05,
-        streaming_share=1.0,
-        profile=TaskProfile(events_per_task=80, event_interval_s=0.05, sub_task_share=0),
-    )
+    scenario = streaming(60, arrival_s=0.05, events=80, interval_s=0.05)
     async with Emulator(EmulatorSettings(seed=41)) as emu:
         config = scale_config(emu, kafka, new_topic)
         await prepare(kafka, config)
@@ -275,12 +275,7 @@ async def test_one_of_three_killed_its_tasks_are_resumed_by_the_others(
 async def test_rolling_restart_of_three_replicas_loses_nothing(
     kafka: KafkaService, new_topic: Callable[[str], str], tmp_path: Path
 ) -> None:
-    scenario = ScenarioSettings(
-        task_count=60,
-        arrival_interval_s=0.08,
-        streaming_share=1.0,
-        profile=TaskProfile(events_per_task=80, event_interval_s=0.05, sub_task_share=0),
-    )
+    scenario = streaming(60, arrival_s=0.08, events=80, interval_s=0.05)
     async with Emulator(EmulatorSettings(seed=51)) as emu:
         config = scale_config(emu, kafka, new_topic)
         await prepare(kafka, config)

@@ -185,19 +185,3 @@ def config_env(config: BridgeConfig, **overrides: str) -> dict[str, str]:
         env["XPANDER_API_KEY"] = config.platform.api_key.get_secret_value()
     env.update(overrides)
     return env
-
-
-def coordination_env(config: BridgeConfig) -> dict[str, str]:
-    """The coordination settings of ``config`` as environment variables, for a
-    bridge run as a subprocess."""
-    coordination = config.coordination
-    return {
-        "XPANDER_BRIDGE_COORDINATION__TASKS_TOPIC": coordination.tasks_topic,
-        "XPANDER_BRIDGE_COORDINATION__CHECKPOINTS_TOPIC": coordination.checkpoints_topic,
-        "XPANDER_BRIDGE_COORDINATION__GROUP_ID": coordination.group_id,
-        "XPANDER_BRIDGE_COORDINATION__PARTITIONS": str(coordination.partitions),
-        "XPANDER_BRIDGE_COORDINATION__SESSION_TIMEOUT_MS": str(coordination.session_timeout_ms),
-        "XPANDER_BRIDGE_COORDINATION__HEARTBEAT_INTERVAL_MS": str(
-            coordination.heartbeat_interval_ms
-        ),
-    }
