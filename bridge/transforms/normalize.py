@@ -201,6 +201,7 @@ class Normalizer:
         self._on_delivered = on_delivered
         self._clock = clock
         self._ce_types: dict[str, bytes] = {}
+        self._received: dict[str, Any] = {}
 
     # --- entry points ---------------------------------------------------------
 
@@ -219,7 +220,13 @@ class Normalizer:
                     task, frame, sse_id, received_at, "not_an_event", "no string 'type' field"
                 )
             ]
-        self._metrics.sse_events_received.labels(self._metrics.event_type(event_type)).inc()
+        received = self._received.get(event_type)
+        if received is None:
+            # prometheus' labels() takes a lock and builds a key per call: once
+            # per type, not once per event.
+            label = self._metrics.event_type(event_type)
+            received = self._received[event_type] = self._metrics.sse_events_received.labels(label)
+        received.inc()
         return self.emit(
             task,
             event_type,
