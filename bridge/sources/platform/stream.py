@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import httpx
 import orjson
 
 from bridge.errors import (
@@ -31,12 +30,11 @@ from bridge.errors import (
     RejectedError,
     RequestTimeoutError,
     RetryableError,
-    StreamInterrupted,
 )
 from bridge.observability.metrics import Metrics
 from bridge.pipeline.backoff import Backoff
 from bridge.pipeline.record import Publish
-from bridge.platform.client import PlatformClient
+from bridge.platform.client import EventStream, PlatformClient
 from bridge.platform.wire import TERMINAL_STATUSES
 from bridge.sources.platform.sse import SSEDecoder
 from bridge.transforms.envelope import EventSource
@@ -186,16 +184,16 @@ class TaskStreamer:
         publish = self._publish
         decoder = SSEDecoder(last_event_id=self._last_event_id)
         got_any = False
-        async with self._client.task_events(task.task_id, self._last_event_id) as response:
+        async with self._client.task_events(task.task_id, self._last_event_id) as stream:
             self._connected = True
             if self._on_auth_ok is not None:
                 self._on_auth_ok()
             # After a reconnect, fetch the task's status beside the stream.
             fetch = loop.create_task(self._fetch_status()) if reconnect else None
-            closer = loop.create_task(self._close_if_ended(fetch, response)) if fetch else None
+            closer = loop.create_task(self._close_if_ended(fetch, stream)) if fetch else None
             self._metrics.active_streams.inc()
             try:
-                async for chunk in response.aiter_raw():
+                async for chunk in stream.chunks():
                     events = decoder.feed(chunk)
                     if not events:
                         continue
@@ -213,10 +211,6 @@ class TaskStreamer:
                             got_any = got_any or records[0].event_type != "connected"
                         if task.finished:
                             return True
-            except httpx.ReadTimeout as exc:
-                raise RequestTimeoutError("no bytes on the stream within the idle timeout") from exc
-            except (httpx.TransportError, httpx.StreamError) as exc:
-                raise _interrupted(exc) from exc
             finally:
                 self._metrics.active_streams.dec()
                 if closer is not None:
@@ -260,7 +254,7 @@ class TaskStreamer:
             return None
 
     async def _close_if_ended(
-        self, fetch: asyncio.Task[dict[str, Any] | None], response: httpx.Response
+        self, fetch: asyncio.Task[dict[str, Any] | None], stream: EventStream
     ) -> None:
         # Shielded: cancelling this closer must not cancel the fetch it waits on.
         snapshot = await asyncio.shield(fetch)
@@ -269,7 +263,7 @@ class TaskStreamer:
         await asyncio.sleep(self._settings.resync_grace_s)
         if not self.task.finished:
             self._closed_by_check = True
-            await response.aclose()  # ends the read loop; run() emits the end
+            stream.close()  # ends the read loop; run() emits the end
 
     async def _settle_fetch(self, fetch: asyncio.Task[dict[str, Any] | None]) -> None:
         """The stream is over: learn what the status check found (waiting for it if
@@ -344,7 +338,3 @@ def _event_type(frame: bytes) -> str | None:
 def _finished_at(snapshot: dict[str, Any]) -> str | None:
     value = snapshot.get("finished_at")
     return value if isinstance(value, str) else None
-
-
-def _interrupted(exc: httpx.TransportError | httpx.StreamError) -> RetryableError:
-    return StreamInterrupted(f"stream interrupted: {type(exc).__name__}")
