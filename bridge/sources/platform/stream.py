@@ -36,7 +36,7 @@ from bridge.pipeline.backoff import Backoff
 from bridge.pipeline.record import Publish
 from bridge.platform.client import EventStream, PlatformClient
 from bridge.platform.wire import TERMINAL_STATUSES
-from bridge.sources.platform.sse import SSEDecoder
+from bridge.sources.platform.sse import SSEDecoder, SSEEvent
 from bridge.transforms.envelope import EventSource
 from bridge.transforms.normalize import Normalizer, TaskState, event_id_for
 
@@ -180,8 +180,6 @@ class TaskStreamer:
         """
         task = self.task
         loop = self._loop
-        normalizer = self._normalizer
-        publish = self._publish
         decoder = SSEDecoder(last_event_id=self._last_event_id)
         got_any = False
         async with self._client.task_events(task.task_id, self._last_event_id) as stream:
@@ -195,22 +193,17 @@ class TaskStreamer:
             try:
                 async for chunk in stream.chunks():
                     events = decoder.feed(chunk)
+                    # While a stream waits for its next bytes, this frame must
+                    # not pin what it read last: at 10,000 quiet streams, each
+                    # holding its last chunk and envelope cost 150 MB.
+                    del chunk
                     if not events:
                         continue
-                    received_at = loop.time()
-                    for event in events:
-                        if not event.data:
-                            continue  # a keep-alive form; the official client skips it too
-                        sse_id = event.id if event.own_id else None
-                        if self._skipping and self._replayed(event.data, sse_id):
-                            continue
-                        records = normalizer.from_frame(task, event.data, sse_id, received_at)
-                        if records:
-                            await publish(records)
-                            # A handshake is not progress: it must not reset the back-off.
-                            got_any = got_any or records[0].event_type != "connected"
-                        if task.finished:
-                            return True
+                    progress = await self._publish_frames(events)
+                    del events
+                    got_any = got_any or progress
+                    if task.finished:
+                        return True
             finally:
                 self._metrics.active_streams.dec()
                 if closer is not None:
@@ -221,6 +214,27 @@ class TaskStreamer:
                 self._last_event_id = decoder.last_event_id
                 self._server_retry_ms = decoder.retry
         return got_any
+
+    async def _publish_frames(self, events: list[SSEEvent]) -> bool:
+        """Normalize and publish one chunk's events; returns whether any was
+        progress (a handshake is not: it must not reset the back-off). Stops at
+        the task's end."""
+        task = self.task
+        received_at = self._loop.time()
+        progress = False
+        for event in events:
+            if not event.data:
+                continue  # a keep-alive form; the official client skips it too
+            sse_id = event.id if event.own_id else None
+            if self._skipping and self._replayed(event.data, sse_id):
+                continue
+            records = self._normalizer.from_frame(task, event.data, sse_id, received_at)
+            if records:
+                await self._publish(records)
+                progress = progress or records[0].event_type != "connected"
+            if task.finished:
+                break
+        return progress
 
     def _replayed(self, frame: bytes, sse_id: str | None) -> bool:
         """While resuming without ids: is this frame one already in Kafka?
