@@ -28,6 +28,7 @@ from bridge.coordination.checkpoints import Checkpoint, load_checkpoints
 from bridge.coordination.ownership import Ownership
 from bridge.coordination.partitioning import partition_for
 from bridge.errors import AuthError, ConfigError, UnavailableError
+from bridge.gc_policy import GcPolicy
 from bridge.observability.health import Health
 from bridge.observability.http import HealthServer
 from bridge.observability.logging import register_secret
@@ -78,6 +79,7 @@ class Bridge:
         self.reports: ReportsSource | None = None
         self.ownership: Ownership | None = None
         self.checkpointer: Checkpointer | None = None
+        self.gc_policy: GcPolicy | None = None
         #: checkpoints of the tasks in the owned partitions, loaded on assignment
         self.checkpoints: dict[str, Checkpoint] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -103,6 +105,12 @@ class Bridge:
             self.http = HealthServer(self.metrics, self.health, config.http.host, config.http.port)
             await self.http.start()
         self._spawn("heartbeat", self.health.heartbeat())
+        pipeline = config.pipeline
+        self.gc_policy = GcPolicy(
+            self.metrics, pipeline.gc_freeze_interval_s, pipeline.gc_full_interval_s
+        )
+        self.gc_policy.install()
+        self._spawn("gc", self.gc_policy.run())
         self.health.set("kafka", False, "connecting")
         await self._connect_kafka()
         self.health.set("kafka", True)
@@ -353,8 +361,10 @@ class Bridge:
         await self._cancel("ownership")
         if self.ownership is not None:
             await self.ownership.aclose()
-        for name in ("delivery", "readiness", "heartbeat"):
+        for name in ("delivery", "readiness", "heartbeat", "gc"):
             await self._cancel(name)
+        if self.gc_policy is not None:
+            self.gc_policy.uninstall()
         try:
             remaining = max(0.1, deadline - (time.monotonic() - started))
             await asyncio.wait_for(self.sink.aclose(), remaining)

@@ -401,6 +401,23 @@ class PipelineConfig(Section):
         gt=0,
         description="Deadline to drain and flush on SIGTERM (keep under the pod's grace period).",
     )
+    gc_freeze_interval_s: float = Field(
+        default=1.0,
+        ge=0,
+        description=(
+            "Seconds between moves of long-lived objects out of the garbage collector's "
+            "reach (gc.freeze), so a full collection does not walk every open stream's "
+            "state and pause the loop (docs/OPERATIONS.md). 0: Python's default behaviour."
+        ),
+    )
+    gc_full_interval_s: float = Field(
+        default=600.0,
+        gt=0,
+        description=(
+            "Seconds between full collections that include the frozen objects, "
+            "reclaiming reference cycles among them (one pause per interval)."
+        ),
+    )
 
 
 class HttpConfig(Section):

@@ -33,6 +33,7 @@ from bridge import __version__
 __all__ = [
     "DEAD_LETTER_REASONS",
     "DROP_REASONS",
+    "GC_GENERATIONS",
     "KNOWN_EVENT_TYPES",
     "OTHER",
     "PUBLISH_ERROR_REASONS",
@@ -100,6 +101,9 @@ REPORT_RETRY_REASONS: Final = ("auth", "rate_limited", "unavailable")
 #: replaying server sends again (``replay_skip``), or, with neither, only
 #: fetching the task's status so no terminal state is missed (``resync``).
 RESUME_KINDS: Final = ("by_id", "replay_skip", "resync")
+
+#: ``gc_pause_seconds{generation}``: Python's three collector generations.
+GC_GENERATIONS: Final = ("0", "1", "2")
 
 #: Event types the official client knows (``TaskUpdateEventType``).
 KNOWN_EVENT_TYPES = frozenset(
@@ -363,6 +367,15 @@ class Metrics:
             registry=r,
         )
 
+        # --- runtime ---
+        self.gc_pause = Histogram(
+            "xpander_bridge_gc_pause_seconds",
+            "Event-loop pauses for Python's garbage collector, by generation.",
+            ["generation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
         self._zero_fixed_labels(agent_ids)
 
     def _zero_fixed_labels(self, agent_ids: Iterable[str]) -> None:
@@ -384,6 +397,8 @@ class Metrics:
             self.tracked_tasks.labels(mode)
         for how in RESUME_KINDS:
             self.resumes.labels(how)
+        for generation in GC_GENERATIONS:
+            self.gc_pause.labels(generation)
         for kind in REPORT_KINDS:
             self.reports_consumed.labels(kind)
             for outcome in REPORT_OUTCOMES:
