@@ -431,6 +431,18 @@ def summarize(
                 created.append(ts - emitted * 1000)
                 if subscribed_at is not None and emitted >= subscribed_at:
                     settled.append(seen[-1])
+        windows: dict[int, list[float]] = {}
+        for value, arrival in zip(counter.values, counter.arrivals, strict=True):
+            emitted = _emitted_at(value)
+            if emitted is not None:
+                windows.setdefault(int((emitted - started) // 5), []).append(
+                    (arrival - emitted) * 1000
+                )
+        # where in the run the tail is: p99 per 5 s of emission time
+        result.extra["latency_p99_ms_by_5s"] = {
+            f"{5 * w}-{5 * w + 5}s": round(_percentile(v, 0.99), 1)
+            for w, v in sorted(windows.items())
+        }
         if settled:
             result.extra["latency_settled_p50_ms"] = round(_percentile(settled, 0.50), 1)
             result.extra["latency_settled_p99_ms"] = round(_percentile(settled, 0.99), 1)

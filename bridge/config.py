@@ -144,6 +144,15 @@ class StreamsConfig(Section):
     max_concurrent: int = Field(
         default=10_000, ge=1, description="Most streams open at once; the rest wait their turn."
     )
+    connect_concurrency: int = Field(
+        default=32,
+        ge=1,
+        description=(
+            "Most streams connecting at once (request sent, headers not yet back). Opening "
+            "thousands together floods the event loop and delays the events of the streams "
+            "already open."
+        ),
+    )
     idle_timeout_s: float = Field(
         default=60.0,
         gt=0,

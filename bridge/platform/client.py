@@ -152,6 +152,7 @@ class PlatformClient:
         self._rest_proxy = proxy_from_env(self._base)
         self._stream_proxy = proxy_from_env(self._events_root)
         self._rest_slots = asyncio.Semaphore(platform.rest_connections)
+        self._connect_slots = asyncio.Semaphore(streams.connect_concurrency)
         self._rest: aiohttp.ClientSession | None = None
         self._streams: aiohttp.ClientSession | None = None
         self._tls: ssl.SSLContext | None = None
@@ -276,7 +277,8 @@ class PlatformClient:
         url = self._events_root + Route.TASK_EVENTS.format(task_id=task_id)
         session = self._stream_session()
         try:
-            response = await session.get(url, headers=headers, proxy=self._stream_proxy)
+            async with self._connect_slots:
+                response = await session.get(url, headers=headers, proxy=self._stream_proxy)
         except TimeoutError as exc:
             self._count("task_events", "timeout")
             raise RequestTimeoutError("task_events: connect timed out") from exc
