@@ -3,7 +3,11 @@
 A task's checkpoint is due when ``acks.done`` passed the last written one; the
 writer batches these every ``coordination.checkpoint_interval_s``, and writes
 at once (and waits for the broker) when a task's ownership moves or the
-bridge stops. A finished task's checkpoint is tombstoned after
+bridge stops. A task's first and final checkpoints are written at once, alone:
+waking for one must not also write every other due one. A round is handed
+over in slices, so the events read meanwhile are queued between them rather
+than behind thousands of checkpoints (the delivery loop takes the queue in
+order). A finished task's checkpoint is tombstoned after
 ``coordination.checkpoint_retention_s``. ``checkpoint_lag`` counts the
 envelopes acknowledged but not yet covered by a written checkpoint.
 """
@@ -27,6 +31,9 @@ __all__ = ["Checkpointer"]
 
 log = logging.getLogger(__name__)
 
+#: checkpoints handed to the queue at a time (see the module doc)
+_SLICE = 128
+
 
 class Checkpointer:
     def __init__(self, config: CoordinationConfig, publish: Publish, metrics: Metrics) -> None:
@@ -38,6 +45,8 @@ class Checkpointer:
         #: at, so a round costs what changed, not every followed task
         self._dirty: dict[str, TaskState] = {}
         self._tombstones: list[tuple[float, str]] = []
+        #: tasks whose first or final checkpoint is waiting: written at once
+        self._urgent_tasks: dict[str, TaskState] = {}
         self._urgent = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._lag_updated = 0.0
@@ -62,32 +71,48 @@ class Checkpointer:
         from scratch (sequence from 1 again)."""
         self._dirty[task.task_id] = task
         if task.checkpointed == 0 or task.finished:
+            self._urgent_tasks[task.task_id] = task
             self._urgent.set()
 
     async def run(self) -> None:
+        loop = self._loop
+        interval = self._config.checkpoint_interval_s
+        next_round = loop.time() + interval
         while True:
             # asyncio.timeout, not wait_for: on 3.11, wait_for can swallow a
             # cancellation that lands as the event fires (the task then never stops).
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._config.checkpoint_interval_s):
+                async with asyncio.timeout(max(0.0, next_round - loop.time())):
                     await self._urgent.wait()
             self._urgent.clear()
-            await self.write_due()
+            if loop.time() >= next_round:
+                next_round = loop.time() + interval
+                await self.write_due()
+            else:
+                await self.write_urgent()
+
+    async def write_urgent(self) -> None:
+        """Only the tasks whose first or final checkpoint waits."""
+        urgent, self._urgent_tasks = self._urgent_tasks, {}
+        for task_id in urgent:
+            self._dirty.pop(task_id, None)
+        await self._write(urgent.values())
 
     async def write_due(self) -> None:
         dirty, self._dirty = self._dirty, {}
-        records = [
-            r
-            for task in dirty.values()
-            if task.task_id in self._tasks and (r := self._record(task))
-        ]
-        records.extend(self._due_tombstones())
-        if records:
-            await self._publish(records)
+        self._urgent_tasks.clear()
+        await self._write(dirty.values(), self._due_tombstones())
         now_ = self._loop.time()
         if now_ - self._lag_updated >= self._config.checkpoint_interval_s:
             self._lag_updated = now_
             self._update_lag()
+
+    async def _write(self, tasks: Iterable[TaskState], extra: Iterable[OutRecord] = ()) -> None:
+        records = [r for task in tasks if task.task_id in self._tasks and (r := self._record(task))]
+        records.extend(extra)
+        for start in range(0, len(records), _SLICE):
+            await self._publish(records[start : start + _SLICE])
+            await asyncio.sleep(0)  # let the streams queue their events in between
 
     async def flush(self, tasks: Iterable[TaskState], timeout_s: float) -> None:
         """Write these tasks' checkpoints now and wait until Kafka has them."""

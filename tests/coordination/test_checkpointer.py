@@ -85,3 +85,34 @@ async def test_run_stops_when_cancelled_even_while_woken_constantly() -> None:
         runner.cancel()
         done, _ = await asyncio.wait({runner}, timeout=1.0)
         assert done, "the checkpointer ignored its cancellation"
+
+
+async def test_a_first_checkpoint_is_written_at_once_and_alone() -> None:
+    # Waking for one task's first checkpoint used to write every due one with
+    # it: at 10,000 streams, thousands of records at once ahead of the events.
+    sink = Sink()
+    config = CoordinationConfig(partitions=6, checkpoint_interval_s=30)
+    checkpointer = Checkpointer(config, sink.publish, Metrics())
+    older = task_with(acked=1, total=2)
+    checkpointer.watch(older)
+    await checkpointer.write_due()
+    assert older.checkpointed == 1
+    runner = asyncio.get_running_loop().create_task(checkpointer.run())
+    try:
+        older.delivered(2)
+        checkpointer.delivered(older, 2)  # progress: due at the next round, in 30 s
+        new = TaskState("t-2", "a-1", "o-1")
+        new.sequence = 1
+        new.acks.track(1)
+        new.pending.append((1, "1", "e1", "executing", True))
+        new.delivered(1)
+        checkpointer.watch(new)
+        checkpointer.delivered(new, 1)  # first checkpoint: now
+        for _ in range(100):
+            if len(sink.records) > 1:
+                break
+            await asyncio.sleep(0.01)
+        assert [r.key for r in sink.records[1:]] == [b"t-2"]
+        assert older.checkpointed == 1, "the other task waits for its round"
+    finally:
+        runner.cancel()
