@@ -145,7 +145,7 @@ class StreamsConfig(Section):
         default=10_000, ge=1, description="Most streams open at once; the rest wait their turn."
     )
     connect_concurrency: int = Field(
-        default=32,
+        default=128,
         ge=1,
         description=(
             "Most streams connecting at once (request sent, headers not yet back). Opening "
