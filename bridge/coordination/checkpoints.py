@@ -116,7 +116,13 @@ async def load_checkpoints(
     if not partitions:
         return {}
     consumer = AIOKafkaConsumer(
-        **client_options(kafka), enable_auto_commit=False, auto_offset_reset="earliest"
+        **client_options(kafka),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        # Reading to the end, not waiting for news: the broker's default long
+        # poll (500 ms) held every assignment's start-up for nothing when a
+        # partition was empty.
+        fetch_max_wait_ms=20,
     )
     found: dict[str, Checkpoint] = {}
     try:
@@ -133,7 +139,7 @@ async def load_checkpoints(
                     f"checkpoints of partitions {sorted(tp.partition for tp in pending)} "
                     f"not read within {timeout_s}s"
                 )
-            batch = await consumer.getmany(timeout_ms=200, max_records=5000)
+            batch = await consumer.getmany(timeout_ms=50, max_records=5000)
             for records in batch.values():
                 for record in records:
                     key = (record.key or b"").decode("utf-8", "replace")
