@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -159,8 +160,26 @@ def _event_id(task_id: str, material: bytes) -> str:
     return digest.hexdigest()
 
 
-def _iso_now() -> str:
-    return datetime.now(UTC).isoformat()
+class _IsoClock:
+    """``datetime.now(UTC).isoformat()``, with the part up to the second
+    formatted once per second instead of once per event."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._prefix}.{int((now - second) * 1_000_000):06d}+00:00"
+
+
+_iso_now = _IsoClock()
 
 
 def _valid_time(value: Any) -> str | None:

@@ -195,3 +195,20 @@ def test_every_envelope_written_validates_against_the_model(
             envelope = Envelope.model_validate_json(record.value)
             assert envelope.type == event_type
             assert envelope.data == data
+
+
+def test_observed_at_clock_is_utc_iso_with_microseconds_and_tracks_time() -> None:
+    from datetime import UTC, datetime
+
+    from bridge.transforms.normalize import _IsoClock
+
+    clock = _IsoClock()
+    before = datetime.now(UTC)
+    stamps = [clock() for _ in range(3)]
+    after = datetime.now(UTC)
+    for stamp in stamps:
+        parsed = datetime.fromisoformat(stamp)
+        assert parsed.utcoffset() is not None and parsed.utcoffset().total_seconds() == 0
+        assert before.replace(microsecond=0) <= parsed <= after
+        assert len(stamp) == len("2026-01-01T00:00:00.000000+00:00")
+    assert stamps == sorted(stamps)
