@@ -281,10 +281,10 @@ class Bridge:
         queue = self.queue
         self.records_enqueued += len(records)
         for record in records:
-            if queue.full():
-                await queue.put(record)  # back-pressure: the stream stops reading here
-            else:
+            try:
                 queue.put_nowait(record)
+            except asyncio.QueueFull:
+                await queue.put(record)  # back-pressure: the stream stops reading here
 
     def _platform_ok(self) -> None:
         self.health.set("platform", True)

@@ -4,18 +4,34 @@ inspection surface. See ``server.Emulator`` and ``settings.EmulatorSettings``.""
 
 from __future__ import annotations
 
-from bridge.emulator.control import Control, CreateTaskControl
-from bridge.emulator.scenarios import PRESETS, preset
-from bridge.emulator.server import Emulator
-from bridge.emulator.settings import (
-    EmulatorSettings,
-    FaultSettings,
-    HttpFaultRule,
-    ScenarioSettings,
-    StreamSettings,
-    TaskProfile,
-)
-from bridge.emulator.tasks import EmittedEvent
+import importlib
+from typing import Any
+
+#: public name -> the module that defines it. Imported on first use, so that
+#: ``xpander-bridge run`` (whose CLI also describes the emulator command) does
+#: not pay for the emulator's import.
+_EXPORTS = {
+    "PRESETS": "scenarios",
+    "preset": "scenarios",
+    "Control": "control",
+    "CreateTaskControl": "control",
+    "Emulator": "server",
+    "EmulatorSettings": "settings",
+    "FaultSettings": "settings",
+    "HttpFaultRule": "settings",
+    "ScenarioSettings": "settings",
+    "StreamSettings": "settings",
+    "TaskProfile": "settings",
+    "EmittedEvent": "tasks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
 
 __all__ = [
     "PRESETS",

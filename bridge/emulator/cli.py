@@ -18,7 +18,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from bridge.emulator.scenarios import PRESETS, preset
-from bridge.emulator.server import Emulator
 from bridge.emulator.settings import EmulatorSettings
 
 __all__ = ["configure_parser", "run"]
@@ -97,6 +96,8 @@ async def _serve(settings: EmulatorSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    from bridge.emulator.server import Emulator  # here: `xpander-bridge run` never needs it
+
     async with Emulator(settings) as emu:
         print(f"xpander emulator listening on {emu.base_url}", flush=True)
         print(f"XPANDER_BASE_URL={emu.base_url}")

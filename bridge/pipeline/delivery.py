@@ -78,10 +78,10 @@ class DeliveryLoop:
     async def run(self) -> None:
         """Forever: take a record, write it. Cancel to stop (after ``drain``)."""
         queue = self._queue
-        depth = self._metrics.queue_depth
         while True:
+            # (queue_depth is sampled once a second by the readiness watcher,
+            # not set per record)
             record = await queue.get()
-            depth.set(queue.qsize())
             if self._in_flight == 0:
                 self._last_progress = self._loop.time()  # idle time is not a stall
             self._in_flight += 1
