@@ -79,3 +79,14 @@ async def test_zero_interval_leaves_python_defaults(restore_gc: None) -> None:
     policy = GcPolicy(Metrics(), freeze_interval_s=0, full_interval_s=600)
     await asyncio.wait_for(policy.run(), 1)  # returns at once
     assert gc.get_freeze_count() == 0
+
+
+async def test_young_collections_run_less_often_and_defaults_come_back(restore_gc: None) -> None:
+    before = gc.get_threshold()
+    policy = GcPolicy(Metrics(), freeze_interval_s=1.0, full_interval_s=600)
+    policy.install()
+    try:
+        assert gc.get_threshold()[0] > before[0]
+    finally:
+        policy.uninstall()
+    assert gc.get_threshold() == before
