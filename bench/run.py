@@ -48,7 +48,9 @@ from bridge.kafka.embedded import EmbeddedBroker
 __all__ = ["SIZES", "main", "run"]
 
 REPO = Path(__file__).resolve().parent.parent
-CONTENDERS = ("bridge", "lean", "official")
+#: bridge-solo: the bridge with coordination off (one replica, no consumer-group
+#: join at start-up), to show what the join costs in the same run
+CONTENDERS = ("bridge", "bridge-solo", "lean", "official")
 SCENARIOS = ("burst", "wide", "steady")
 #: what the official client needs per open stream (measured elsewhere: 731 MB at 400
 #: tasks, 2.9 GB at 2,000): it runs only where streams x this fits the budget
@@ -197,7 +199,9 @@ def contender_command(
     name: str, emu: dict[str, Any], bootstrap: str, topic: str
 ) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
-    if name == "bridge":
+    if name in ("bridge", "bridge-solo"):
+        if name == "bridge-solo":
+            env["XPANDER_BRIDGE_COORDINATION__ENABLED"] = "false"
         env.update(
             {
                 "XPANDER_BASE_URL": emu["base_url"],
