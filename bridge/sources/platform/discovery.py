@@ -30,6 +30,9 @@ __all__ = ["Discovery"]
 
 log = logging.getLogger(__name__)
 
+#: listing items handled between two yields to the event loop
+_YIELD_EVERY = 256
+
 
 class Discovery:
     def __init__(
@@ -117,7 +120,12 @@ class Discovery:
         ] + [(self._client.list_user_tasks, user_id) for user_id in self._config.user_ids]
         for fetch, owner in listings:
             items = await fetch(owner)
-            for item in items:
+            for index, item in enumerate(items):
+                if index % _YIELD_EVERY == _YIELD_EVERY - 1:
+                    # A listing of thousands of new tasks starts thousands of
+                    # workers: done in one go, that held the loop ~90 ms per
+                    # 3,300 tasks while the open streams waited.
+                    await asyncio.sleep(0)
                 task_id = item.get("id")
                 if not isinstance(task_id, str):
                     continue
