@@ -300,7 +300,8 @@ class Normalizer:
             "schema_version": SCHEMA_VERSION,
             "event_id": event_id,
             "type": event_type,
-            "category": CATEGORY_BY_TYPE.get(event_type, Category.OTHER).value,
+            # StrEnum members: orjson writes their string, no .value lookup per event
+            "category": CATEGORY_BY_TYPE.get(event_type, Category.OTHER),
             "task_id": task.task_id,
             "agent_id": task.agent_id,
             "organization_id": task.organization_id,
@@ -308,7 +309,7 @@ class Normalizer:
             "occurred_at": occurred_at or observed_at,
             "observed_at": observed_at,
             "sequence": sequence,
-            "source": source.value,
+            "source": source,
             "sse_id": sse_id,
             "truncated": False,
             "data": data,
