@@ -67,7 +67,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "burst": {"tasks": 100, "events": 100},
         "wide": {"tasks": 500, "events": 20},
-        "steady": {"streams": 1000, "rate": 1000, "duration_s": 8},
+        "steady": {"streams": 300, "rate": 600, "duration_s": 5},
     },
     "tiny": {
         "burst": {"tasks": 5, "events": 10},
@@ -508,7 +508,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     from bench.report import targets
 
-    report["targets"] = targets(report["results"])
+    report["targets"] = targets(report["results"], full_size=args.size == "full")
     return report
 
 
@@ -524,10 +524,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_const", const="quick", dest="size")
     parser.add_argument("--size", choices=tuple(SIZES))
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
-    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument(
+        "--contenders", help=f"default: {','.join(CONTENDERS)} (--quick: without bridge-solo)"
+    )
     parser.add_argument("--out", type=Path, help="default: bench/results/<size>-<time>")
     parser.add_argument("--memory-budget-gb", type=float, default=8.0)
-    parser.add_argument("--quiet-s", type=float, default=5.0)
+    parser.add_argument("--quiet-s", type=float, help="default 5 (--quick: 2)")
     parser.add_argument("--timeout-s", type=float, default=600.0)
     parser.add_argument("--no-chart", action="store_true")
     parser.add_argument(
@@ -535,6 +537,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.set_defaults(size="full")
     args = parser.parse_args(argv)
+    quick = args.size == "quick"  # under two minutes: the everyday variant
+    if args.contenders is None:
+        args.contenders = ",".join(c for c in CONTENDERS if not (quick and c == "bridge-solo"))
+    if args.quiet_s is None:
+        args.quiet_s = 2.0 if quick else 5.0
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     args.contenders = [c for c in args.contenders.split(",") if c]
     for name in args.scenarios:
