@@ -119,6 +119,20 @@ class EventStream:
         """Drop the connection; a reader waiting in ``chunks()`` is woken."""
         self._response.close()
 
+    async def finish(self, grace_s: float) -> None:
+        """The task ended: let the server end the body (it does right after
+        ``task_finished``) for up to ``grace_s``, discarding what comes, so the
+        connection goes back to the pool instead of being reset: the next
+        stream skips a TCP (and TLS) handshake, and neither side handles a
+        reset. Whatever goes wrong here only means the connection is closed."""
+        content = self._response.content
+        try:
+            async with asyncio.timeout(grace_s):
+                while await content.readany():
+                    pass
+        except (TimeoutError, aiohttp.ClientError):
+            pass
+
 
 class PlatformClient:
     """Async context manager; ``aclose()`` is safe to call twice.

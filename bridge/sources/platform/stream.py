@@ -44,6 +44,10 @@ __all__ = ["Publish", "StreamOutcome", "StreamSettings", "TaskStreamer"]
 
 log = logging.getLogger(__name__)
 
+#: after task_finished, how long the server may take to end the body before
+#: the connection is closed instead of reused (see EventStream.finish)
+_END_GRACE_S = 1.0
+
 
 class StreamOutcome(StrEnum):
     """Why a task's streaming ended."""
@@ -203,6 +207,7 @@ class TaskStreamer:
                     del events
                     got_any = got_any or progress
                     if task.finished:
+                        await stream.finish(_END_GRACE_S)
                         return True
             finally:
                 self._metrics.active_streams.dec()
