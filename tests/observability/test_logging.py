@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 import re
 import secrets
 import signal
@@ -19,7 +18,7 @@ import httpx
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support.e2e import wait_for
+from support.e2e import bridge_config, config_env, wait_for
 from support.kafka import KafkaService
 
 from bridge.emulator import Emulator, EmulatorSettings, ScenarioSettings, TaskProfile
@@ -192,36 +191,8 @@ def test_short_values_are_not_masked_they_would_mask_words() -> None:
 def subprocess_env(
     emu: Emulator, kafka: KafkaService, topic: Callable[[str], str]
 ) -> dict[str, str]:
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("XPANDER", "KAFKA"))},
-        "XPANDER_BASE_URL": emu.base_url,
-        "XPANDER_API_KEY": emu.api_key,
-        "XPANDER_ORGANIZATION_ID": emu.organization_id,
-        "XPANDER_BRIDGE_AGENT_IDS": ",".join(emu.settings.agent_ids),
-        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "XPANDER_BRIDGE_KAFKA__ENABLE_IDEMPOTENCE": str(kafka.supports_idempotence).lower(),
-        "XPANDER_BRIDGE_TOPICS__EVENTS": topic("events"),
-        "XPANDER_BRIDGE_TOPICS__STATE": topic("state"),
-        "XPANDER_BRIDGE_TOPICS__DLQ": topic("dlq"),
-        "XPANDER_BRIDGE_DISCOVERY__INTERVAL_S": "0.2",
-        "XPANDER_BRIDGE_DISCOVERY__POLL_INTERVAL_S": "0.1",
-        "XPANDER_BRIDGE_STREAMS__RECONNECT_INITIAL_S": "0.05",
-        "XPANDER_BRIDGE_STREAMS__RECONNECT_MAX_S": "0.5",
-        "XPANDER_BRIDGE_REPORTS__ENABLED": "false",
-        "XPANDER_BRIDGE_COORDINATION__TASKS_TOPIC": topic("tasks"),
-        "XPANDER_BRIDGE_COORDINATION__CHECKPOINTS_TOPIC": topic("checkpoints"),
-        "XPANDER_BRIDGE_COORDINATION__GROUP_ID": topic("owners"),
-        "XPANDER_BRIDGE_COORDINATION__SESSION_TIMEOUT_MS": str(
-            kafka.group_settings["session_timeout_ms"]
-        ),
-        "XPANDER_BRIDGE_COORDINATION__HEARTBEAT_INTERVAL_MS": str(
-            kafka.group_settings["heartbeat_interval_ms"]
-        ),
-        "XPANDER_BRIDGE_HTTP__HOST": "127.0.0.1",
-        "XPANDER_BRIDGE_HTTP__PORT": "0",
-        "XPANDER_BRIDGE_LOGGING__LEVEL": "DEBUG",
-        # No format: stderr is a pipe, so `auto` must choose JSON by itself.
-    }
+    # logging.format stays `auto`: stderr is a pipe, so it must choose JSON by itself.
+    return config_env(bridge_config(emu, kafka, topic, logging={"level": "DEBUG"}))
 
 
 async def metric_sum(client: httpx.AsyncClient, url: str, sample: str) -> float:
