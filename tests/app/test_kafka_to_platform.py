@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from support.e2e import bridge_config, config_env, consume_until, wait_for
+from support.e2e import bridge_config, config_env, consume_until, run_bridge, wait_for
 from support.kafka import KafkaService, OutRecord, consume, create_topics, produce
 
 from bridge.app import Bridge
@@ -25,7 +23,6 @@ from bridge.transforms.reports import derived_report_id
 
 pytestmark = pytest.mark.timeout(90)
 
-ROOT = Path(__file__).resolve().parents[2]
 AGENT = "agent-emulator-1"
 
 
@@ -280,15 +277,8 @@ async def test_sigkill_and_restart_records_every_report_on_one_task_each(
         )
 
         async def start() -> asyncio.subprocess.Process:
-            return await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "bridge",
-                "run",
-                env=env,
-                cwd=ROOT,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
+            return await run_bridge(
+                env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
             )
 
         await send(kafka, config.reports.reports_topic, messages)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 import orjson
@@ -21,6 +19,7 @@ from support.e2e import (
     covers,
     discovery_ready,
     expected_events,
+    run_bridge,
     wait_for,
 )
 from support.kafka import KafkaOutage, KafkaService, consume
@@ -30,8 +29,6 @@ from bridge.emulator import Emulator
 from bridge.emulator.settings import EmulatorSettings, ScenarioSettings, TaskProfile
 from bridge.errors import ConfigError
 from bridge.kafka.embedded import EmbeddedBroker
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def scenario(tasks: int, events: int, interval: float) -> ScenarioSettings:
@@ -108,16 +105,7 @@ async def test_sigterm_mid_run_exits_0_with_everything_read_in_kafka(
             XPANDER_BRIDGE_HTTP__ENABLED="false",
             XPANDER_BRIDGE_LOGGING__FORMAT="json",
         )
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bridge",
-            "run",
-            env=env,
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        process = await run_bridge(env)
         try:
             await wait_for(lambda: emu.stats()["open_streams"] >= 5, 30, "streams to open")
             emu.start_scenario(emu.settings.scenario)

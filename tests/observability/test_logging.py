@@ -9,7 +9,6 @@ import logging
 import re
 import secrets
 import signal
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import httpx
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support.e2e import bridge_config, config_env, wait_for
+from support.e2e import bridge_config, config_env, run_bridge, wait_for
 from support.kafka import KafkaService
 
 from bridge.emulator import Emulator, EmulatorSettings, ScenarioSettings, TaskProfile
@@ -31,7 +30,6 @@ from bridge.observability.logging import (
 
 pytestmark = pytest.mark.timeout(10)
 
-ROOT = Path(__file__).resolve().parents[2]
 MASK = "**********"
 
 
@@ -225,16 +223,7 @@ async def test_a_real_run_at_debug_never_logs_a_secret(
     async with Emulator(settings) as emu:
         env = subprocess_env(emu, kafka, new_topic)
         env["XPANDER_BRIDGE_KAFKA__SASL_PASSWORD"] = sasl_password
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bridge",
-            "run",
-            env=env,
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        process = await run_bridge(env)
         assert process.stderr is not None and process.stdout is not None
         stderr_lines: list[bytes] = []
 

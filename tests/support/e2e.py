@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import orjson
 
@@ -15,6 +17,22 @@ from bridge.app import Bridge
 from bridge.config import BridgeConfig
 from bridge.emulator import Emulator
 from support.kafka import ConsumedRecord, KafkaOutage, KafkaService, consume
+
+ROOT = Path(__file__).resolve().parents[2]
+Output = int | IO[Any]
+
+
+async def run_bridge(
+    env: dict[str, str],
+    *,
+    stdout: Output = asyncio.subprocess.PIPE,
+    stderr: Output = asyncio.subprocess.PIPE,
+) -> asyncio.subprocess.Process:
+    """``python -m bridge run`` in its own process, configured by ``env`` alone
+    (as a container runs it)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "run", env=env, cwd=ROOT, stdout=stdout, stderr=stderr
+    )
 
 
 def bridge_config(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +12,7 @@ import orjson
 
 from bridge.config import BridgeConfig
 from bridge.emulator import Emulator
-from support.e2e import config_env
-
-ROOT = Path(__file__).resolve().parents[2]
+from support.e2e import config_env, run_bridge
 
 
 def replica_env(emu: Emulator, config: BridgeConfig, name: str) -> dict[str, str]:
@@ -39,16 +36,7 @@ class Replica:
 
     async def start(self) -> Replica:
         log = self.log_path.open("ab")
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bridge",
-            "run",
-            env=self._env,
-            cwd=ROOT,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=log,
-        )
+        self.process = await run_bridge(self._env, stdout=asyncio.subprocess.DEVNULL, stderr=log)
         log.close()
         return self
 
