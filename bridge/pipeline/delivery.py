@@ -20,7 +20,7 @@ import logging
 from typing import Any, Protocol
 
 from bridge.errors import BridgeError, RecordTooLargeError, RequestTimeoutError, RetryableError
-from bridge.observability.metrics import Metrics
+from bridge.observability.metrics import LabelledChildren, Metrics
 from bridge.pipeline.backoff import Backoff
 from bridge.pipeline.record import OutRecord
 from bridge.sinks.kafka.producer import translate_send_error
@@ -56,9 +56,7 @@ class DeliveryLoop:
         self._idle.set()
         self._loop = asyncio.get_running_loop()
         self._retries: set[asyncio.Task[None]] = set()
-        #: one labelled counter per (topic, event type): labels() takes a lock
-        #: and builds a key on every call, which was per record
-        self._published: dict[tuple[str, str], Any] = {}
+        self._published = LabelledChildren(metrics.envelopes_published)
         #: False while sends fail; readiness reads it
         self.healthy = True
         #: records acknowledged (or, for the undeliverable, given up on with a log line)
@@ -144,11 +142,7 @@ class DeliveryLoop:
         if record.dead_letter_reason is not None:
             metrics.dead_letters.labels(record.dead_letter_reason).inc()
         else:
-            key = (record.topic, record.event_type)
-            counter = self._published.get(key)
-            if counter is None:
-                counter = self._published[key] = metrics.envelopes_published.labels(*key)
-            counter.inc()
+            self._published(record.topic, record.event_type).inc()
             metrics.publish_latency.observe(self._loop.time() - record.received_at)
         if record.on_delivered is not None:
             record.on_delivered(record)

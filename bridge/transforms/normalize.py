@@ -25,7 +25,7 @@ import orjson
 
 from bridge.config import KafkaConfig, TopicsConfig
 from bridge.coordination.checkpoints import Checkpoint
-from bridge.observability.metrics import Metrics
+from bridge.observability.metrics import LabelledChildren, Metrics
 from bridge.pipeline.acks import OrderedAcks
 from bridge.pipeline.record import Headers, OutRecord
 from bridge.platform.wire import TERMINAL_STATUSES
@@ -220,7 +220,7 @@ class Normalizer:
         self._on_delivered = on_delivered
         self._clock = clock
         self._ce_types: dict[str, bytes] = {}
-        self._received: dict[str, Any] = {}
+        self._received = LabelledChildren(metrics.sse_events_received)
 
     # --- entry points ---------------------------------------------------------
 
@@ -239,13 +239,7 @@ class Normalizer:
                     task, frame, sse_id, received_at, "not_an_event", "no string 'type' field"
                 )
             ]
-        received = self._received.get(event_type)
-        if received is None:
-            # prometheus' labels() takes a lock and builds a key per call: once
-            # per type, not once per event.
-            label = self._metrics.event_type(event_type)
-            received = self._received[event_type] = self._metrics.sse_events_received.labels(label)
-        received.inc()
+        self._received(self._metrics.event_type(event_type)).inc()
         return self.emit(
             task,
             event_type,
