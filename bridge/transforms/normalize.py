@@ -221,6 +221,7 @@ class Normalizer:
         self._clock = clock
         self._ce_types: dict[str, bytes] = {}
         self._received = LabelledChildren(metrics.sse_events_received)
+        self._filtered = LabelledChildren(metrics.events_filtered)
 
     # --- entry points ---------------------------------------------------------
 
@@ -239,7 +240,6 @@ class Normalizer:
                     task, frame, sse_id, received_at, "not_an_event", "no string 'type' field"
                 )
             ]
-        self._received(self._metrics.event_type(event_type)).inc()
         return self.emit(
             task,
             event_type,
@@ -264,10 +264,13 @@ class Normalizer:
         sse_id: str | None = None,
     ) -> list[OutRecord]:
         """Build the envelope record(s) for one event and advance the task's state."""
+        label = self._metrics.event_type(event_type)  # once per event: counters and records
+        if source is EventSource.SSE:
+            self._received(label).inc()
         if event_type in self._routes:
             topic = self._routes[event_type]
             if topic is None:
-                self._metrics.events_filtered.labels(self._metrics.event_type(event_type)).inc()
+                self._filtered(label).inc()
                 return []
         else:
             topic = self._events_topic
@@ -313,7 +316,6 @@ class Normalizer:
         if len(value) > self._limit:
             value = self._truncate(task, envelope, value, received_at, records)
         headers = self._headers(task, event_type, event_id, envelope["occurred_at"])
-        label = self._metrics.event_type(event_type)
         records.append(OutRecord(topic, task.key, value, headers, label, received_at))
         if lifecycle and self._state_topic:
             records.append(
