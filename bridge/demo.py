@@ -69,13 +69,13 @@ class Summary:
     def render(self) -> str:
         metrics = self._bridge.metrics
         now = time.monotonic()
-        received = _samples(metrics.sse_events_received, "event_type")
+        received = _samples(metrics.sse_events_received.metric, "event_type")
         elapsed = max(1e-6, now - self._last_time)
         rates = {t: (received[t] - self._last.get(t, 0)) / elapsed for t in received}
         self._last, self._last_time = received, now
-        published = _samples(metrics.envelopes_published, "topic")
+        published = _samples(metrics.envelopes_published.metric, "topic")
         self.total_published = sum(published.values())
-        finished = _samples(metrics.tasks_finished, "status")
+        finished = _samples(metrics.tasks_finished.metric, "status")
         lines = [
             f"xpander-bridge demo   emulator {self._emu.base_url}   "
             f"kafka {self._bridge.config.kafka.bootstrap_servers[0]}   "
@@ -146,7 +146,7 @@ async def run_demo(
         finally:
             stream.write("\nstopping: draining the queue and flushing the producer...\n")
             report = await bridge.shutdown()
-        published = sum(_samples(bridge.metrics.envelopes_published, "topic").values())
+        published = sum(_samples(bridge.metrics.envelopes_published.metric, "topic").values())
         stream.write(
             f"stopped in {report.seconds:.2f}s, {published:.0f} envelopes "
             f"published, {report.undelivered} undelivered\n"

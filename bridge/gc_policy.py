@@ -27,7 +27,7 @@ import logging
 import time
 from typing import Any
 
-from bridge.observability.metrics import GC_GENERATIONS, Metrics
+from bridge.observability.metrics import GcGeneration, Metrics
 
 __all__ = ["GcPolicy"]
 
@@ -52,7 +52,7 @@ class GcPolicy:
         self._full_every = full_interval_s
         self._started = 0.0
         self._pauses = {
-            int(generation): metrics.gc_pause.labels(generation) for generation in GC_GENERATIONS
+            int(generation): metrics.gc_pause(generation) for generation in GcGeneration
         }
 
     def install(self) -> None:

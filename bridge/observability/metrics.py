@@ -6,13 +6,15 @@ task id, never error text. The event type is the one open-ended label, so it
 goes through ``BoundedLabel``: the types the platform is known to send, plus
 the first few new ones, then ``other``.
 
-Every label value from a fixed set is created at 0 when ``Metrics`` is built
-(the reasons, outcomes and modes below, and each configured agent with each
-terminal status): a series that first appears already at 1 is invisible to
-``rate()`` and ``increase()``, so without this the first failure of a kind
-would never alert. The sets are the constants below; the code that counts
-uses those words, and ``tests/observability/test_metrics.py`` checks every
-``.labels(...)`` call in ``bridge/`` against them.
+Each fixed label set is a ``StrEnum`` below (its values are the words on the
+wire), and a metric labelled from one is a ``ByLabel`` (or ``ByLabels``,
+``ByOpenAndLabel``) accessor: ``metrics.dead_letters(DeadLetterReason.OVERSIZED)``
+returns the child, so mypy rejects a word that is not in the set. The accessor
+creates every child when ``Metrics`` is built, at 0: a series that first
+appears already at 1 is invisible to ``rate()`` and ``increase()``, so without
+this the first failure of a kind would never alert. Metrics with open but
+bounded labels (event types, topics, agents, endpoints) are ``LabelledChildren``.
+Outside this module the code never calls ``.labels()``; a test checks.
 
 A ``Metrics`` instance owns its registry, so several bridges can run in one
 process (the tests do) without mixing their numbers. ``docs/METRICS.md`` lists
@@ -24,87 +26,153 @@ from __future__ import annotations
 import platform
 import threading
 from collections.abc import Iterable
-from typing import Any, Final
+from enum import StrEnum
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 from bridge import __version__
 
 __all__ = [
-    "DEAD_LETTER_REASONS",
-    "DROP_REASONS",
-    "GC_GENERATIONS",
     "KNOWN_EVENT_TYPES",
     "OTHER",
-    "PUBLISH_ERROR_REASONS",
-    "RECONNECT_REASONS",
-    "REPORT_KINDS",
-    "REPORT_OUTCOMES",
-    "REPORT_RETRY_REASONS",
-    "RESUME_KINDS",
-    "RESYNC_OUTCOMES",
-    "TASK_END_STATUSES",
-    "TRACKING_MODES",
     "BoundedLabel",
+    "ByLabel",
+    "ByLabels",
+    "ByOpenAndLabel",
+    "DeadLetterReason",
+    "DropReason",
+    "GcGeneration",
     "LabelledChildren",
     "Metrics",
+    "PublishErrorReason",
+    "ReconnectReason",
+    "ReportKind",
+    "ReportOutcome",
+    "ReportRetryReason",
+    "ResumeKind",
+    "ResyncOutcome",
+    "TaskEndStatus",
+    "TrackingMode",
 ]
 
 # --- the fixed label sets (each created at 0 on start-up) --------------------
 
-#: ``dead_letters_total{reason}``: why a record went to the dead-letter topic.
-#: Platform to Kafka: a frame that is not JSON, JSON without a ``type``, an
-#: envelope over the size limit (published truncated, body in the DLQ), a record
-#: the broker refused even truncated. Kafka to platform: a report that fails
-#: validation, a report the platform refused (4xx other than auth).
-DEAD_LETTER_REASONS: Final = (
-    "invalid_json",
-    "not_an_event",
-    "oversized",
-    "undeliverable",
-    "invalid_report",
-    "platform_rejected",
-)
-#: ``publish_errors_total{reason}``: a failed Kafka send, by cause.
-PUBLISH_ERROR_REASONS: Final = ("timeout", "unavailable", "too_large")
-#: ``stream_reconnects_total{reason}``: why a task stream was reopened.
-RECONNECT_REASONS: Final = (
-    "ended",
-    "not_found",
-    "auth",
-    "idle_timeout",
-    "server_error",
-    "network",
-    "rate_limited",
-)
-#: ``resyncs_total{outcome}``: what the status fetch after a reconnect found.
-RESYNC_OUTCOMES: Final = ("terminal", "running", "failed")
-#: ``tasks_dropped_total{reason}``: why a task stopped being followed unfinished.
-DROP_REASONS: Final = ("not_found",)
-#: ``tasks_finished_total{status}``: the platform's terminal statuses
-#: (``bridge.platform.wire.TERMINAL_STATUSES``; a test keeps the two equal).
-TASK_END_STATUSES: Final = ("completed", "failed", "error", "stopped")
-#: ``tracked_tasks{mode}``: how a task is followed.
-TRACKING_MODES: Final = ("stream", "poll")
-#: ``reports_*{kind}``: the two Kafka-to-platform topics.
-REPORT_KINDS: Final = ("report", "metrics")
-#: ``reports_recorded_total{outcome}``: how a report or metrics message ended:
-#: recorded on the platform, written to the dead-letter topic, or skipped as a
-#: redelivery of one recorded moments ago.
-REPORT_OUTCOMES: Final = ("recorded", "dead_lettered", "duplicate")
-#: ``report_retries_total{reason}``: why recording a report will be tried again:
-#: the platform refused the credentials (recording halts until they work), a
-#: 429, or no usable answer (timeout, network, 5xx).
-REPORT_RETRY_REASONS: Final = ("auth", "rate_limited", "unavailable")
 
-#: ``resumes_total{kind}``: how a task with a checkpoint was picked up again:
-#: reconnecting with ``Last-Event-ID`` (``by_id``), skipping the events a
-#: replaying server sends again (``replay_skip``), or, with neither, only
-#: fetching the task's status so no terminal state is missed (``resync``).
-RESUME_KINDS: Final = ("by_id", "replay_skip", "resync")
+class DeadLetterReason(StrEnum):
+    """``dead_letters_total{reason}``: why a record went to the dead-letter topic.
 
-#: ``gc_pause_seconds{generation}``: Python's three collector generations.
-GC_GENERATIONS: Final = ("0", "1", "2")
+    Platform to Kafka: a frame that is not JSON, JSON without a ``type``, an
+    envelope over the size limit (published truncated, body in the DLQ), a
+    record the broker refused even truncated. Kafka to platform: a report that
+    fails validation, a report the platform refused (4xx other than auth)."""
+
+    INVALID_JSON = "invalid_json"
+    NOT_AN_EVENT = "not_an_event"
+    OVERSIZED = "oversized"
+    UNDELIVERABLE = "undeliverable"
+    INVALID_REPORT = "invalid_report"
+    PLATFORM_REJECTED = "platform_rejected"
+
+
+class PublishErrorReason(StrEnum):
+    """``publish_errors_total{reason}``: a failed Kafka send, by cause."""
+
+    TIMEOUT = "timeout"
+    UNAVAILABLE = "unavailable"
+    TOO_LARGE = "too_large"
+
+
+class ReconnectReason(StrEnum):
+    """``stream_reconnects_total{reason}``: why a task stream was reopened."""
+
+    ENDED = "ended"
+    NOT_FOUND = "not_found"
+    AUTH = "auth"
+    IDLE_TIMEOUT = "idle_timeout"
+    SERVER_ERROR = "server_error"
+    NETWORK = "network"
+    RATE_LIMITED = "rate_limited"
+
+
+class ResyncOutcome(StrEnum):
+    """``resyncs_total{outcome}``: what the status fetch after a reconnect found."""
+
+    TERMINAL = "terminal"
+    RUNNING = "running"
+    FAILED = "failed"
+
+
+class DropReason(StrEnum):
+    """``tasks_dropped_total{reason}``: why a task stopped being followed unfinished."""
+
+    NOT_FOUND = "not_found"
+
+
+class TaskEndStatus(StrEnum):
+    """``tasks_finished_total{status}``: the platform's terminal statuses
+    (``bridge.platform.wire.TERMINAL_STATUSES``; a test keeps the two equal)."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    ERROR = "error"
+    STOPPED = "stopped"
+
+
+class TrackingMode(StrEnum):
+    """``tracked_tasks{mode}``: how a task is followed."""
+
+    STREAM = "stream"
+    POLL = "poll"
+
+
+class ReportKind(StrEnum):
+    """``reports_*{kind}``: the two Kafka-to-platform topics, and what their
+    messages are (``bridge.transforms.reports`` parses each kind)."""
+
+    REPORT = "report"
+    METRICS = "metrics"
+
+
+class ReportOutcome(StrEnum):
+    """``reports_recorded_total{outcome}``: how a report or metrics message
+    ended: recorded on the platform, written to the dead-letter topic, or
+    skipped as a redelivery of one recorded moments ago."""
+
+    RECORDED = "recorded"
+    DEAD_LETTERED = "dead_lettered"
+    DUPLICATE = "duplicate"
+
+
+class ReportRetryReason(StrEnum):
+    """``report_retries_total{reason}``: why recording a report will be tried
+    again: the platform refused the credentials (recording halts until they
+    work), a 429, or no usable answer (timeout, network, 5xx)."""
+
+    AUTH = "auth"
+    RATE_LIMITED = "rate_limited"
+    UNAVAILABLE = "unavailable"
+
+
+class ResumeKind(StrEnum):
+    """``resumes_total{kind}``: how a task with a checkpoint was picked up again:
+    reconnecting with ``Last-Event-ID`` (``by_id``), skipping the events a
+    replaying server sends again (``replay_skip``), or, with neither, only
+    fetching the task's status so no terminal state is missed (``resync``)."""
+
+    BY_ID = "by_id"
+    REPLAY_SKIP = "replay_skip"
+    RESYNC = "resync"
+
+
+class GcGeneration(StrEnum):
+    """``gc_pause_seconds{generation}``: Python's three collector generations."""
+
+    GEN0 = "0"
+    GEN1 = "1"
+    GEN2 = "2"
+
 
 #: Event types the official client knows (``TaskUpdateEventType``).
 KNOWN_EVENT_TYPES = frozenset(
@@ -161,21 +229,94 @@ LATENCY_BUCKETS = (
 )
 
 
-class LabelledChildren:
-    """A labelled metric's child for each label set, looked up once: prometheus'
-    ``labels()`` takes a lock and builds a key on every call, which on the
-    per-event path was a measurable share of the CPU."""
+M = TypeVar("M", bound=MetricWrapperBase)
+L = TypeVar("L", bound=StrEnum)
+K = TypeVar("K", bound=StrEnum)
 
-    __slots__ = ("_children", "_metric")
 
-    def __init__(self, metric: Counter | Gauge | Histogram) -> None:
-        self._metric = metric
-        self._children: dict[tuple[str, ...], Any] = {}
+class _Accessor(Generic[M]):
+    """What the accessors share: the metric itself (``metric``), for the code
+    that reads it whole (the demo's summary), and ``labels()`` for tests that
+    read one series by its words. The bridge counts through ``__call__``."""
 
-    def __call__(self, *values: str) -> Any:
+    __slots__ = ("metric",)
+
+    def __init__(self, metric: M) -> None:
+        self.metric = metric
+
+    def labels(self, *values: str) -> M:
+        """The child for these label values, as on the wire: for reading in tests."""
+        return self.metric.labels(*values)
+
+
+class ByLabel(_Accessor[M], Generic[L, M]):
+    """A metric with one label from the fixed set ``L``: every child is created
+    (at 0) here, and ``metric(member)`` is a dict lookup."""
+
+    __slots__ = ("_children",)
+
+    def __init__(self, metric: M, values: type[L]) -> None:
+        super().__init__(metric)
+        self._children: dict[L, M] = {member: metric.labels(member.value) for member in values}
+
+    def __call__(self, member: L) -> M:
+        return self._children[member]
+
+
+class ByLabels(_Accessor[M], Generic[K, L, M]):
+    """A metric with two labels from the fixed sets ``K`` and ``L`` (a kind and
+    an outcome or reason): every pair is created (at 0) here."""
+
+    __slots__ = ("_children",)
+
+    def __init__(self, metric: M, first: type[K], second: type[L]) -> None:
+        super().__init__(metric)
+        self._children: dict[tuple[K, L], M] = {
+            (a, b): metric.labels(a.value, b.value) for a in first for b in second
+        }
+
+    def __call__(self, first: K, second: L) -> M:
+        return self._children[first, second]
+
+
+class ByOpenAndLabel(_Accessor[M], Generic[L, M]):
+    """A metric with an open but bounded first label (the caller caps it, e.g.
+    with ``BoundedLabel``) and a second from the fixed set ``L``. The first
+    values known up front get every second value at 0; others on first use."""
+
+    __slots__ = ("_children",)
+
+    def __init__(self, metric: M, values: type[L], known: Iterable[str] = ()) -> None:
+        super().__init__(metric)
+        self._children: dict[tuple[str, L], M] = {
+            (first, member): metric.labels(first, member.value)
+            for first in known
+            for member in values
+        }
+
+    def __call__(self, first: str, member: L) -> M:
+        child = self._children.get((first, member))
+        if child is None:
+            child = self._children[first, member] = self.metric.labels(first, member.value)
+        return child
+
+
+class LabelledChildren(_Accessor[M]):
+    """A metric with open but bounded labels (event types, topics, endpoints),
+    each child looked up once: prometheus' ``labels()`` takes a lock and builds
+    a key on every call, which on the per-event path was a measurable share of
+    the CPU."""
+
+    __slots__ = ("_children",)
+
+    def __init__(self, metric: M) -> None:
+        super().__init__(metric)
+        self._children: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *values: str) -> M:
         child = self._children.get(values)
         if child is None:
-            child = self._children[values] = self._metric.labels(*values)
+            child = self._children[values] = self.metric.labels(*values)
         return child
 
 
@@ -228,29 +369,38 @@ class Metrics:
         )
 
         # --- platform to Kafka ---
-        self.sse_events_received = Counter(
-            "xpander_bridge_sse_events_received_total",
-            "SSE events read from task streams, by platform event type.",
-            ["event_type"],
-            registry=r,
+        self.sse_events_received = LabelledChildren(
+            Counter(
+                "xpander_bridge_sse_events_received_total",
+                "SSE events read from task streams, by platform event type.",
+                ["event_type"],
+                registry=r,
+            )
         )
-        self.envelopes_published = Counter(
-            "xpander_bridge_envelopes_published_total",
-            "Envelopes acknowledged by Kafka, by topic and event type.",
-            ["topic", "event_type"],
-            registry=r,
+        self.envelopes_published = LabelledChildren(
+            Counter(
+                "xpander_bridge_envelopes_published_total",
+                "Envelopes acknowledged by Kafka, by topic and event type.",
+                ["topic", "event_type"],
+                registry=r,
+            )
         )
-        self.events_filtered = Counter(
-            "xpander_bridge_events_filtered_total",
-            "Events a routing rule filtered out on purpose, by event type.",
-            ["event_type"],
-            registry=r,
+        self.events_filtered = LabelledChildren(
+            Counter(
+                "xpander_bridge_events_filtered_total",
+                "Events a routing rule filtered out on purpose, by event type.",
+                ["event_type"],
+                registry=r,
+            )
         )
-        self.publish_errors = Counter(
-            "xpander_bridge_publish_errors_total",
-            "Failed Kafka sends (each is retried; this is not a loss), by reason.",
-            ["reason"],
-            registry=r,
+        self.publish_errors = ByLabel(
+            Counter(
+                "xpander_bridge_publish_errors_total",
+                "Failed Kafka sends (each is retried; this is not a loss), by reason.",
+                ["reason"],
+                registry=r,
+            ),
+            PublishErrorReason,
         )
         self.publish_latency = Histogram(
             "xpander_bridge_publish_latency_seconds",
@@ -273,72 +423,104 @@ class Metrics:
             "Task event streams currently connected.",
             registry=r,
         )
-        self.tracked_tasks = Gauge(
-            "xpander_bridge_tracked_tasks",
-            "Non-terminal tasks the bridge follows (streamed or polled), by mode.",
-            ["mode"],
-            registry=r,
+        self.tracked_tasks = ByLabel(
+            Gauge(
+                "xpander_bridge_tracked_tasks",
+                "Non-terminal tasks the bridge follows (streamed or polled), by mode.",
+                ["mode"],
+                registry=r,
+            ),
+            TrackingMode,
         )
-        self.stream_reconnects = Counter(
-            "xpander_bridge_stream_reconnects_total",
-            "Stream reconnects, by reason.",
-            ["reason"],
-            registry=r,
+        self.stream_reconnects = ByLabel(
+            Counter(
+                "xpander_bridge_stream_reconnects_total",
+                "Stream reconnects, by reason.",
+                ["reason"],
+                registry=r,
+            ),
+            ReconnectReason,
         )
-        self.resyncs = Counter(
-            "xpander_bridge_resyncs_total",
-            "Task status fetches after a reconnect, by outcome.",
-            ["outcome"],
-            registry=r,
+        self.resyncs = ByLabel(
+            Counter(
+                "xpander_bridge_resyncs_total",
+                "Task status fetches after a reconnect, by outcome.",
+                ["outcome"],
+                registry=r,
+            ),
+            ResyncOutcome,
         )
-        self.tasks_finished = Counter(
-            "xpander_bridge_tasks_finished_total",
-            "Tasks that reached a terminal status, by agent and status.",
-            ["agent_id", "status"],
-            registry=r,
+        self.tasks_finished = ByOpenAndLabel(
+            Counter(
+                "xpander_bridge_tasks_finished_total",
+                "Tasks that reached a terminal status, by agent and status.",
+                ["agent_id", "status"],
+                registry=r,
+            ),
+            TaskEndStatus,
+            [self.agent_label(agent) for agent in dict.fromkeys(agent_ids)],
         )
-        self.tasks_dropped = Counter(
-            "xpander_bridge_tasks_dropped_total",
-            "Tasks no longer followed without a terminal status, by reason.",
-            ["reason"],
-            registry=r,
+        self.tasks_dropped = ByLabel(
+            Counter(
+                "xpander_bridge_tasks_dropped_total",
+                "Tasks no longer followed without a terminal status, by reason.",
+                ["reason"],
+                registry=r,
+            ),
+            DropReason,
         )
-        self.dead_letters = Counter(
-            "xpander_bridge_dead_letters_total",
-            "Records written to the dead-letter topic, by reason.",
-            ["reason"],
-            registry=r,
+        self.dead_letters = ByLabel(
+            Counter(
+                "xpander_bridge_dead_letters_total",
+                "Records written to the dead-letter topic, by reason.",
+                ["reason"],
+                registry=r,
+            ),
+            DeadLetterReason,
         )
         self.oversized_records = Counter(
             "xpander_bridge_oversized_records_total",
             "Envelopes over the size limit, published truncated with the body in the DLQ.",
             registry=r,
         )
-        self.platform_requests = Counter(
-            "xpander_bridge_platform_requests_total",
-            "REST and stream requests to the platform, by endpoint and status class.",
-            ["endpoint", "status_class"],
-            registry=r,
+        self.platform_requests = LabelledChildren(
+            Counter(
+                "xpander_bridge_platform_requests_total",
+                "REST and stream requests to the platform, by endpoint and status class.",
+                ["endpoint", "status_class"],
+                registry=r,
+            )
         )
 
         # --- Kafka to platform ---
-        self.reports_consumed = Counter(
-            "xpander_bridge_reports_consumed_total",
-            "Report and metrics messages read from Kafka, by kind.",
-            ["kind"],
-            registry=r,
+        self.reports_consumed = ByLabel(
+            Counter(
+                "xpander_bridge_reports_consumed_total",
+                "Report and metrics messages read from Kafka, by kind.",
+                ["kind"],
+                registry=r,
+            ),
+            ReportKind,
         )
-        self.reports_recorded = Counter(
-            "xpander_bridge_reports_recorded_total",
-            "Report and metrics messages finished, by kind and outcome.",
-            ["kind", "outcome"],
-            registry=r,
+        self.reports_recorded = ByLabels(
+            Counter(
+                "xpander_bridge_reports_recorded_total",
+                "Report and metrics messages finished, by kind and outcome.",
+                ["kind", "outcome"],
+                registry=r,
+            ),
+            ReportKind,
+            ReportOutcome,
         )
-        self.report_retries = Counter(
-            "xpander_bridge_report_retries_total",
-            "Recording attempts that will be retried, by kind and reason.",
-            ["kind", "reason"],
-            registry=r,
+        self.report_retries = ByLabels(
+            Counter(
+                "xpander_bridge_report_retries_total",
+                "Recording attempts that will be retried, by kind and reason.",
+                ["kind", "reason"],
+                registry=r,
+            ),
+            ReportKind,
+            ReportRetryReason,
         )
         self.report_record_latency = Histogram(
             "xpander_bridge_report_record_seconds",
@@ -351,11 +533,13 @@ class Metrics:
             "1 while report recording is halted because the platform refuses the credentials.",
             registry=r,
         )
-        self.consumer_lag = Gauge(
-            "xpander_bridge_consumer_lag",
-            "Messages not yet consumed, by topic and partition.",
-            ["topic", "partition"],
-            registry=r,
+        self.consumer_lag = LabelledChildren(
+            Gauge(
+                "xpander_bridge_consumer_lag",
+                "Messages not yet consumed, by topic and partition.",
+                ["topic", "partition"],
+                registry=r,
+            )
         )
 
         # --- scale-out and resume ---
@@ -374,11 +558,14 @@ class Metrics:
             "Ownership assignments received from the consumer group.",
             registry=r,
         )
-        self.resumes = Counter(
-            "xpander_bridge_resumes_total",
-            "Tasks resumed from a checkpoint, by how.",
-            ["kind"],
-            registry=r,
+        self.resumes = ByLabel(
+            Counter(
+                "xpander_bridge_resumes_total",
+                "Tasks resumed from a checkpoint, by how.",
+                ["kind"],
+                registry=r,
+            ),
+            ResumeKind,
         )
         self.checkpoint_lag = Gauge(
             "xpander_bridge_checkpoint_lag",
@@ -387,40 +574,13 @@ class Metrics:
         )
 
         # --- runtime ---
-        self.gc_pause = Histogram(
-            "xpander_bridge_gc_pause_seconds",
-            "Event-loop pauses for Python's garbage collector, by generation.",
-            ["generation"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self.gc_pause = ByLabel(
+            Histogram(
+                "xpander_bridge_gc_pause_seconds",
+                "Event-loop pauses for Python's garbage collector, by generation.",
+                ["generation"],
+                buckets=LATENCY_BUCKETS,
+                registry=r,
+            ),
+            GcGeneration,
         )
-
-        self._zero_fixed_labels(agent_ids)
-
-    def _zero_fixed_labels(self, agent_ids: Iterable[str]) -> None:
-        """Create every series with a label from a fixed set, at 0 (see the module doc)."""
-        for reason in DEAD_LETTER_REASONS:
-            self.dead_letters.labels(reason)
-        for reason in PUBLISH_ERROR_REASONS:
-            self.publish_errors.labels(reason)
-        for reason in RECONNECT_REASONS:
-            self.stream_reconnects.labels(reason)
-        for outcome in RESYNC_OUTCOMES:
-            self.resyncs.labels(outcome)
-        for reason in DROP_REASONS:
-            self.tasks_dropped.labels(reason)
-        for agent in dict.fromkeys(agent_ids):
-            for status in TASK_END_STATUSES:
-                self.tasks_finished.labels(self.agent_label(agent), status)
-        for mode in TRACKING_MODES:
-            self.tracked_tasks.labels(mode)
-        for how in RESUME_KINDS:
-            self.resumes.labels(how)
-        for generation in GC_GENERATIONS:
-            self.gc_pause.labels(generation)
-        for kind in REPORT_KINDS:
-            self.reports_consumed.labels(kind)
-            for outcome in REPORT_OUTCOMES:
-                self.reports_recorded.labels(kind, outcome)
-            for reason in REPORT_RETRY_REASONS:
-                self.report_retries.labels(kind, reason)

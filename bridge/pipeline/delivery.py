@@ -20,7 +20,7 @@ import logging
 from typing import Any, Protocol
 
 from bridge.errors import BridgeError, RecordTooLargeError, RequestTimeoutError, RetryableError
-from bridge.observability.metrics import LabelledChildren, Metrics
+from bridge.observability.metrics import DeadLetterReason, Metrics, PublishErrorReason
 from bridge.pipeline.backoff import Backoff
 from bridge.pipeline.record import OutRecord
 from bridge.sinks.kafka.producer import translate_send_error
@@ -56,7 +56,7 @@ class DeliveryLoop:
         self._idle.set()
         self._loop = asyncio.get_running_loop()
         self._retries: set[asyncio.Task[None]] = set()
-        self._published = LabelledChildren(metrics.envelopes_published)
+        self._published = metrics.envelopes_published
         #: False while sends fail; readiness reads it
         self.healthy = True
         #: records acknowledged (or, for the undeliverable, given up on with a log line)
@@ -140,7 +140,7 @@ class DeliveryLoop:
         self.healthy = True
         metrics = self._metrics
         if record.dead_letter_reason is not None:
-            metrics.dead_letters.labels(record.dead_letter_reason).inc()
+            metrics.dead_letters(record.dead_letter_reason).inc()
         else:
             self._published(record.topic, record.event_type).inc()
             metrics.publish_latency.observe(self._loop.time() - record.received_at)
@@ -151,8 +151,8 @@ class DeliveryLoop:
     def _give_up(self, record: OutRecord, error: BaseException) -> None:
         # Reached only when even a truncated envelope or a DLQ part is refused:
         # the broker's limit is below kafka.max_request_bytes. Said loudly.
-        self._metrics.publish_errors.labels("too_large").inc()
-        self._metrics.dead_letters.labels("undeliverable").inc()
+        self._metrics.publish_errors(PublishErrorReason.TOO_LARGE).inc()
+        self._metrics.dead_letters(DeadLetterReason.UNDELIVERABLE).inc()
         log.error(
             "record refused by the broker as too large; lower kafka.max_request_bytes "
             "to the broker's message.max.bytes",
@@ -169,8 +169,12 @@ class DeliveryLoop:
                 extra={"topic": record.topic, "error": str(error)},
             )
         self.healthy = False
-        reason = "timeout" if isinstance(error, RequestTimeoutError) else "unavailable"
-        self._metrics.publish_errors.labels(reason).inc()
+        reason = (
+            PublishErrorReason.TIMEOUT
+            if isinstance(error, RequestTimeoutError)
+            else PublishErrorReason.UNAVAILABLE
+        )
+        self._metrics.publish_errors(reason).inc()
 
     def _finish_one(self) -> None:
         self._last_progress = self._loop.time()

@@ -12,6 +12,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from bridge.observability.metrics import DeadLetterReason
+
 __all__ = ["Headers", "OutRecord", "Publish", "completion"]
 
 Headers = list[tuple[str, bytes]]
@@ -30,7 +32,7 @@ class OutRecord:
     received_at: float
     on_delivered: Callable[[OutRecord], None] | None = None
     #: set when a record goes to the DLQ; the metric reason label
-    dead_letter_reason: str | None = None
+    dead_letter_reason: DeadLetterReason | None = None
     attempts: int = field(default=0)
     #: an explicit partition (co-partitioned coordination topics); else by key
     partition: int | None = None

@@ -318,7 +318,7 @@ class PlatformClient:
     # --- helpers ------------------------------------------------------------
 
     def _count(self, endpoint: str, status_class: str) -> None:
-        self._metrics.platform_requests.labels(endpoint, status_class).inc()
+        self._metrics.platform_requests(endpoint, status_class).inc()
 
 
 async def _read_error_body(response: aiohttp.ClientResponse) -> bytes:

@@ -25,10 +25,9 @@ import orjson
 
 from bridge.config import KafkaConfig, TopicsConfig
 from bridge.coordination.checkpoints import Checkpoint
-from bridge.observability.metrics import LabelledChildren, Metrics
+from bridge.observability.metrics import DeadLetterReason, Metrics, TaskEndStatus
 from bridge.pipeline.acks import OrderedAcks
 from bridge.pipeline.record import Headers, OutRecord
-from bridge.platform.wire import TERMINAL_STATUSES
 from bridge.sinks.kafka.dead_letter import dead_letter
 from bridge.transforms.envelope import SCHEMA_VERSION, Category, EventSource
 
@@ -66,6 +65,9 @@ CE_TYPE_PREFIX = "ai.xpander.task."
 _STATIC_HEADERS: Headers = [("ce_specversion", b"1.0"), ("content-type", b"application/json")]
 # Room kept for the key, the headers and the record framing under the size limit.
 _RECORD_OVERHEAD = 2048
+#: The terminal statuses (``wire.TERMINAL_STATUSES``, a test keeps them equal)
+#: by their word: one lookup turns a task_finished's status into its label.
+_END_STATUSES: dict[str, TaskEndStatus] = {status.value: status for status in TaskEndStatus}
 
 
 @dataclass(slots=True)
@@ -220,8 +222,8 @@ class Normalizer:
         self._on_delivered = on_delivered
         self._clock = clock
         self._ce_types: dict[str, bytes] = {}
-        self._received = LabelledChildren(metrics.sse_events_received)
-        self._filtered = LabelledChildren(metrics.events_filtered)
+        self._received = metrics.sse_events_received
+        self._filtered = metrics.events_filtered
 
     # --- entry points ---------------------------------------------------------
 
@@ -232,12 +234,21 @@ class Normalizer:
         try:
             event = orjson.loads(frame)
         except orjson.JSONDecodeError as exc:
-            return [self._frame_dead_letter(task, frame, sse_id, received_at, "invalid_json", exc)]
+            return [
+                self._frame_dead_letter(
+                    task, frame, sse_id, received_at, DeadLetterReason.INVALID_JSON, exc
+                )
+            ]
         event_type = event.get("type") if isinstance(event, dict) else None
         if not isinstance(event_type, str) or not event_type:
             return [
                 self._frame_dead_letter(
-                    task, frame, sse_id, received_at, "not_an_event", "no string 'type' field"
+                    task,
+                    frame,
+                    sse_id,
+                    received_at,
+                    DeadLetterReason.NOT_AN_EVENT,
+                    "no string 'type' field",
                 )
             ]
         return self.emit(
@@ -285,9 +296,10 @@ class Normalizer:
                 task.status = status
             if event_type == "task_finished":
                 task.finished = True
-                if status in TERMINAL_STATUSES:
+                end = _END_STATUSES.get(status) if status is not None else None
+                if end is not None:
                     agent = self._metrics.agent_label(task.agent_id or "unknown")
-                    self._metrics.tasks_finished.labels(agent, status).inc()
+                    self._metrics.tasks_finished(agent, end).inc()
 
         task.sequence += 1
         sequence = task.sequence
@@ -378,7 +390,7 @@ class Normalizer:
                     topic=self._dlq_topic,
                     value=value[index * chunk : (index + 1) * chunk],
                     key=task.key,
-                    reason="oversized",
+                    reason=DeadLetterReason.OVERSIZED,
                     error=f"envelope of {len(value)} bytes over the {chunk}-byte limit",
                     source="bridge",
                     received_at=received_at,
@@ -409,7 +421,7 @@ class Normalizer:
         frame: bytes,
         sse_id: str | None,
         received_at: float,
-        reason: str,
+        reason: DeadLetterReason,
         error: object,
     ) -> OutRecord:
         return dead_letter(

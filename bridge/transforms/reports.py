@@ -12,30 +12,25 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from bridge.errors import InvalidDataError
+from bridge.observability.metrics import ReportKind
 
 __all__ = [
     "ExternalTaskReport",
     "MetricsReport",
     "ParsedMessage",
-    "ReportKind",
+    "ReportKind",  # defined in bridge.observability.metrics, with the metrics it labels
     "derived_report_id",
     "parse_message",
 ]
 
 #: Namespace of report ids derived from a message's Kafka coordinates.
 _REPORT_ID_NAMESPACE = uuid.UUID("5d7b0a4e-2f1c-4c3e-9a57-6c1e2b8f0d11")
-
-
-class ReportKind(StrEnum):
-    REPORT = "report"
-    METRICS = "metrics"
 
 
 class _Strict(BaseModel):

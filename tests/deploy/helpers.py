@@ -171,7 +171,8 @@ def exported_series() -> dict[str, frozenset[str]]:
     from bridge.observability.metrics import Metrics
 
     series: dict[str, frozenset[str]] = {}
-    for metric in vars(Metrics()).values():
+    for attribute in vars(Metrics()).values():
+        metric = getattr(attribute, "metric", attribute)  # a labelled one is in an accessor
         if not isinstance(metric, MetricWrapperBase):
             continue
         # prometheus_client keeps these two private; no public accessor exists.

@@ -12,6 +12,7 @@ the original Kafka message are kept after these.
 
 from __future__ import annotations
 
+from bridge.observability.metrics import DeadLetterReason
 from bridge.pipeline.record import Headers, OutRecord
 
 __all__ = ["MAX_ERROR_CHARS", "dead_letter"]
@@ -24,7 +25,7 @@ def dead_letter(
     topic: str,
     value: bytes,
     key: bytes | None,
-    reason: str,
+    reason: DeadLetterReason,
     error: str,
     source: str,
     received_at: float,

@@ -18,7 +18,7 @@ from typing import Any
 
 from bridge.config import ReportsConfig
 from bridge.errors import AuthError, RetryableError
-from bridge.observability.metrics import Metrics
+from bridge.observability.metrics import Metrics, ReportRetryReason
 from bridge.pipeline.backoff import Backoff
 from bridge.platform.client import PlatformClient
 from bridge.transforms.reports import ParsedMessage, ReportKind
@@ -48,7 +48,7 @@ class Recorder:
     async def record(self, message: ParsedMessage) -> Any:
         """The platform's answer; raises ``RejectedError`` for a message it refuses."""
         backoff = Backoff(self._config.retry_initial_s, self._config.retry_max_s)
-        kind = message.kind.value
+        kind = message.kind
         while True:
             try:
                 if message.kind is ReportKind.REPORT:
@@ -57,12 +57,16 @@ class Recorder:
                     answer = await self._client.report_metrics(message.agent_id, message.body)
             except AuthError as exc:
                 self._halt(exc)
-                self._metrics.report_retries.labels(kind, "auth").inc()
+                self._metrics.report_retries(kind, ReportRetryReason.AUTH).inc()
                 await asyncio.sleep(backoff.next_delay())
                 continue
             except RetryableError as exc:
-                reason = "rate_limited" if exc.status == 429 else "unavailable"
-                self._metrics.report_retries.labels(kind, reason).inc()
+                reason = (
+                    ReportRetryReason.RATE_LIMITED
+                    if exc.status == 429
+                    else ReportRetryReason.UNAVAILABLE
+                )
+                self._metrics.report_retries(kind, reason).inc()
                 await asyncio.sleep(backoff.next_delay(exc.retry_after))
                 continue
             if self.halted:

@@ -32,7 +32,7 @@ from aiokafka.errors import KafkaError
 from bridge.config import BridgeConfig
 from bridge.errors import InvalidDataError, RejectedError
 from bridge.kafka.group import join_group
-from bridge.observability.metrics import Metrics
+from bridge.observability.metrics import DeadLetterReason, Metrics, ReportOutcome
 from bridge.pipeline.acks import OrderedAcks
 from bridge.pipeline.record import Publish, completion
 from bridge.sinks.kafka.dead_letter import dead_letter
@@ -130,7 +130,7 @@ class ReportsSource:
                 if partition is None or partition.revoked:
                     continue
                 for message in messages:
-                    self._metrics.reports_consumed.labels(partition.kind.value).inc()
+                    self._metrics.reports_consumed(partition.kind).inc()
                     partition.backlog.append(message)
             for partition in list(self._partitions.values()):
                 self._dispatch(partition)
@@ -203,9 +203,7 @@ class ReportsSource:
             await self._commit(force=True, only=leaving)
         for partition in leaving:
             self._partitions.pop(partition.tp, None)
-            self._metrics.consumer_lag.labels(partition.tp.topic, str(partition.tp.partition)).set(
-                0
-            )
+            self._metrics.consumer_lag(partition.tp.topic, str(partition.tp.partition)).set(0)
         log.info("report partitions revoked", extra={"partitions": _names(revoked)})
 
     # --- work -----------------------------------------------------------------
@@ -239,7 +237,7 @@ class ReportsSource:
             if previous is not None:
                 await asyncio.shield(previous)
             outcome = await self._handle(kind, message)
-            self._metrics.reports_recorded.labels(kind.value, outcome).inc()
+            self._metrics.reports_recorded(kind, outcome).inc()
             self._metrics.report_record_latency.observe(self._loop.time() - started)
             assert partition.acks is not None
             partition.acks.ack(message.offset)
@@ -250,7 +248,9 @@ class ReportsSource:
             if not self._stopping:
                 self._loop.call_soon(self._dispatch, partition)
 
-    async def _handle(self, kind: ReportKind, message: ConsumerRecord[bytes, bytes]) -> str:
+    async def _handle(
+        self, kind: ReportKind, message: ConsumerRecord[bytes, bytes]
+    ) -> ReportOutcome:
         try:
             parsed = parse_message(
                 kind,
@@ -261,20 +261,22 @@ class ReportsSource:
                 offset=message.offset,
             )
         except InvalidDataError as exc:
-            await self._dead_letter(message, "invalid_report", str(exc), None)
-            return "dead_lettered"
+            await self._dead_letter(message, DeadLetterReason.INVALID_REPORT, str(exc), None)
+            return ReportOutcome.DEAD_LETTERED
         recent_key = (kind, parsed.task_id)
         if recent_key in self._recent:
-            return "duplicate"
+            return ReportOutcome.DUPLICATE
         try:
             answer = await self._recorder.record(parsed)
         except RejectedError as exc:
-            await self._dead_letter(message, "platform_rejected", str(exc), exc.status)
-            return "dead_lettered"
+            await self._dead_letter(
+                message, DeadLetterReason.PLATFORM_REJECTED, str(exc), exc.status
+            )
+            return ReportOutcome.DEAD_LETTERED
         if kind is ReportKind.REPORT:
             await self._mirror(parsed, answer)
         self._remember(recent_key)
-        return "recorded"
+        return ReportOutcome.RECORDED
 
     async def _mirror(self, parsed: ParsedMessage, answer: Any) -> None:
         """Publish the recorded run as an envelope with ``source: report``."""
@@ -302,7 +304,7 @@ class ReportsSource:
     async def _dead_letter(
         self,
         message: ConsumerRecord[bytes, bytes],
-        reason: str,
+        reason: DeadLetterReason,
         error: str,
         status: int | None,
     ) -> None:
@@ -386,7 +388,7 @@ class ReportsSource:
             if highwater is None or partition.acks is None:
                 continue
             lag = max(0, highwater - (partition.acks.done + 1))
-            self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+            self._metrics.consumer_lag(tp.topic, str(tp.partition)).set(lag)
 
     def _state(self, ok: bool, detail: str) -> None:
         if self._on_state is not None:

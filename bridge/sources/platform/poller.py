@@ -13,7 +13,7 @@ import random
 from typing import Any
 
 from bridge.errors import AuthError, BridgeError, NotFoundError
-from bridge.observability.metrics import Metrics
+from bridge.observability.metrics import DropReason, Metrics
 from bridge.pipeline.backoff import Backoff
 from bridge.platform.client import PlatformClient
 from bridge.platform.wire import TERMINAL_STATUSES
@@ -61,7 +61,7 @@ class TaskPoller:
                 snapshot = await self._client.get_task(self.task.task_id)
                 backoff.reset()
             except NotFoundError:
-                self._metrics.tasks_dropped.labels("not_found").inc()
+                self._metrics.tasks_dropped(DropReason.NOT_FOUND).inc()
                 log.warning(
                     "polled task no longer exists; stop following it",
                     extra={"task_id": self.task.task_id},

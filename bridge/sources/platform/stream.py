@@ -31,7 +31,13 @@ from bridge.errors import (
     RequestTimeoutError,
     RetryableError,
 )
-from bridge.observability.metrics import Metrics
+from bridge.observability.metrics import (
+    DropReason,
+    Metrics,
+    ReconnectReason,
+    ResumeKind,
+    ResyncOutcome,
+)
 from bridge.pipeline.backoff import Backoff
 from bridge.pipeline.record import Publish
 from bridge.platform.client import EventStream, PlatformClient
@@ -102,9 +108,9 @@ class TaskStreamer:
         )
         self._replaying: bool | None = None
         if self._resumed:
-            kind = "by_id" if task.acked_sse_id is not None else "resync"
+            kind = ResumeKind.BY_ID if task.acked_sse_id is not None else ResumeKind.RESYNC
             if not self._skipping:
-                metrics.resumes.labels(kind).inc()
+                metrics.resumes(kind).inc()
         self._connected = False
         self._terminal_snapshot: dict[str, Any] | None = None
         self._closed_by_check = False
@@ -119,7 +125,7 @@ class TaskStreamer:
         # beside it, so a task that ended while nobody streamed it still ends.
         reconnect = self._resumed
         while True:
-            reason: str
+            reason: ReconnectReason
             self._connected = False
             self._terminal_snapshot = None
             self._closed_by_check = False
@@ -129,15 +135,15 @@ class TaskStreamer:
                     delivered_any = await self._read_stream(reconnect)
                 if self.task.finished:
                     return StreamOutcome.FINISHED
-                reason = "ended"
+                reason = ReconnectReason.ENDED
                 clean_end = True
                 if delivered_any:
                     backoff.reset()
             except NotFoundError:
                 # An ended task's stream may be gone: the status fetch below decides.
-                reason = "not_found"
+                reason = ReconnectReason.NOT_FOUND
             except AuthError as exc:
-                reason = "auth"
+                reason = ReconnectReason.AUTH
                 if self._on_auth_error is not None:
                     self._on_auth_error(exc)
             except RejectedError as exc:
@@ -148,11 +154,15 @@ class TaskStreamer:
                 )
                 return StreamOutcome.NOT_STREAMABLE
             except RequestTimeoutError:
-                reason = "idle_timeout"
+                reason = ReconnectReason.IDLE_TIMEOUT
             except RetryableError as exc:
-                reason = "server_error" if (exc.status or 0) >= 500 else "network"
+                reason = (
+                    ReconnectReason.SERVER_ERROR
+                    if (exc.status or 0) >= 500
+                    else ReconnectReason.NETWORK
+                )
                 if exc.status == 429:
-                    reason = "rate_limited"
+                    reason = ReconnectReason.RATE_LIMITED
             snapshot = self._terminal_snapshot
             if snapshot is not None and (clean_end or self._closed_by_check):
                 # The status check after the reconnect says the task ended, and
@@ -161,13 +171,13 @@ class TaskStreamer:
                 # instead gets another reconnect: with ids it replays the rest.
                 await self._emit_resync(snapshot)
                 return StreamOutcome.FINISHED
-            self._metrics.stream_reconnects.labels(reason).inc()
+            self._metrics.stream_reconnects(reason).inc()
             if not self._connected:
                 # No stream to learn from: ask the task itself.
                 outcome = await self._resync()
                 if outcome is not None:
                     return outcome
-                if reason == "not_found" and self._running_without_stream:
+                if reason is ReconnectReason.NOT_FOUND and self._running_without_stream:
                     # The task exists and runs, but has no event stream.
                     return StreamOutcome.NOT_STREAMABLE
             reconnect = True
@@ -255,7 +265,9 @@ class TaskStreamer:
         event_id = event_id_for(task.task_id, frame, sse_id)
         if self._replaying is None:
             self._replaying = event_id == task.first_event_id
-            self._metrics.resumes.labels("replay_skip" if self._replaying else "resync").inc()
+            self._metrics.resumes(
+                ResumeKind.REPLAY_SKIP if self._replaying else ResumeKind.RESYNC
+            ).inc()
             if not self._replaying:
                 self._skipping = False
                 return False
@@ -298,7 +310,7 @@ class TaskStreamer:
             if not self.task.finished:
                 self._terminal_snapshot = snapshot
         else:
-            self._metrics.resyncs.labels("running").inc()
+            self._metrics.resyncs(ResyncOutcome.RUNNING).inc()
 
     async def _resync(self) -> StreamOutcome | None:
         """After an interruption: if the task ended meanwhile, emit its end."""
@@ -306,22 +318,22 @@ class TaskStreamer:
         try:
             snapshot = await self._client.get_task(self.task.task_id)
         except NotFoundError:
-            self._drop("not_found")
+            self._drop(DropReason.NOT_FOUND)
             return StreamOutcome.NOT_FOUND
         except BridgeError as exc:
-            self._metrics.resyncs.labels("failed").inc()
+            self._metrics.resyncs(ResyncOutcome.FAILED).inc()
             log.debug("resync failed", extra={"task_id": self.task.task_id, "error": str(exc)})
             return None
         if snapshot.get("status") in TERMINAL_STATUSES and not self.task.finished:
             await self._emit_resync(snapshot)
             return StreamOutcome.FINISHED
         self._running_without_stream = snapshot.get("events_streaming") is not True
-        self._metrics.resyncs.labels("running").inc()
+        self._metrics.resyncs(ResyncOutcome.RUNNING).inc()
         return None
 
     async def _emit_resync(self, snapshot: dict[str, Any]) -> None:
         status = snapshot.get("status")
-        self._metrics.resyncs.labels("terminal").inc()
+        self._metrics.resyncs(ResyncOutcome.TERMINAL).inc()
         log.info(
             "task ended without its task_finished on the stream; emitting it from resync",
             extra={"task_id": self.task.task_id, "status": status},
@@ -337,8 +349,8 @@ class TaskStreamer:
         )
         await self._publish(records)
 
-    def _drop(self, reason: str) -> None:
-        self._metrics.tasks_dropped.labels(reason).inc()
+    def _drop(self, reason: DropReason) -> None:
+        self._metrics.tasks_dropped(reason).inc()
         log.warning(
             "task no longer exists on the platform; stop following it",
             extra={"task_id": self.task.task_id, "reason": reason},

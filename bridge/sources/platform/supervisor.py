@@ -18,7 +18,7 @@ from typing import Any
 from bridge.config import DiscoveryConfig, StreamsConfig
 from bridge.coordination.checkpoints import Checkpoint
 from bridge.errors import AuthError, BridgeError, NotFoundError
-from bridge.observability.metrics import Metrics
+from bridge.observability.metrics import DropReason, Metrics, TrackingMode
 from bridge.platform.client import PlatformClient
 from bridge.platform.wire import TERMINAL_STATUSES
 from bridge.sources.platform.poller import TaskPoller
@@ -63,7 +63,7 @@ class TaskSupervisor:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._states: dict[str, TaskState] = {}
         self._ended: OrderedDict[str, None] = OrderedDict()
-        self._modes = {"stream": 0, "poll": 0}
+        self._modes = dict.fromkeys(TrackingMode, 0)
         self._stopping = False
 
     @property
@@ -156,7 +156,7 @@ class TaskSupervisor:
                 streaming = True
             outcome = StreamOutcome.NOT_STREAMABLE
             if streaming:
-                outcome = await self._run_mode("stream", self._streamer(state).run())
+                outcome = await self._run_mode(TrackingMode.STREAM, self._streamer(state).run())
             if outcome is StreamOutcome.NOT_STREAMABLE:
                 poller = TaskPoller(
                     state,
@@ -167,9 +167,9 @@ class TaskSupervisor:
                     interval_s=self._discovery.poll_interval_s,
                     first_snapshot=snapshot,
                 )
-                await self._run_mode("poll", poller.run())
+                await self._run_mode(TrackingMode.POLL, poller.run())
         except NotFoundError:
-            self._metrics.tasks_dropped.labels("not_found").inc()
+            self._metrics.tasks_dropped(DropReason.NOT_FOUND).inc()
             log.warning("task vanished before it was followed", extra={"task_id": state.task_id})
         except asyncio.CancelledError:
             raise
@@ -190,15 +190,15 @@ class TaskSupervisor:
             return
         self._remember_ended(state.task_id)
 
-    async def _run_mode(self, mode: str, work: Any) -> StreamOutcome:
+    async def _run_mode(self, mode: TrackingMode, work: Any) -> StreamOutcome:
         self._modes[mode] += 1
-        self._metrics.tracked_tasks.labels(mode).set(self._modes[mode])
+        self._metrics.tracked_tasks(mode).set(self._modes[mode])
         try:
             outcome: StreamOutcome = await work
             return outcome
         finally:
             self._modes[mode] -= 1
-            self._metrics.tracked_tasks.labels(mode).set(self._modes[mode])
+            self._metrics.tracked_tasks(mode).set(self._modes[mode])
 
     def _streamer(self, state: TaskState) -> TaskStreamer:
         return TaskStreamer(
