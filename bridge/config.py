@@ -28,7 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from bridge.errors import ConfigError
-from bridge.platform.wire import derive_events_base
+from bridge.wire import derive_events_base
 
 __all__ = [
     "ENV_ALIASES",
@@ -385,7 +385,11 @@ class CoordinationConfig(Section):
     )
     instance_id: str | None = Field(
         default=None,
-        description="This replica's name in logs and the tasks topic (default: the host name).",
+        description=(
+            "This replica's name (default: the host name): in its 'bridge started' log line "
+            "and in the client id of its coordination consumer, so the consumer group's "
+            "description shows which replica owns which partitions."
+        ),
     )
 
 

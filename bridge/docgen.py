@@ -14,7 +14,7 @@ import orjson
 from pydantic import BaseModel
 
 from bridge.config_doc import render_env_table, render_example
-from bridge.transforms.envelope import Envelope, TaskSnapshot, ToolCallData, TruncatedData
+from bridge.envelope import Envelope, TaskSnapshot, ToolCallData, TruncatedData
 from bridge.transforms.reports import ExternalTaskReport, MetricsReport
 
 __all__ = ["SCHEMAS", "render_readme", "render_schema", "write_all"]

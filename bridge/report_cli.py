@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 
 from bridge.config import load_config
 from bridge.errors import ConfigError, InvalidDataError
-from bridge.sinks.kafka.producer import client_options
+from bridge.kafka.options import client_options
 from bridge.transforms.reports import ReportKind, parse_message
 
 __all__ = ["configure_parser", "run"]

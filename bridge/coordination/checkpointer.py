@@ -22,11 +22,11 @@ import logging
 from collections.abc import Callable, Iterable
 
 from bridge.config import CoordinationConfig
-from bridge.coordination.checkpoints import Checkpoint, now
 from bridge.coordination.partitioning import partition_for
+from bridge.core.checkpoint import Checkpoint, now
+from bridge.core.record import OutRecord, Publish, completion
+from bridge.core.task import TaskState
 from bridge.observability.metrics import Metrics
-from bridge.pipeline.record import OutRecord, Publish, completion
-from bridge.transforms.normalize import TaskState
 
 __all__ = ["Checkpointer"]
 

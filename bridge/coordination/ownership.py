@@ -15,18 +15,19 @@ the group; they are informational (which replica streams which task).
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from bridge.config import CoordinationConfig, KafkaConfig
 from bridge.coordination.partitioning import partition_for
-from bridge.kafka.group import join_group
+from bridge.core.retry import RetryPolicy
+from bridge.kafka.group import RebalanceListener, join_group
+from bridge.kafka.options import client_options
 from bridge.observability.metrics import Metrics
-from bridge.sinks.kafka.producer import client_options
 
 __all__ = ["Ownership"]
 
@@ -34,16 +35,8 @@ log = logging.getLogger(__name__)
 
 PartitionsCallback = Callable[[list[int]], Awaitable[None]]
 
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, ownership: Ownership) -> None:
-        self._ownership = ownership
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self._ownership.revoked([tp.partition for tp in revoked])
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self._ownership.assigned([tp.partition for tp in assigned])
+#: a failing poll (the broker away) is retried without end
+_POLL_RETRY = RetryPolicy(1.0, 15.0)
 
 
 class Ownership:
@@ -63,8 +56,7 @@ class Ownership:
         self._on_revoked = on_revoked
         self._owned: frozenset[int] = frozenset()
         self._consumer: AIOKafkaConsumer | None = None
-        #: set once the first assignment was handled (readiness)
-        self.settled = asyncio.Event()
+        self.instance_id = config.instance_id or socket.gethostname()
 
     @property
     def owned(self) -> frozenset[int]:
@@ -73,15 +65,16 @@ class Ownership:
     def owns(self, task_id: str) -> bool:
         return partition_for(task_id, self._config.partitions) in self._owned
 
-    async def assigned(self, partitions: list[int]) -> None:
+    async def assigned(self, assigned: list[TopicPartition]) -> None:
+        partitions = [tp.partition for tp in assigned]
         self._metrics.rebalances.inc()
         await self._on_assigned(sorted(partitions))
         self._owned = frozenset(self._owned | set(partitions))
         self._metrics.owned_partitions.set(len(self._owned))
         log.info("coordination partitions assigned", extra={"partitions": sorted(partitions)})
-        self.settled.set()
 
-    async def revoked(self, partitions: list[int]) -> None:
+    async def revoked(self, revoked: list[TopicPartition]) -> None:
+        partitions = [tp.partition for tp in revoked]
         # Stop claiming the tasks first, so discovery does not restart them.
         self._owned = frozenset(self._owned - set(partitions))
         self._metrics.owned_partitions.set(len(self._owned))
@@ -93,20 +86,25 @@ class Ownership:
         await self._connect()
         consumer = self._consumer
         assert consumer is not None
+        backoff = _POLL_RETRY.backoff()
         while True:
             try:
                 # The records are not needed; polling keeps the membership alive.
                 await consumer.getmany(timeout_ms=1000, max_records=500)
+                backoff.reset()
             except KafkaError as exc:
                 log.warning("coordination consumer error; retrying", extra={"error": str(exc)})
-                await asyncio.sleep(1.0)
+                await _POLL_RETRY.wait(backoff)
 
     async def _connect(self) -> None:
         config = self._config
 
         def make() -> AIOKafkaConsumer:
+            options = client_options(self._kafka)
+            # Named per replica: `kafka-consumer-groups --describe` then shows who owns what.
+            options["client_id"] = f"{self._kafka.client_id}-{self.instance_id}"
             consumer = AIOKafkaConsumer(
-                **client_options(self._kafka),
+                **options,
                 group_id=config.group_id,
                 enable_auto_commit=False,
                 auto_offset_reset="latest",
@@ -116,7 +114,10 @@ class Ownership:
                 # (seconds): the group must wait for it rather than evict us.
                 rebalance_timeout_ms=max(60_000, config.session_timeout_ms),
             )
-            consumer.subscribe([config.tasks_topic], listener=_Listener(self))
+            consumer.subscribe(
+                [config.tasks_topic],
+                listener=RebalanceListener(on_revoked=self.revoked, on_assigned=self.assigned),
+            )
             return consumer
 
         self._consumer = await join_group(make, "coordination")

@@ -1,4 +1,4 @@
-"""The REST side of the task API (``bridge.platform.wire.Route``), answering the way
+"""The REST side of the task API (``bridge.wire.Route``), answering the way
 a FastAPI backend would: JSON bodies, ``{"detail": ...}`` errors, 422 with a
 pydantic-style list of errors on a bad body, 401 on a missing or wrong
 ``x-api-key``.
@@ -27,7 +27,7 @@ from bridge.emulator.inbox import Inbox
 from bridge.emulator.streams import EventStreams, not_found
 from bridge.emulator.tasks import TaskRun
 from bridge.platform.models import ExecutionMetricsReport, TaskInput, TaskReportRequest
-from bridge.platform.wire import API_KEY_HEADER, STATUSES, Route
+from bridge.wire import API_KEY_HEADER, STATUSES, Route
 
 __all__ = ["TaskApi", "json_response"]
 

@@ -31,7 +31,7 @@ from bridge.emulator import content
 from bridge.emulator.lifecycle import build_plan
 from bridge.emulator.settings import EmulatorSettings, ScenarioSettings, TaskProfile
 from bridge.emulator.tasks import EventRecord, TaskRun
-from bridge.platform.wire import TERMINAL_STATUSES
+from bridge.wire import TERMINAL_STATUSES
 
 __all__ = ["Engine", "Stats", "iso_time"]
 
@@ -147,7 +147,7 @@ class Engine:
 
     # -- creating tasks -------------------------------------------------------
 
-    def create_task(
+    def create_task(  # noqa: PLR0913  (keyword-only knobs of a test double)
         self,
         agent_id: str,
         *,
@@ -328,7 +328,7 @@ class Engine:
             wire["paused_at"] = iso
         self.emit(run, "task_updated", wire)
 
-    def _body(self, run: TaskRun, kind: str) -> None:
+    def _body(self, run: TaskRun, kind: str) -> None:  # noqa: C901  (one branch per event type the emulator writes)
         if not run.streaming:
             return
         rng = run.rng
@@ -483,7 +483,7 @@ class Engine:
         if self._finished_signal is not None:
             self._finished_signal.set()
 
-    def update(
+    def update(  # noqa: C901  (one branch per updatable field, as the API has them)
         self,
         run: TaskRun,
         *,

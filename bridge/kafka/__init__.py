@@ -1,3 +1,4 @@
-"""Kafka: the sink and source the bridge talks to, and an embedded broker for the demo and tests."""
+"""Kafka, at one boundary: client options, error translation, topics, consumer
+groups (aiokafka), and an embedded broker for the demo and the tests."""
 
 from __future__ import annotations

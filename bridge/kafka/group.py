@@ -1,20 +1,41 @@
-"""Joining a consumer group, once for every group the bridge runs (report
-consumers, task owners): the runner owns the retry, not each component."""
+"""Consumer groups, once for every group the bridge runs (report consumers,
+task owners): joining with retries owned here, not by each component, and
+the one rebalance listener that turns aiokafka's callbacks into ours."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
-from bridge.pipeline.backoff import Backoff
+from bridge.core.retry import RetryPolicy
 
-__all__ = ["join_group"]
+__all__ = ["JOIN_RETRY", "PartitionsCallback", "RebalanceListener", "join_group"]
 
 log = logging.getLogger(__name__)
+
+#: Kafka unreachable while joining: retried without end, backing off to 15 s.
+JOIN_RETRY = RetryPolicy(0.5, 15.0)
+
+PartitionsCallback = Callable[[list[TopicPartition]], Awaitable[None]]
+
+
+class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Forwards revocations and assignments; aiokafka awaits both, so the group
+    waits while a revoke stops work and writes what must be written."""
+
+    def __init__(self, *, on_revoked: PartitionsCallback, on_assigned: PartitionsCallback) -> None:
+        self._on_revoked = on_revoked
+        self._on_assigned = on_assigned
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._on_revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._on_assigned(list(assigned))
 
 
 async def join_group(
@@ -26,7 +47,7 @@ async def join_group(
     """Start a freshly made (and subscribed) consumer, retrying with back-off
     while Kafka is unreachable. A consumer is never leaked: one that fails or
     is cancelled while joining (a shutdown) is stopped."""
-    backoff = Backoff(0.5, 15.0)
+    backoff = JOIN_RETRY.backoff()
     while True:
         consumer = make()
         try:

@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
 from bridge import __version__
+from bridge.wire import EVENT_TYPES
 
 __all__ = [
     "KNOWN_EVENT_TYPES",
@@ -112,7 +113,7 @@ class DropReason(StrEnum):
 
 class TaskEndStatus(StrEnum):
     """``tasks_finished_total{status}``: the platform's terminal statuses
-    (``bridge.platform.wire.TERMINAL_STATUSES``; a test keeps the two equal)."""
+    (``bridge.wire.TERMINAL_STATUSES``; a test keeps the two equal)."""
 
     COMPLETED = "completed"
     FAILED = "failed"
@@ -175,38 +176,7 @@ class GcGeneration(StrEnum):
 
 
 #: Event types the official client knows (``TaskUpdateEventType``).
-KNOWN_EVENT_TYPES = frozenset(
-    {
-        "connected",
-        "task_created",
-        "task_updated",
-        "task_finished",
-        "chunk",
-        "auth_event",
-        "tool_call_request",
-        "tool_call_result",
-        "sub_agent_trigger",
-        "think",
-        "analyze",
-        "plan_updated",
-        "task_compactization",
-        "context_status",
-        "agent_gateway_decision",
-        "process_state_changed",
-        "process_update",
-        "gateway_steer_applied",
-        "ask_user_questions",
-        "sub_task_created",
-        "sub_task_updated",
-        "sub_task_finished",
-        "invite_member",
-        "member_invited",
-        "ask_for_secret",
-        "secret_saved",
-        "live_surface_created",
-        "inline_card",
-    }
-)
+KNOWN_EVENT_TYPES = EVENT_TYPES
 
 OTHER = "other"
 

@@ -5,8 +5,9 @@ which is the back-pressure), then on the broker's answer either the record's
 ``on_delivered`` runs (success) or the record is sent again after a full-jitter
 back-off, for ever: a retry is not a drop, and an outage of any length ends
 with every record delivered. A record the broker will never take (over the
-size limit even after truncation) is the one exception: it is dead-lettered
-with a counter and a log line.
+size limit even after truncation) is the one exception: it is given up, with
+an error log line and ``dead_letters_total{reason="undeliverable"}``, and is
+written nowhere (its ack still runs, so a checkpoint moves past it).
 
 ``drain()`` is the second stage of shutdown: once the sources have stopped,
 wait until the queue is empty and no record is in flight.
@@ -19,19 +20,30 @@ import functools
 import logging
 from typing import Any, Protocol
 
+from bridge.core.record import OutRecord
+from bridge.core.retry import RetryPolicy
 from bridge.errors import BridgeError, RecordTooLargeError, RequestTimeoutError, RetryableError
 from bridge.observability.metrics import DeadLetterReason, Metrics, PublishErrorReason
-from bridge.pipeline.backoff import Backoff
-from bridge.pipeline.record import OutRecord
-from bridge.sinks.kafka.producer import translate_send_error
 
 __all__ = ["DeliveryLoop", "RecordSink"]
 
 log = logging.getLogger(__name__)
 
 
+#: Failed sends are retried without expiry, backing off to 10 s.
+DELIVERY_RETRY = RetryPolicy(0.2, 10.0)
+
+
 class RecordSink(Protocol):
-    async def write(self, record: OutRecord) -> asyncio.Future[Any]: ...
+    """What the loop needs of a sink (``bridge.sinks.kafka.KafkaSink``)."""
+
+    async def write(self, record: OutRecord) -> asyncio.Future[Any]:
+        """Hand one record over; the future resolves on the broker's answer."""
+        ...
+
+    def classify(self, error: BaseException) -> BridgeError:
+        """A failed future's error as a bridge error (the sink's client's, translated)."""
+        ...
 
 
 class DeliveryLoop:
@@ -43,14 +55,12 @@ class DeliveryLoop:
         sink: RecordSink,
         metrics: Metrics,
         *,
-        retry_base_s: float = 0.2,
-        retry_cap_s: float = 10.0,
+        retry: RetryPolicy = DELIVERY_RETRY,
     ) -> None:
         self._queue = queue
         self._sink = sink
         self._metrics = metrics
-        self._retry_base = retry_base_s
-        self._retry_cap = retry_cap_s
+        self._policy = retry
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -95,7 +105,7 @@ class DeliveryLoop:
             await asyncio.sleep(0.01)
 
     async def _write(self, record: OutRecord) -> None:
-        backoff: Backoff | None = None
+        backoff = None
         while True:
             try:
                 future = await self._sink.write(record)
@@ -103,8 +113,8 @@ class DeliveryLoop:
                 # The producer could not even take it (no metadata, not
                 # connected): wait here, which holds the whole queue back.
                 self._note_failure(record, exc)
-                backoff = backoff or Backoff(self._retry_base, self._retry_cap)
-                await asyncio.sleep(backoff.next_delay())
+                backoff = backoff or self._policy.backoff()
+                await self._policy.wait(backoff)
                 continue
             except RecordTooLargeError as exc:
                 self._give_up(record, exc)
@@ -120,7 +130,7 @@ class DeliveryLoop:
         if error is None:
             self._delivered(record)
             return
-        translated = error if isinstance(error, BridgeError) else translate_send_error(error)
+        translated = error if isinstance(error, BridgeError) else self._sink.classify(error)
         if isinstance(translated, RecordTooLargeError):
             self._give_up(record, translated)
             return
@@ -132,8 +142,7 @@ class DeliveryLoop:
     async def _retry(self, record: OutRecord) -> None:
         record.attempts += 1
         # Resume the curve where this record is, so a long outage backs off to the cap.
-        backoff = Backoff(self._retry_base, self._retry_cap, attempt=min(record.attempts, 16))
-        await asyncio.sleep(backoff.next_delay())
+        await self._policy.wait(self._policy.backoff(attempt=min(record.attempts, 16)))
         await self._write(record)
 
     def _delivered(self, record: OutRecord) -> None:

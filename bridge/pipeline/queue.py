@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bridge.pipeline.record import OutRecord
+from bridge.core.record import OutRecord
 
 __all__ = ["RecordQueue"]
 

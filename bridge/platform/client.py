@@ -41,7 +41,7 @@ from bridge.errors import (
     error_for_status,
 )
 from bridge.observability.metrics import Metrics
-from bridge.platform.wire import API_KEY_HEADER, Route, events_root
+from bridge.wire import API_KEY_HEADER, Route, events_root
 
 __all__ = ["EventStream", "PlatformClient", "parse_retry_after", "proxy_from_env"]
 

@@ -6,7 +6,7 @@ Field names and defaults are the official client's (``xpander-sdk`` 2.0.537:
 sends us (``Task``, ``TaskListItem``, ``TaskUpdateEvent``...) accept and carry
 unknown fields, because servers add fields over time and a bridge must pass them
 on, never fail on them. ``status`` is kept a plain string for the same reason: a
-status this code does not know yet is data, and ``bridge.platform.wire.STATUSES``
+status this code does not know yet is data, and ``bridge.wire.STATUSES``
 says which ones we do know.
 
 These models are for the edges (validating a request, parsing a response), not

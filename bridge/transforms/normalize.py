@@ -7,7 +7,9 @@ CloudEvents 1.0 binary-mode headers (Kafka protocol binding: ``ce_*`` headers,
 cached (header bytes, ``ce_source``, ``ce_type``, routes).
 
 A frame that is not JSON, or not an event object, becomes a dead-letter record
-with the raw bytes, and takes no sequence number.
+with the raw bytes, and takes no sequence number. Status snapshots (a resync
+after a stream broke off, a poll, a recorded report) become lifecycle
+envelopes through ``from_snapshot``, with an id derived from what made them.
 """
 
 from __future__ import annotations
@@ -15,151 +17,47 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from bridge.config import KafkaConfig, TopicsConfig
-from bridge.coordination.checkpoints import Checkpoint
+from bridge.core.dead_letter import dead_letter
+from bridge.core.identity import event_id, frame_id_material
+from bridge.core.record import Headers, OutRecord
+from bridge.core.task import PendingEnvelope, TaskState
+from bridge.core.values import str_or_none
+from bridge.envelope import CATEGORY_BY_TYPE, LIFECYCLE_TYPES, SCHEMA_VERSION, Category, EventSource
 from bridge.observability.metrics import DeadLetterReason, Metrics, TaskEndStatus
-from bridge.pipeline.acks import OrderedAcks
-from bridge.pipeline.record import Headers, OutRecord
-from bridge.sinks.kafka.dead_letter import dead_letter
-from bridge.transforms.envelope import SCHEMA_VERSION, Category, EventSource
+from bridge.wire import TERMINAL_STATUSES
 
-__all__ = [
-    "CATEGORY_BY_TYPE",
-    "LIFECYCLE_TYPES",
-    "Normalizer",
-    "TaskState",
-    "event_id_for",
-]
-
-LIFECYCLE_TYPES = frozenset({"task_created", "task_updated", "task_finished"})
-
-CATEGORY_BY_TYPE: dict[str, Category] = {
-    **dict.fromkeys(LIFECYCLE_TYPES, Category.LIFECYCLE),
-    **dict.fromkeys(
-        ("sub_task_created", "sub_task_updated", "sub_task_finished", "process_state_changed"),
-        Category.LIFECYCLE,
-    ),
-    **dict.fromkeys(
-        ("chunk", "inline_card", "live_surface_created", "process_update"), Category.OUTPUT
-    ),
-    **dict.fromkeys(("tool_call_request", "tool_call_result"), Category.TOOL),
-    **dict.fromkeys(
-        ("think", "analyze", "context_status", "task_compactization"), Category.REASONING
-    ),
-    **dict.fromkeys(
-        ("plan_updated", "sub_agent_trigger", "agent_gateway_decision", "gateway_steer_applied"),
-        Category.PLANNING,
-    ),
-    **dict.fromkeys(("auth_event", "ask_for_secret", "secret_saved"), Category.AUTH),
-}
+__all__ = ["Event", "Normalizer"]
 
 CE_TYPE_PREFIX = "ai.xpander.task."
+#: the terminal statuses as metric labels, looked up once per task end
+_END_STATUSES: dict[str, TaskEndStatus] = {status.value: status for status in TaskEndStatus}
 _STATIC_HEADERS: Headers = [("ce_specversion", b"1.0"), ("content-type", b"application/json")]
 # Room kept for the key, the headers and the record framing under the size limit.
 _RECORD_OVERHEAD = 2048
-#: The terminal statuses (``wire.TERMINAL_STATUSES``, a test keeps them equal)
-#: by their word: one lookup turns a task_finished's status into its label.
-_END_STATUSES: dict[str, TaskEndStatus] = {status.value: status for status in TaskEndStatus}
 
 
-@dataclass(slots=True)
-class TaskState:
-    """What the bridge knows of one followed task; owned by its stream or poller."""
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One platform event, before it gets a sequence and an envelope."""
 
-    task_id: str
-    agent_id: str | None
-    organization_id: str | None
-    #: the last sequence handed out (the next envelope gets sequence + 1)
-    sequence: int = 0
-    status: str | None = None
-    #: a ``task_finished`` envelope was emitted (from the stream, a poll or a resync)
-    finished: bool = False
-    #: per-sequence delivery acks; ``acks.done`` is the last sequence safely in Kafka
-    acks: OrderedAcks = field(default_factory=lambda: OrderedAcks(start=1))
-    key: bytes = b""
-    ce_source: bytes = b""
-    #: ``event_id`` of the task's first streamed event (a replay starts with it)
-    first_event_id: str | None = None
-    #: what the envelope at ``acks.done`` carried: what a checkpoint records
-    acked_sse_id: str | None = None
-    acked_event_id: str | None = None
-    #: ``event_id`` of the last acknowledged envelope read from the stream itself
-    acked_stream_event_id: str | None = None
-    acked_status: str | None = None
-    #: the sequence covered by a checkpoint Kafka acknowledged
-    checkpointed: int = 0
-    checkpoint_final: bool = False
-    #: (sequence, sse_id, event_id, status) of envelopes not yet covered by acks.done
-    pending: deque[tuple[int, str | None, str, str | None, bool]] = field(default_factory=deque)
-
-    def __post_init__(self) -> None:
-        self.key = self.task_id.encode()
-        self._set_source()
-
-    def resume(self, checkpoint: Checkpoint) -> None:
-        """Continue where a checkpoint left off: the sequence goes on, never from 0."""
-        self.sequence = self.checkpointed = checkpoint.sequence
-        self.acks = OrderedAcks(start=checkpoint.sequence + 1)
-        self.acked_sse_id = checkpoint.last_sse_id
-        self.acked_event_id = checkpoint.last_event_id
-        self.acked_stream_event_id = checkpoint.last_stream_event_id
-        self.acked_status = self.status = checkpoint.status
-        self.first_event_id = checkpoint.first_event_id
-        self.finished = self.checkpoint_final = checkpoint.finished
-        self.learn(checkpoint.agent_id, checkpoint.organization_id)
-
-    def delivered(self, sequence: int) -> None:
-        """Every record of envelope ``sequence`` is in Kafka."""
-        done = self.acks.ack(sequence)
-        pending = self.pending
-        while pending and pending[0][0] <= done:
-            _, sse_id, event_id, status, from_stream = pending.popleft()
-            if sse_id is not None:
-                self.acked_sse_id = sse_id
-            self.acked_event_id = event_id
-            if from_stream:
-                self.acked_stream_event_id = event_id
-            if status is not None:
-                self.acked_status = status
-
-    def learn(self, agent_id: str | None, organization_id: str | None) -> None:
-        """Fill identity fields the discovery listing did not have."""
-        changed = False
-        if agent_id and not self.agent_id:
-            self.agent_id, changed = agent_id, True
-        if organization_id and not self.organization_id:
-            self.organization_id, changed = organization_id, True
-        if changed:
-            self._set_source()
-
-    def _set_source(self) -> None:
-        self.ce_source = (
-            f"/xpander/organizations/{self.organization_id or '-'}/agents/{self.agent_id or '-'}"
-        ).encode()
-
-
-def event_id_for(task_id: str, frame: bytes, sse_id: str | None) -> str:
-    """The ``event_id`` a frame gets, without building its envelope (replay skipping)."""
-    return _event_id(task_id, _id_material(frame, sse_id))
-
-
-def _id_material(frame: bytes, sse_id: str | None) -> bytes:
-    """With server ids the id decides; without, the frame's bytes (type, time, content)."""
-    return b"id\x00" + sse_id.encode() if sse_id is not None else b"frame\x00" + frame
-
-
-def _event_id(task_id: str, material: bytes) -> str:
-    digest = hashlib.blake2b(material, digest_size=16, person=b"xpander-bridge1")
-    digest.update(task_id.encode())
-    return digest.hexdigest()
+    type: str
+    data: Any
+    source: EventSource
+    #: the platform's time for it, when it gave a valid one
+    occurred_at: str | None
+    #: loop time of receipt, for the latency histogram
+    received_at: float
+    #: what the deterministic ``event_id`` is derived from
+    id_material: bytes
+    sse_id: str | None = None
 
 
 class _IsoClock:
@@ -192,6 +90,24 @@ def _valid_time(value: Any) -> str | None:
             return None
         return value
     return None
+
+
+def _snapshot_event(
+    task_id: str, snapshot: dict[str, Any], source: EventSource
+) -> tuple[str, bytes, str | None]:
+    """(event type, id material, occurred_at) of a status snapshot, by what made it.
+
+    The id material is what makes the same observation get the same
+    ``event_id`` on every replica and after every restart."""
+    status = snapshot.get("status")
+    if source is EventSource.POLL:
+        kind = "task_finished" if status in TERMINAL_STATUSES else "task_updated"
+        return kind, f"poll\x00{status}\x00{snapshot.get('updated_at')}".encode(), None
+    finished_at = str_or_none(snapshot.get("finished_at"))
+    if source is EventSource.REPORT:
+        return "task_finished", b"report\x00" + task_id.encode(), finished_at
+    material = f"resync\x00{status}\x00{snapshot.get('finished_at')}".encode()
+    return "task_finished", material, finished_at
 
 
 class Normalizer:
@@ -251,109 +167,121 @@ class Normalizer:
                     "no string 'type' field",
                 )
             ]
-        return self.emit(
-            task,
+        observed = Event(
             event_type,
             event.get("data"),
-            source=EventSource.SSE,
-            occurred_at=_valid_time(event.get("time")),
-            received_at=received_at,
-            id_material=_id_material(frame, sse_id),
-            sse_id=sse_id,
+            EventSource.SSE,
+            _valid_time(event.get("time")),
+            received_at,
+            frame_id_material(frame, sse_id),
+            sse_id,
         )
+        return self.emit(task, observed)
 
-    def emit(
-        self,
-        task: TaskState,
-        event_type: str,
-        data: Any,
-        *,
-        source: EventSource,
-        occurred_at: str | None,
-        received_at: float,
-        id_material: bytes,
-        sse_id: str | None = None,
+    def from_snapshot(
+        self, task: TaskState, snapshot: dict[str, Any], source: EventSource, received_at: float
     ) -> list[OutRecord]:
+        """A task status snapshot as a lifecycle envelope: ``task_finished`` from
+        a resync or a report; from a poll, ``task_finished`` when terminal, else
+        ``task_updated``."""
+        kind, material, occurred_at = _snapshot_event(task.task_id, snapshot, source)
+        return self.emit(task, Event(kind, snapshot, source, occurred_at, received_at, material))
+
+    def emit(self, task: TaskState, event: Event) -> list[OutRecord]:
         """Build the envelope record(s) for one event and advance the task's state."""
-        label = self._metrics.event_type(event_type)  # once per event: counters and records
-        if source is EventSource.SSE:
+        label = self._metrics.event_type(event.type)  # once per event: counters and records
+        if event.source is EventSource.SSE:
             self._received(label).inc()
-        if event_type in self._routes:
-            topic = self._routes[event_type]
-            if topic is None:
-                self._filtered(label).inc()
-                return []
-        else:
-            topic = self._events_topic
-
-        status = None
-        lifecycle = event_type in LIFECYCLE_TYPES and isinstance(data, dict)
-        if lifecycle:
-            raw_status = data.get("status")
-            status = raw_status if isinstance(raw_status, str) else None
-            task.learn(data.get("agent_id"), data.get("organization_id"))
-            if status is not None:
-                task.status = status
-            if event_type == "task_finished":
-                task.finished = True
-                end = _END_STATUSES.get(status) if status is not None else None
-                if end is not None:
-                    agent = self._metrics.agent_label(task.agent_id or "unknown")
-                    self._metrics.tasks_finished(agent, end).inc()
-
+        topic = self._topic(event.type, label)
+        if topic is None:
+            return []
+        lifecycle, status = self._advance(task, event)
         task.sequence += 1
         sequence = task.sequence
-        observed_at = self._clock()
-        event_id = _event_id(task.task_id, id_material)
-        envelope = {
-            "schema_version": SCHEMA_VERSION,
-            "event_id": event_id,
-            "type": event_type,
-            # StrEnum members: orjson writes their string, no .value lookup per event
-            "category": CATEGORY_BY_TYPE.get(event_type, Category.OTHER),
-            "task_id": task.task_id,
-            "agent_id": task.agent_id,
-            "organization_id": task.organization_id,
-            "status": status,
-            "occurred_at": occurred_at or observed_at,
-            "observed_at": observed_at,
-            "sequence": sequence,
-            "source": source,
-            "sse_id": sse_id,
-            "truncated": False,
-            "data": data,
-        }
+        envelope = self._envelope(task, event, status, sequence)
         value = orjson.dumps(envelope)
         records: list[OutRecord] = []
         if len(value) > self._limit:
-            value = self._truncate(task, envelope, value, received_at, records)
-        headers = self._headers(task, event_type, event_id, envelope["occurred_at"])
-        records.append(OutRecord(topic, task.key, value, headers, label, received_at))
+            value = self._truncate(task, envelope, value, event.received_at, records)
+        headers = self._headers(task, event.type, envelope["event_id"], envelope["occurred_at"])
+        records.append(OutRecord(topic, task.key, value, headers, label, event.received_at))
         if lifecycle and self._state_topic:
             records.append(
-                OutRecord(self._state_topic, task.key, value, headers, label, received_at)
+                OutRecord(self._state_topic, task.key, value, headers, label, event.received_at)
             )
-        task.acks.track(sequence)
-        from_stream = source is EventSource.SSE
-        task.pending.append((sequence, sse_id, event_id, status, from_stream))
+        from_stream = event.source is EventSource.SSE
+        task.track(
+            PendingEnvelope(sequence, event.sse_id, envelope["event_id"], status, from_stream)
+        )
         # The handshake is per connection, not task history: a replay never repeats it.
-        if task.first_event_id is None and from_stream and event_type != "connected":
-            task.first_event_id = event_id
+        if task.first_event_id is None and from_stream and event.type != "connected":
+            task.first_event_id = envelope["event_id"]
         self._join_acks(task, sequence, records)
         return records
 
     # --- pieces ---------------------------------------------------------------
 
-    def _headers(self, task: TaskState, event_type: str, event_id: str, time: str) -> Headers:
+    def _topic(self, event_type: str, label: str) -> str | None:
+        """Where this type goes; ``None`` when a rule filters it (counted)."""
+        routes = self._routes
+        if event_type not in routes:
+            return self._events_topic
+        topic = routes[event_type]
+        if topic is None:
+            self._filtered(label).inc()
+        return topic
+
+    def _advance(self, task: TaskState, event: Event) -> tuple[bool, str | None]:
+        """A lifecycle event's effect on the task (identity, status, its end).
+        Returns whether it is one, and the envelope's ``status``."""
+        data = event.data
+        if event.type not in LIFECYCLE_TYPES or not isinstance(data, dict):
+            return False, None
+        status = str_or_none(data.get("status"))
+        task.learn(data.get("agent_id"), data.get("organization_id"))
+        if status is not None:
+            task.status = status
+        if event.type == "task_finished":
+            task.finished = True
+            end = _END_STATUSES.get(status) if status is not None else None
+            if end is not None:
+                agent = self._metrics.agent_label(task.agent_id or "unknown")
+                self._metrics.tasks_finished(agent, end).inc()
+        return True, status
+
+    def _envelope(
+        self, task: TaskState, event: Event, status: str | None, sequence: int
+    ) -> dict[str, Any]:
+        observed_at = self._clock()
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "event_id": event_id(task.task_id, event.id_material),
+            "type": event.type,
+            # StrEnum members: orjson writes their string, no .value lookup per event
+            "category": CATEGORY_BY_TYPE.get(event.type, Category.OTHER),
+            "task_id": task.task_id,
+            "agent_id": task.agent_id,
+            "organization_id": task.organization_id,
+            "status": status,
+            "occurred_at": event.occurred_at or observed_at,
+            "observed_at": observed_at,
+            "sequence": sequence,
+            "source": event.source,
+            "sse_id": event.sse_id,
+            "truncated": False,
+            "data": event.data,
+        }
+
+    def _headers(self, task: TaskState, event_type: str, event_id_: str, time_: str) -> Headers:
         ce_type = self._ce_types.get(event_type)
         if ce_type is None:
             ce_type = self._ce_types.setdefault(event_type, (CE_TYPE_PREFIX + event_type).encode())
         return [
             *_STATIC_HEADERS,
-            ("ce_id", event_id.encode()),
+            ("ce_id", event_id_.encode()),
             ("ce_source", task.ce_source),
             ("ce_type", ce_type),
-            ("ce_time", time.encode()),
+            ("ce_time", time_.encode()),
             ("ce_subject", task.key),
         ]
 

@@ -32,8 +32,8 @@ from bridge.emulator.settings import (
     StreamSettings,
     TaskProfile,
 )
-from bridge.platform.wire import TERMINAL_STATUSES
 from bridge.sources.platform.sse import SSEDecoder
+from bridge.wire import TERMINAL_STATUSES
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -8,11 +8,11 @@ import pytest
 
 from bridge.config import CoordinationConfig
 from bridge.coordination.checkpointer import Checkpointer
-from bridge.coordination.checkpoints import Checkpoint
 from bridge.coordination.partitioning import partition_for
+from bridge.core.checkpoint import Checkpoint
+from bridge.core.record import OutRecord
+from bridge.core.task import PendingEnvelope, TaskState
 from bridge.observability.metrics import Metrics
-from bridge.pipeline.record import OutRecord
-from bridge.transforms.normalize import TaskState
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -32,8 +32,7 @@ def task_with(acked: int, total: int, *, finished: bool = False) -> TaskState:
     task = TaskState("t-1", "a-1", "o-1")
     for sequence in range(1, total + 1):
         task.sequence = sequence
-        task.acks.track(sequence)
-        task.pending.append((sequence, str(sequence), f"e{sequence}", "executing", True))
+        task.track(PendingEnvelope(sequence, str(sequence), f"e{sequence}", "executing", True))
     for sequence in range(1, acked + 1):
         task.delivered(sequence)
     task.finished = finished
@@ -103,8 +102,7 @@ async def test_a_first_checkpoint_is_written_at_once_and_alone() -> None:
         checkpointer.delivered(older, 2)  # progress: due at the next round, in 30 s
         new = TaskState("t-2", "a-1", "o-1")
         new.sequence = 1
-        new.acks.track(1)
-        new.pending.append((1, "1", "e1", "executing", True))
+        new.track(PendingEnvelope(1, "1", "e1", "executing", True))
         new.delivered(1)
         checkpointer.watch(new)
         checkpointer.delivered(new, 1)  # first checkpoint: now

@@ -6,7 +6,7 @@ from dataclasses import fields
 
 import orjson
 
-from bridge.coordination.checkpoints import Checkpoint
+from bridge.core.checkpoint import Checkpoint
 
 
 def test_encode_writes_every_field_and_decode_reads_it_back() -> None:

@@ -11,7 +11,7 @@ import pytest
 from bridge.emulator import Emulator, EmulatorSettings, ScenarioSettings, TaskProfile, preset
 from bridge.emulator.lifecycle import build_plan
 from bridge.platform.models import Task, TaskUpdateEvent
-from bridge.platform.wire import TERMINAL_STATUSES
+from bridge.wire import TERMINAL_STATUSES
 
 _TIME_KEYS = {"time", "created_at", "updated_at", "started_at", "paused_at", "finished_at"}
 _TIME_KEYS |= {"duration", "emitted_at"}

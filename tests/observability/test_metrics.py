@@ -30,7 +30,7 @@ from bridge.observability.metrics import (
     TaskEndStatus,
     TrackingMode,
 )
-from bridge.platform.wire import TERMINAL_STATUSES
+from bridge.wire import TERMINAL_STATUSES
 
 pytestmark = pytest.mark.timeout(10)
 

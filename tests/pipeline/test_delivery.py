@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
+from bridge.core.record import OutRecord
+from bridge.core.retry import RetryPolicy
 from bridge.errors import RecordTooLargeError, UnavailableError
 from bridge.observability.metrics import Metrics
 from bridge.pipeline.delivery import DeliveryLoop
-from bridge.pipeline.record import OutRecord
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -50,7 +51,7 @@ def record(value: bytes, acks: list[bytes]) -> OutRecord:
 async def run(sink: FlakySink, values: list[bytes]) -> tuple[DeliveryLoop, list[bytes]]:
     queue: asyncio.Queue[OutRecord] = asyncio.Queue(4)
     metrics = Metrics()
-    loop = DeliveryLoop(queue, sink, metrics, retry_base_s=0.001, retry_cap_s=0.01)
+    loop = DeliveryLoop(queue, sink, metrics, retry=RetryPolicy(0.001, 0.01))
     acks: list[bytes] = []
     runner = asyncio.create_task(loop.run())
     for value in values:

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
+from bridge.core.record import OutRecord
 from bridge.pipeline.queue import RecordQueue
-from bridge.pipeline.record import OutRecord
 
 pytestmark = pytest.mark.timeout(5)
 

@@ -11,10 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.config import KafkaConfig, RouteRule, TopicsConfig
+from bridge.core.record import OutRecord
+from bridge.core.task import TaskState
+from bridge.envelope import Envelope, TruncatedData
 from bridge.observability.metrics import Metrics
-from bridge.pipeline.record import OutRecord
-from bridge.transforms.envelope import Envelope, TruncatedData
-from bridge.transforms.normalize import Normalizer, TaskState
+from bridge.transforms.normalize import Normalizer
 
 TASK = {"id": "t-1", "agent_id": "a-1", "organization_id": "o-1", "status": "executing"}
 

@@ -1,27 +1,26 @@
-"""Recording one report or metrics message on the platform.
+"""The platform sink of the Kafka-to-platform direction: records one report or
+metrics message on the platform.
 
-The retry policy lives here, once: timeouts, 5xx and 429 are retried with a
-capped, fully jittered back-off that honours ``Retry-After``, without an
-expiry (a report is never dropped because the platform was away for an
+Its retries go through the retry policy: timeouts, 5xx and 429 are retried
+with a capped, fully jittered back-off that honours ``Retry-After``, without
+an expiry (a report is never dropped because the platform was away for an
 hour). 401/403 means the bridge's credentials are wrong, not the message:
 recording halts for every message (readiness false, ``reports_halted`` 1, a
-loud log line) and the same request is retried slowly until the key works.
-Any other 4xx is the message's fault: it is raised for the dead-letter path.
+loud log line) and the same request is retried until the key works. Any
+other 4xx is the message's fault: it is raised for the dead-letter path.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from bridge.config import ReportsConfig
-from bridge.errors import AuthError, RetryableError
-from bridge.observability.metrics import Metrics, ReportRetryReason
-from bridge.pipeline.backoff import Backoff
+from bridge.core.retry import RetryPolicy, Verdict
+from bridge.errors import AuthError, BridgeError
+from bridge.observability.metrics import Metrics, ReportKind, ReportRetryReason
 from bridge.platform.client import PlatformClient
-from bridge.transforms.reports import ParsedMessage, ReportKind
 
 __all__ = ["Recorder"]
 
@@ -40,34 +39,28 @@ class Recorder:
     ) -> None:
         self._client = client
         self._metrics = metrics
-        self._config = config
+        self._retry = RetryPolicy(config.retry_initial_s, config.retry_max_s)
         self._on_halt = on_halt
         self._on_resume = on_resume
         self.halted = False
 
-    async def record(self, message: ParsedMessage) -> Any:
+    async def record(self, kind: ReportKind, agent_id: str, body: bytes) -> Any:
         """The platform's answer; raises ``RejectedError`` for a message it refuses."""
-        backoff = Backoff(self._config.retry_initial_s, self._config.retry_max_s)
-        kind = message.kind
+        backoff = self._retry.backoff()
         while True:
             try:
-                if message.kind is ReportKind.REPORT:
-                    answer = await self._client.report_task(message.agent_id, message.body)
+                if kind is ReportKind.REPORT:
+                    answer = await self._client.report_task(agent_id, body)
                 else:
-                    answer = await self._client.report_metrics(message.agent_id, message.body)
-            except AuthError as exc:
-                self._halt(exc)
-                self._metrics.report_retries(kind, ReportRetryReason.AUTH).inc()
-                await asyncio.sleep(backoff.next_delay())
-                continue
-            except RetryableError as exc:
-                reason = (
-                    ReportRetryReason.RATE_LIMITED
-                    if exc.status == 429
-                    else ReportRetryReason.UNAVAILABLE
-                )
-                self._metrics.report_retries(kind, reason).inc()
-                await asyncio.sleep(backoff.next_delay(exc.retry_after))
+                    answer = await self._client.report_metrics(agent_id, body)
+            except BridgeError as exc:
+                verdict = self._retry.verdict(exc)
+                if verdict is Verdict.REJECT:
+                    raise
+                if isinstance(exc, AuthError):
+                    self._halt(exc)
+                self._metrics.report_retries(kind, _retry_reason(exc, verdict)).inc()
+                await self._retry.wait(backoff, exc)
                 continue
             if self.halted:
                 self._resume()
@@ -92,3 +85,11 @@ class Recorder:
         log.warning("the platform accepts the API key again: report recording resumed")
         if self._on_resume is not None:
             self._on_resume()
+
+
+def _retry_reason(error: BridgeError, verdict: Verdict) -> ReportRetryReason:
+    if verdict is Verdict.HALT:
+        return ReportRetryReason.AUTH
+    if error.status == 429:
+        return ReportRetryReason.RATE_LIMITED
+    return ReportRetryReason.UNAVAILABLE

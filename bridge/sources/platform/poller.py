@@ -12,14 +12,13 @@ import logging
 import random
 from typing import Any
 
-from bridge.errors import AuthError, BridgeError, NotFoundError
-from bridge.observability.metrics import DropReason, Metrics
-from bridge.pipeline.backoff import Backoff
-from bridge.platform.client import PlatformClient
-from bridge.platform.wire import TERMINAL_STATUSES
-from bridge.sources.platform.stream import Publish, StreamOutcome
-from bridge.transforms.envelope import EventSource
-from bridge.transforms.normalize import Normalizer, TaskState
+from bridge.core.retry import RetryPolicy
+from bridge.core.task import TaskState
+from bridge.envelope import EventSource
+from bridge.errors import BridgeError, NotFoundError
+from bridge.observability.metrics import DropReason
+from bridge.sources.platform.context import WorkerContext
+from bridge.sources.platform.stream import StreamOutcome
 
 __all__ = ["TaskPoller"]
 
@@ -27,63 +26,43 @@ log = logging.getLogger(__name__)
 
 
 class TaskPoller:
-    def __init__(
-        self,
-        task: TaskState,
-        client: PlatformClient,
-        normalizer: Normalizer,
-        publish: Publish,
-        metrics: Metrics,
-        *,
-        interval_s: float,
-        first_snapshot: dict[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, task: TaskState, context: WorkerContext) -> None:
         self.task = task
-        self._client = client
-        self._normalizer = normalizer
-        self._publish = publish
-        self._metrics = metrics
-        self._interval = interval_s
-        self._first = first_snapshot
+        self._ctx = context
+        interval = context.poll_interval_s
+        self._interval = interval
+        self._retry = RetryPolicy(interval, max(interval, 60.0))
         self._loop = asyncio.get_running_loop()
 
     async def run(self) -> StreamOutcome:
-        backoff = Backoff(self._interval, max(self._interval, 60.0))
-        snapshot = self._first
+        ctx = self._ctx
+        backoff = self._retry.backoff()
         while True:
-            if snapshot is not None:
-                await self._observe(snapshot)
-                if self.task.finished:
-                    return StreamOutcome.FINISHED
             # Spread polls so thousands of polled tasks do not fire together.
             await asyncio.sleep(self._interval * random.uniform(0.8, 1.2))
             try:
-                snapshot = await self._client.get_task(self.task.task_id)
-                backoff.reset()
+                snapshot = await ctx.client.get_task(self.task.task_id)
             except NotFoundError:
-                self._metrics.tasks_dropped(DropReason.NOT_FOUND).inc()
+                ctx.metrics.tasks_dropped(DropReason.NOT_FOUND).inc()
                 log.warning(
                     "polled task no longer exists; stop following it",
                     extra={"task_id": self.task.task_id},
                 )
                 return StreamOutcome.NOT_FOUND
-            except (AuthError, BridgeError) as exc:
-                snapshot = None
+            except BridgeError as exc:
                 log.debug("poll failed", extra={"task_id": self.task.task_id, "error": str(exc)})
-                await asyncio.sleep(backoff.next_delay(getattr(exc, "retry_after", None)))
+                await self._retry.wait(backoff, exc)
+                continue
+            backoff.reset()
+            await self._observe(snapshot)
+            if self.task.finished:
+                return StreamOutcome.FINISHED
 
     async def _observe(self, snapshot: dict[str, Any]) -> None:
         status = snapshot.get("status")
         if not isinstance(status, str) or status == self.task.status:
             return
-        terminal = status in TERMINAL_STATUSES
-        records = self._normalizer.emit(
-            self.task,
-            "task_finished" if terminal else "task_updated",
-            snapshot,
-            source=EventSource.POLL,
-            occurred_at=None,
-            received_at=self._loop.time(),
-            id_material=f"poll\x00{status}\x00{snapshot.get('updated_at')}".encode(),
+        records = self._ctx.transform.from_snapshot(
+            self.task, snapshot, EventSource.POLL, self._loop.time()
         )
-        await self._publish(records)
+        await self._ctx.publish(records)

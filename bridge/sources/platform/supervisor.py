@@ -3,8 +3,8 @@
 Discovery tells it which tasks exist; it starts a worker for each new
 non-terminal task, remembers which tasks already ended (so a listing that lags
 behind does not start them again), and on shutdown stops every worker.
-Stream admission is a FIFO semaphore of ``streams.max_concurrent`` slots: the
-task waiting longest gets the next free slot.
+Stream admission is a FIFO semaphore of ``streams.max_concurrent`` slots
+(``WorkerContext.admission``): the task waiting longest gets the next free slot.
 """
 
 from __future__ import annotations
@@ -12,19 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from bridge.config import DiscoveryConfig, StreamsConfig
-from bridge.coordination.checkpoints import Checkpoint
+from bridge.core.checkpoint import Checkpoint
+from bridge.core.task import TaskState
+from bridge.core.values import str_or_none
+from bridge.envelope import EventSource
 from bridge.errors import AuthError, BridgeError, NotFoundError
-from bridge.observability.metrics import DropReason, Metrics, TrackingMode
-from bridge.platform.client import PlatformClient
-from bridge.platform.wire import TERMINAL_STATUSES
+from bridge.observability.metrics import DropReason, TrackingMode
+from bridge.sources.platform.context import WorkerContext
 from bridge.sources.platform.poller import TaskPoller
-from bridge.sources.platform.stream import Publish, StreamOutcome, StreamSettings, TaskStreamer
-from bridge.transforms.envelope import EventSource
-from bridge.transforms.normalize import Normalizer, TaskState
+from bridge.sources.platform.stream import StreamOutcome, TaskStreamer
+from bridge.wire import TERMINAL_STATUSES
 
 __all__ = ["TaskSupervisor"]
 
@@ -33,33 +33,14 @@ log = logging.getLogger(__name__)
 #: How many ended task ids are remembered to ignore a lagging listing.
 _ENDED_MEMORY = 200_000
 
+#: Called with each new task state (the checkpointer watches them).
+StateWatcher = Callable[[TaskState], None]
+
 
 class TaskSupervisor:
-    def __init__(
-        self,
-        client: PlatformClient,
-        normalizer: Normalizer,
-        publish: Publish,
-        metrics: Metrics,
-        streams: StreamsConfig,
-        discovery: DiscoveryConfig,
-        *,
-        on_auth_error: Callable[[AuthError], None] | None = None,
-        on_auth_ok: Callable[[], None] | None = None,
-        on_new_state: Callable[[TaskState], None] | None = None,
-    ) -> None:
-        self._on_new_state = on_new_state
-        self._client = client
-        self._normalizer = normalizer
-        self._publish = publish
-        self._metrics = metrics
-        self._discovery = discovery
-        self._settings = StreamSettings(
-            streams.reconnect_initial_s, streams.reconnect_max_s, streams.resync_grace_s
-        )
-        self._admission = asyncio.Semaphore(streams.max_concurrent)
-        self._on_auth_error = on_auth_error
-        self._on_auth_ok = on_auth_ok
+    def __init__(self, context: WorkerContext, *, on_follow: StateWatcher | None = None) -> None:
+        self._ctx = context
+        self._on_follow = on_follow
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._states: dict[str, TaskState] = {}
         self._ended: OrderedDict[str, None] = OrderedDict()
@@ -76,51 +57,45 @@ class TaskSupervisor:
     def follow(self, item: dict[str, Any], checkpoint: Checkpoint | None = None) -> None:
         """Start following a task from a listing item (idempotent), from its
         checkpoint when it has one."""
-        task_id = item.get("id")
-        if not isinstance(task_id, str) or self._stopping or self.is_known(task_id):
-            return
-        state = self._new_state(task_id, item, checkpoint)
         # Only what the worker needs: the listing item is a large dict, and
         # holding one per followed task for its whole life added up.
         streaming = item.get("events_streaming")
-        worker = asyncio.get_running_loop().create_task(
-            self._work(
-                state,
-                streaming if isinstance(streaming, bool) else None,
-                item.get("status") in TERMINAL_STATUSES,
-            ),
-            name=f"task:{task_id}",
+        terminal = item.get("status") in TERMINAL_STATUSES
+        self._start(
+            item,
+            checkpoint,
+            lambda state: self._work(state, streaming is not False, terminal),
+            "task",
         )
-        self._workers[task_id] = worker
-        worker.add_done_callback(lambda _: self._forget(task_id))
 
     def finish_unseen(self, item: dict[str, Any], checkpoint: Checkpoint | None = None) -> None:
         """A task that ended unseen (between two listings, or while no replica
         streamed it): emit its end, after its checkpoint's sequence."""
+        self._start(item, checkpoint, self._emit_end, "end")
+
+    def _start(
+        self,
+        item: dict[str, Any],
+        checkpoint: Checkpoint | None,
+        work: Callable[[TaskState], Coroutine[Any, Any, None]],
+        kind: str,
+    ) -> None:
         task_id = item.get("id")
         if not isinstance(task_id, str) or self._stopping or self.is_known(task_id):
             return
-        state = self._new_state(task_id, item, checkpoint)
-        worker = asyncio.get_running_loop().create_task(
-            self._emit_end(state, None), name=f"end:{task_id}"
-        )
-        self._workers[task_id] = worker
-        worker.add_done_callback(lambda _: self._forget(task_id))
-
-    def _new_state(
-        self, task_id: str, item: dict[str, Any], checkpoint: Checkpoint | None
-    ) -> TaskState:
         state = TaskState(
             task_id=task_id,
-            agent_id=_str(item.get("agent_id")),
-            organization_id=_str(item.get("organization_id")),
+            agent_id=str_or_none(item.get("agent_id")),
+            organization_id=str_or_none(item.get("organization_id")),
         )
         if checkpoint is not None:
             state.resume(checkpoint)
         self._states[task_id] = state
-        if self._on_new_state is not None:
-            self._on_new_state(state)
-        return state
+        if self._on_follow is not None:
+            self._on_follow(state)
+        worker = asyncio.get_running_loop().create_task(work(state), name=f"{kind}:{task_id}")
+        self._workers[task_id] = worker
+        worker.add_done_callback(lambda _: self._forget(task_id))
 
     async def stop(self) -> list[TaskState]:
         """Stop every worker (the first stage of shutdown: stop reading)."""
@@ -141,43 +116,30 @@ class TaskSupervisor:
 
     # --- workers ------------------------------------------------------------
 
-    async def _work(self, state: TaskState, streaming: bool | None, terminal: bool) -> None:
+    async def _work(self, state: TaskState, streaming: bool, terminal: bool) -> None:
         try:
-            snapshot: dict[str, Any] | None = None
-            resumable = state.acked_stream_event_id is not None
-            if terminal and not resumable:
-                await self._emit_end(state, None)
+            if terminal and state.acked_stream_event_id is None:
+                await self._emit_end(state)
                 return
             # A listing that says the task runs is enough to open its stream:
             # fetching every task first doubled the requests and was a quarter
             # of the CPU at 10,000 streams. A task without a stream is found
             # out by the stream's own answer (the streamer falls back to polling).
-            if streaming is None:
-                streaming = True
             outcome = StreamOutcome.NOT_STREAMABLE
             if streaming:
-                outcome = await self._run_mode(TrackingMode.STREAM, self._streamer(state).run())
+                outcome = await self._run(TrackingMode.STREAM, TaskStreamer(state, self._ctx).run())
             if outcome is StreamOutcome.NOT_STREAMABLE:
-                poller = TaskPoller(
-                    state,
-                    self._client,
-                    self._normalizer,
-                    self._publish,
-                    self._metrics,
-                    interval_s=self._discovery.poll_interval_s,
-                    first_snapshot=snapshot,
-                )
-                await self._run_mode(TrackingMode.POLL, poller.run())
+                await self._run(TrackingMode.POLL, TaskPoller(state, self._ctx).run())
         except NotFoundError:
-            self._metrics.tasks_dropped(DropReason.NOT_FOUND).inc()
+            self._ctx.metrics.tasks_dropped(DropReason.NOT_FOUND).inc()
             log.warning("task vanished before it was followed", extra={"task_id": state.task_id})
         except asyncio.CancelledError:
             raise
         except BridgeError as exc:
             # The first look failed (network, 5xx, auth); the next listing
             # brings the task back since it is forgotten on exit.
-            if isinstance(exc, AuthError) and self._on_auth_error is not None:
-                self._on_auth_error(exc)
+            if isinstance(exc, AuthError):
+                self._ctx.health.refused(exc)
             log.warning(
                 "could not start following a task; retrying at the next listing",
                 extra={"task_id": state.task_id, "error": str(exc)},
@@ -190,45 +152,27 @@ class TaskSupervisor:
             return
         self._remember_ended(state.task_id)
 
-    async def _run_mode(self, mode: TrackingMode, work: Any) -> StreamOutcome:
+    async def _run(
+        self, mode: TrackingMode, work: Coroutine[Any, Any, StreamOutcome]
+    ) -> StreamOutcome:
+        gauge = self._ctx.metrics.tracked_tasks(mode)
         self._modes[mode] += 1
-        self._metrics.tracked_tasks(mode).set(self._modes[mode])
+        gauge.set(self._modes[mode])
         try:
-            outcome: StreamOutcome = await work
-            return outcome
+            return await work
         finally:
             self._modes[mode] -= 1
-            self._metrics.tracked_tasks(mode).set(self._modes[mode])
+            gauge.set(self._modes[mode])
 
-    def _streamer(self, state: TaskState) -> TaskStreamer:
-        return TaskStreamer(
-            state,
-            self._client,
-            self._normalizer,
-            self._publish,
-            self._admission,
-            self._metrics,
-            self._settings,
-            on_auth_error=self._on_auth_error,
-            on_auth_ok=self._on_auth_ok,
-        )
-
-    async def _emit_end(self, state: TaskState, snapshot: dict[str, Any] | None) -> None:
-        if snapshot is None:
-            snapshot = await self._client.get_task(state.task_id)
-        status = snapshot.get("status")
-        if status not in TERMINAL_STATUSES:
+    async def _emit_end(self, state: TaskState) -> None:
+        ctx = self._ctx
+        snapshot = await ctx.client.get_task(state.task_id)
+        if snapshot.get("status") not in TERMINAL_STATUSES:
             return
-        records = self._normalizer.emit(
-            state,
-            "task_finished",
-            snapshot,
-            source=EventSource.RESYNC,
-            occurred_at=_str(snapshot.get("finished_at")),
-            received_at=asyncio.get_running_loop().time(),
-            id_material=f"resync\x00{status}\x00{snapshot.get('finished_at')}".encode(),
+        records = ctx.transform.from_snapshot(
+            state, snapshot, EventSource.RESYNC, asyncio.get_running_loop().time()
         )
-        await self._publish(records)
+        await ctx.publish(records)
         self._remember_ended(state.task_id)
 
     def _remember_ended(self, task_id: str) -> None:
@@ -239,7 +183,3 @@ class TaskSupervisor:
     def _forget(self, task_id: str) -> None:
         self._workers.pop(task_id, None)
         self._states.pop(task_id, None)
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.pipeline.acks import OrderedAcks
+from bridge.core.acks import OrderedAcks
 
 
 def test_out_of_order_acks_wait_for_the_gap() -> None:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from bridge.pipeline.backoff import Backoff
+from bridge.core.retry import Backoff
 
 
 def test_delays_stay_under_the_growing_ceiling_and_the_cap() -> None:

@@ -12,15 +12,15 @@ the original Kafka message are kept after these.
 
 from __future__ import annotations
 
+from bridge.core.record import Headers, OutRecord
 from bridge.observability.metrics import DeadLetterReason
-from bridge.pipeline.record import Headers, OutRecord
 
 __all__ = ["MAX_ERROR_CHARS", "dead_letter"]
 
 MAX_ERROR_CHARS = 500
 
 
-def dead_letter(
+def dead_letter(  # noqa: PLR0913  (keyword-only: one per header the record carries)
     *,
     topic: str,
     value: bytes,

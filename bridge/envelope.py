@@ -21,6 +21,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 __all__ = [
+    "CATEGORY_BY_TYPE",
+    "LIFECYCLE_TYPES",
     "SCHEMA_VERSION",
     "Category",
     "Envelope",
@@ -43,6 +45,33 @@ class Category(StrEnum):
     PLANNING = "planning"
     AUTH = "auth"
     OTHER = "other"
+
+
+#: The task's own lifecycle: these carry a task snapshot and a ``status``, and
+#: also go to the state topic.
+LIFECYCLE_TYPES = frozenset({"task_created", "task_updated", "task_finished"})
+
+#: The category of each event type the platform is known to send; any other
+#: type is ``other``.
+CATEGORY_BY_TYPE: dict[str, Category] = {
+    **dict.fromkeys(LIFECYCLE_TYPES, Category.LIFECYCLE),
+    **dict.fromkeys(
+        ("sub_task_created", "sub_task_updated", "sub_task_finished", "process_state_changed"),
+        Category.LIFECYCLE,
+    ),
+    **dict.fromkeys(
+        ("chunk", "inline_card", "live_surface_created", "process_update"), Category.OUTPUT
+    ),
+    **dict.fromkeys(("tool_call_request", "tool_call_result"), Category.TOOL),
+    **dict.fromkeys(
+        ("think", "analyze", "context_status", "task_compactization"), Category.REASONING
+    ),
+    **dict.fromkeys(
+        ("plan_updated", "sub_agent_trigger", "agent_gateway_decision", "gateway_steer_applied"),
+        Category.PLANNING,
+    ),
+    **dict.fromkeys(("auth_event", "ask_for_secret", "secret_saved"), Category.AUTH),
+}
 
 
 class EventSource(StrEnum):

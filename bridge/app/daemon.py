@@ -1,14 +1,19 @@
-"""The bridge assembled: build, start, run, drain, close.
+"""The bridge assembled: build, start, run, drain, close. The wiring lives
+here and in ``report_flow``; it is the only place that knows sources,
+transforms and sinks together (the import contracts in pyproject.toml hold
+everyone else to less).
 
     platform SSE ─┐                                   ┌─> xpander.task.events
     (one stream   ├─> normalize ─> bounded queue ─> Kafka sink ─> xpander.task.state
      per task)    │   (envelope,   (back-pressure)   (acks)    └─> xpander.bridge.dlq
     polling ──────┘    CE headers)
+    reports topic ─> parse ─> platform recorder ─> mirror envelope / DLQ ─┘
 
-Shutdown runs in the order that loses nothing: stop discovery and every
-stream (no new input), drain the queue until every record is acknowledged,
-flush and stop the producer, close the HTTP clients. All under one deadline;
-whatever is still pending when it passes is named in the log.
+Shutdown runs in the order that loses nothing (``shutdown``): stop the inputs
+(discovery, streams, the report consumer) and write the final checkpoints,
+drain the queue until every record is acknowledged, then leave the group and
+close the sink and clients. Each stage gets what is left of
+``pipeline.shutdown_timeout_s``; whatever is still pending is named in the log.
 """
 
 from __future__ import annotations
@@ -22,25 +27,28 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from bridge.app.report_flow import ReportFlow
 from bridge.config import BridgeConfig
 from bridge.coordination.checkpointer import Checkpointer
-from bridge.coordination.checkpoints import Checkpoint, load_checkpoints
+from bridge.coordination.handover import Handover, ReplicaClaims
 from bridge.coordination.ownership import Ownership
-from bridge.coordination.partitioning import partition_for
+from bridge.core.record import OutRecord
+from bridge.core.retry import RetryPolicy
 from bridge.errors import AuthError, ConfigError, UnavailableError
 from bridge.gc_policy import GcPolicy
 from bridge.observability.health import Health
 from bridge.observability.http import HealthServer
 from bridge.observability.logging import register_secret
 from bridge.observability.metrics import Metrics
-from bridge.pipeline.backoff import Backoff
 from bridge.pipeline.delivery import DeliveryLoop
 from bridge.pipeline.queue import RecordQueue
-from bridge.pipeline.record import OutRecord
+from bridge.pipeline.readiness import KafkaReadiness
 from bridge.platform.client import PlatformClient
+from bridge.sinks.kafka.dead_letters import DeadLetterSink
 from bridge.sinks.kafka.producer import KafkaSink
 from bridge.sinks.platform.recorder import Recorder
-from bridge.sources.kafka.reports import ReportsSource
+from bridge.sources.kafka.consumer import PartitionedConsumer
+from bridge.sources.platform.context import WorkerContext
 from bridge.sources.platform.discovery import Discovery
 from bridge.sources.platform.supervisor import TaskSupervisor
 from bridge.transforms.normalize import Normalizer
@@ -49,6 +57,11 @@ __all__ = ["Bridge", "ShutdownReport"]
 
 log = logging.getLogger(__name__)
 
+#: Kafka unreachable at start-up: waited for (not ready meanwhile), backing off to 15 s.
+_CONNECT_RETRY = RetryPolicy(0.5, 15.0)
+#: Most a cancelled internal task may take to stop before it is named in the log.
+_CANCEL_GRACE_S = 5.0
+
 
 @dataclass
 class ShutdownReport:
@@ -56,6 +69,29 @@ class ShutdownReport:
     seconds: float
     undelivered: int = 0
     not_stopped: list[str] = field(default_factory=list)
+
+
+class _Deadline:
+    """What is left of the shutdown deadline; each stage takes its share."""
+
+    def __init__(self, seconds: float) -> None:
+        self._end = time.monotonic() + seconds
+
+    def left(self, floor: float = 0.1) -> float:
+        return max(floor, self._end - time.monotonic())
+
+
+class _PlatformReadiness:
+    """The platform side's readiness condition, as workers and discovery see it."""
+
+    def __init__(self, health: Health) -> None:
+        self._health = health
+
+    def reachable(self) -> None:
+        self._health.set("platform", True)
+
+    def refused(self, error: AuthError) -> None:
+        self._health.set("platform", False, f"authentication refused (HTTP {error.status})")
 
 
 class Bridge:
@@ -76,12 +112,10 @@ class Bridge:
         self.discovery: Discovery | None = None
         self.supervisor: TaskSupervisor | None = None
         self.client: PlatformClient | None = None
-        self.reports: ReportsSource | None = None
+        self.reports: PartitionedConsumer | None = None
         self.ownership: Ownership | None = None
         self.checkpointer: Checkpointer | None = None
         self.gc_policy: GcPolicy | None = None
-        #: checkpoints of the tasks in the owned partitions, loaded on assignment
-        self.checkpoints: dict[str, Checkpoint] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         #: records handed to the queue; at a clean stop, all of them were delivered
         self.records_enqueued = 0
@@ -111,14 +145,18 @@ class Bridge:
         )
         self.gc_policy.install()
         self._spawn("gc", self.gc_policy.run())
-        self.health.set("kafka", False, "connecting")
         await self._connect_kafka()
-        self.health.set("kafka", True)
         self.delivery = DeliveryLoop(self.queue, self.sink, self.metrics)
         self._spawn("delivery", self.delivery.run())
-        self._spawn("readiness", self._watch_readiness())
-        if config.streams.enabled and config.coordination.enabled:
-            self._start_coordination()
+        readiness = KafkaReadiness(
+            self.sink,
+            self.delivery,
+            self.queue,
+            self.health,
+            self.metrics,
+            request_timeout_ms=config.kafka.request_timeout_ms,
+        )
+        self._spawn("readiness", readiness.run())
         if config.streams.enabled:
             self._start_platform_source()
         if config.reports.enabled:
@@ -130,36 +168,101 @@ class Bridge:
                 "users": len(config.discovery.user_ids),
                 "events_topic": config.topics.events,
                 "http_port": self.http.port if self.http else None,
+                "instance": self.ownership.instance_id if self.ownership else None,
             },
         )
 
     async def _connect_kafka(self) -> None:
         """Until Kafka answers: a broker that is down at start-up is waited for
-        (not ready meanwhile); a setting it cannot honour stops the start."""
-        backoff = Backoff(0.5, 15.0)
+        (not ready meanwhile); a setting it cannot honour (``ConfigError``) stops the start."""
+        self.health.set("kafka", False, "connecting")
+        backoff = _CONNECT_RETRY.backoff()
         while True:
             try:
                 await self.sink.connect()
-                return
-            except ConfigError:
-                raise
             except UnavailableError as exc:
-                delay = backoff.next_delay()
                 self.health.set("kafka", False, str(exc))
+                delay = await _CONNECT_RETRY.wait(backoff)
                 log.warning(
-                    "Kafka not reachable yet; retrying",
-                    extra={"error": str(exc), "retry_in_s": round(delay, 2)},
+                    "Kafka not reachable yet; retried",
+                    extra={"error": str(exc), "waited_s": round(delay, 2)},
                 )
-                self.sink = KafkaSink(
-                    self.config.kafka, self.config.topics, self.config.coordination
-                )
-                await asyncio.sleep(delay)
+                continue
+            self.health.set("kafka", True)
+            return
 
     def _platform_client(self) -> PlatformClient:
         if self.client is None:
             config = self.config
             self.client = PlatformClient(config.platform, config.streams, self.metrics)
         return self.client
+
+    def _normalizer(self, checkpointer: Checkpointer | None = None) -> Normalizer:
+        config = self.config
+        return Normalizer(
+            config.topics,
+            config.kafka,
+            self.metrics,
+            publish_connected=config.streams.publish_connected,
+            on_delivered=checkpointer.delivered if checkpointer is not None else None,
+        )
+
+    def _start_platform_source(self) -> None:
+        """Discovery, the supervisor and its workers; with coordination, the
+        ownership group, the checkpointer and the handover between them."""
+        config = self.config
+        client = self._platform_client()
+        coordinated = config.coordination.enabled
+        if coordinated:
+            self.checkpointer = Checkpointer(config.coordination, self._publish, self.metrics)
+        readiness = _PlatformReadiness(self.health)
+        streams = config.streams
+        context = WorkerContext(
+            client=client,
+            transform=self._normalizer(self.checkpointer),
+            publish=self._publish,
+            metrics=self.metrics,
+            health=readiness,
+            reconnect=RetryPolicy(streams.reconnect_initial_s, streams.reconnect_max_s),
+            resync_grace_s=streams.resync_grace_s,
+            poll_interval_s=config.discovery.poll_interval_s,
+            admission=asyncio.Semaphore(streams.max_concurrent),
+        )
+        checkpointer = self.checkpointer
+        self.supervisor = TaskSupervisor(
+            context, on_follow=checkpointer.watch if checkpointer is not None else None
+        )
+        relist = asyncio.Event()
+        claims: ReplicaClaims | None = None
+        if checkpointer is not None:
+            handover = Handover(
+                config.kafka,
+                config.coordination,
+                checkpointer,
+                self._publish,
+                self.health,
+                streams=self.supervisor,
+                relist=relist,
+            )
+            self.ownership = Ownership(
+                config.kafka,
+                config.coordination,
+                self.metrics,
+                on_assigned=handover.assigned,
+                on_revoked=handover.revoked,
+            )
+            claims = ReplicaClaims(
+                self.ownership, handover, config.coordination.checkpoint_retention_s
+            )
+            self.health.set("coordination", False, "waiting for a partition assignment")
+            self.metrics.coordination_partitions.set(config.coordination.partitions)
+            self._spawn("ownership", self.ownership.run())
+            self._spawn("checkpointer", checkpointer.run())
+        self.discovery = Discovery(
+            client, self.supervisor, config.discovery, readiness, claims=claims, wake=relist
+        )
+        self.health.set("platform", False, "first listing pending")
+        self._spawn("discovery", self.discovery.run())
 
     def _start_reports_source(self) -> None:
         config = self.config
@@ -173,109 +276,24 @@ class Bridge:
             ),
             on_resume=lambda: self.health.set("reports", True),
         )
-        self.reports = ReportsSource(
+        flow = ReportFlow(
             config,
             recorder,
-            Normalizer(
-                config.topics,
-                config.kafka,
-                self.metrics,
-                publish_connected=config.streams.publish_connected,
-            ),
+            self._normalizer(),
+            DeadLetterSink(config.topics.dlq, self._publish),
             self._publish,
             self.metrics,
+        )
+        self.reports = PartitionedConsumer(
+            config.kafka,
+            config.reports,
+            flow.topics,
+            flow,
+            self.metrics,
+            halted=lambda: recorder.halted,
             on_state=lambda ok, detail: self.health.set("reports", ok, detail),
         )
         self._spawn("reports", self.reports.run())
-
-    def _start_coordination(self) -> None:
-        config = self.config
-        self.health.set("coordination", False, "waiting for a partition assignment")
-        self.metrics.coordination_partitions.set(config.coordination.partitions)
-        self.checkpointer = Checkpointer(config.coordination, self._publish, self.metrics)
-        self.ownership = Ownership(
-            config.kafka,
-            config.coordination,
-            self.metrics,
-            on_assigned=self._partitions_assigned,
-            on_revoked=self._partitions_revoked,
-        )
-        self._spawn("ownership", self.ownership.run())
-        self._spawn("checkpointer", self.checkpointer.run())
-
-    async def _partitions_assigned(self, partitions: list[int]) -> None:
-        config = self.config
-        loaded = await load_checkpoints(
-            config.kafka, config.coordination.checkpoints_topic, partitions
-        )
-        assert self.checkpointer is not None
-        expired = self.checkpointer.expire(loaded.values())
-        if expired:
-            await self._publish(expired)
-        self.checkpoints.update(loaded)
-        self.health.set("coordination", True)
-        log.info(
-            "resuming owned tasks from their checkpoints",
-            extra={"partitions": len(partitions), "checkpoints": len(loaded)},
-        )
-        if self.discovery is not None:
-            self.discovery.wake()
-
-    async def _partitions_revoked(self, partitions: list[int]) -> None:
-        """Ownership moves: stop those streams, write their checkpoints, and
-        only then let the group rebalance, so the next owner starts from them."""
-        moving = set(partitions)
-        count = self.config.coordination.partitions
-
-        def leaving(task_id: str) -> bool:
-            return partition_for(task_id, count) in moving
-
-        states = await self.supervisor.release(leaving) if self.supervisor else []
-        if self.checkpointer is not None:
-            states += self.checkpointer.watched(leaving)
-            await self.checkpointer.flush(
-                states, self.config.coordination.checkpoint_interval_s * 10
-            )
-        for task_id in [t for t in self.checkpoints if leaving(t)]:
-            del self.checkpoints[task_id]
-
-    def _start_platform_source(self) -> None:
-        config = self.config
-        self.health.set("platform", False, "first listing pending")
-        self._platform_client()
-        assert self.client is not None
-        normalizer = Normalizer(
-            config.topics,
-            config.kafka,
-            self.metrics,
-            publish_connected=config.streams.publish_connected,
-            on_delivered=self.checkpointer.delivered if self.checkpointer else None,
-        )
-        self.supervisor = TaskSupervisor(
-            self.client,
-            normalizer,
-            self._publish,
-            self.metrics,
-            config.streams,
-            config.discovery,
-            on_auth_error=self._platform_auth_failed,
-            on_auth_ok=self._platform_ok,
-            on_new_state=self.checkpointer.watch if self.checkpointer else None,
-        )
-        ownership = self.ownership
-        self.discovery = Discovery(
-            self.client,
-            self.supervisor,
-            config.discovery,
-            on_success=self._platform_ok,
-            on_auth_error=self._platform_auth_failed,
-            owns=ownership.owns if ownership is not None else None,
-            checkpoints=self.checkpoints,
-            catch_up_window_s=(
-                config.coordination.checkpoint_retention_s if ownership is not None else None
-            ),
-        )
-        self._spawn("discovery", self.discovery.run())
 
     async def _publish(self, records: list[OutRecord]) -> None:
         queue = self.queue
@@ -285,23 +303,6 @@ class Bridge:
                 queue.put_nowait(record)
             except asyncio.QueueFull:
                 await queue.put(record)  # back-pressure: the stream stops reading here
-
-    def _platform_ok(self) -> None:
-        self.health.set("platform", True)
-
-    def _platform_auth_failed(self, exc: AuthError) -> None:
-        self.health.set("platform", False, f"authentication refused (HTTP {exc.status})")
-
-    async def _watch_readiness(self) -> None:
-        while True:
-            delivery = self.delivery
-            stall = max(10.0, 2 * self.config.kafka.request_timeout_ms / 1000 / 3)
-            ok = self.sink.connected and (
-                delivery is None or (delivery.healthy and not delivery.stalled(stall))
-            )
-            self.health.set("kafka", ok, "" if ok else "sends failing or stalled; retrying")
-            self.metrics.queue_depth.set(self.queue.qsize())
-            await asyncio.sleep(1.0)
 
     def _spawn(self, name: str, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine, name=name)
@@ -330,34 +331,46 @@ class Bridge:
         await self._stopped.wait()
 
     async def shutdown(self, timeout_s: float | None = None) -> ShutdownReport:
-        deadline = self.config.pipeline.shutdown_timeout_s if timeout_s is None else timeout_s
         started = time.monotonic()
+        deadline = _Deadline(
+            self.config.pipeline.shutdown_timeout_s if timeout_s is None else timeout_s
+        )
         report = ShutdownReport(clean=True, seconds=0.0)
-        # 1. Stop reading.
+        await self._stop_inputs(deadline)
+        await self._drain(report, deadline.left(0.0))
+        await self._close(report, deadline)
+        report.seconds = time.monotonic() - started
+        self._log_stopped(report)
+        return report
+
+    async def _stop_inputs(self, deadline: _Deadline) -> None:
+        """Stage 1: no new input. Streams stop and their final checkpoints are
+        written; the report consumer's in-flight messages finish (their DLQ and
+        mirror records need the delivery loop, still running), then it commits."""
         await self._cancel("discovery")
         if self.supervisor is not None:
             states = await self.supervisor.stop()
             if self.checkpointer is not None:
                 await self._cancel("checkpointer")
-                remaining = max(0.1, deadline - (time.monotonic() - started))
                 states += self.checkpointer.watched(lambda _: True)
-                await self.checkpointer.flush(states, remaining * 0.5)
+                await self.checkpointer.flush(states, deadline.left() * 0.5)
         if self.reports is not None:
-            # Its in-flight messages finish (their DLQ and mirror records need
-            # the delivery loop, still running), then it commits and leaves.
-            await self._cancel("reports")  # the fetch loop; recordings go on
-            remaining = max(0.1, deadline - (time.monotonic() - started))
-            await self.reports.stop(remaining * 0.6)
-        # 2. Drain: every record read so far acknowledged by Kafka.
-        if self.delivery is not None:
-            remaining = max(0.0, deadline - (time.monotonic() - started))
-            try:
-                await asyncio.wait_for(self.delivery.drain(), remaining)
-            except TimeoutError:
-                report.clean = False
-                report.undelivered = self.queue.qsize() + self.delivery.in_flight
-                report.not_stopped.append("delivery")
-        # 3. Leave the group (checkpoints are in Kafka), close the sink and clients.
+            await self._cancel("reports")  # the fetch loop; in-flight messages go on
+            await self.reports.stop(deadline.left() * 0.6)
+
+    async def _drain(self, report: ShutdownReport, timeout_s: float) -> None:
+        """Stage 2: every record read so far acknowledged by Kafka."""
+        if self.delivery is None:
+            return
+        try:
+            await asyncio.wait_for(self.delivery.drain(), timeout_s)
+        except TimeoutError:
+            report.clean = False
+            report.undelivered = self.queue.qsize() + self.delivery.in_flight
+            report.not_stopped.append("delivery")
+
+    async def _close(self, report: ShutdownReport, deadline: _Deadline) -> None:
+        """Stage 3: leave the group (checkpoints are in Kafka), close the sink and clients."""
         await self._cancel("ownership")
         if self.ownership is not None:
             await self.ownership.aclose()
@@ -366,8 +379,7 @@ class Bridge:
         if self.gc_policy is not None:
             self.gc_policy.uninstall()
         try:
-            remaining = max(0.1, deadline - (time.monotonic() - started))
-            await asyncio.wait_for(self.sink.aclose(), remaining)
+            await asyncio.wait_for(self.sink.aclose(), deadline.left())
         except TimeoutError:
             report.clean = False
             report.not_stopped.append("kafka producer")
@@ -375,10 +387,10 @@ class Bridge:
             await self.client.aclose()
         if self.http is not None:
             await self.http.aclose()
-        report.seconds = time.monotonic() - started
-        level = logging.INFO if report.clean else logging.ERROR
+
+    def _log_stopped(self, report: ShutdownReport) -> None:
         log.log(
-            level,
+            logging.INFO if report.clean else logging.ERROR,
             "bridge stopped" if report.clean else "bridge stopped with work left undone",
             extra={
                 "seconds": round(report.seconds, 3),
@@ -388,7 +400,6 @@ class Bridge:
                 "not_stopped": ",".join(report.not_stopped) or None,
             },
         )
-        return report
 
     async def _cancel(self, name: str) -> None:
         task = self._tasks.pop(name, None)
@@ -396,6 +407,6 @@ class Bridge:
             task.cancel()
             # Bounded: a task that swallows its cancellation must not hold the
             # shutdown hostage; it is named in the log instead.
-            done, _ = await asyncio.wait({task}, timeout=5.0)
+            done, _ = await asyncio.wait({task}, timeout=_CANCEL_GRACE_S)
             if not done:
                 log.error("internal task did not stop when cancelled", extra={"task": name})

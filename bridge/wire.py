@@ -1,5 +1,6 @@
 """Facts of the xpander task API on the wire, read from the official client
-(``xpander-sdk`` 2.0.537). One place, shared by the bridge and the emulator."""
+(``xpander-sdk`` 2.0.537). One place, shared by the bridge and the emulator;
+it imports nothing of the bridge, so anything may import it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from urllib.parse import urlparse
 __all__ = [
     "API_KEY_HEADER",
     "CLOUD_INBOUND_HOSTS",
+    "EVENT_TYPES",
     "STATUSES",
     "TERMINAL_STATUSES",
     "Route",
@@ -23,6 +25,41 @@ STATUSES: Final = frozenset(
     {"pending", "executing", "paused", "error", "failed", "completed", "stopped"}
 )
 TERMINAL_STATUSES: Final = frozenset({"completed", "failed", "error", "stopped"})
+
+#: Event types the official client knows (``TaskUpdateEventType``). Others may
+#: come: they are carried as sent (``bridge.envelope`` files them under ``other``).
+EVENT_TYPES: Final = frozenset(
+    {
+        "connected",
+        "task_created",
+        "task_updated",
+        "task_finished",
+        "chunk",
+        "auth_event",
+        "tool_call_request",
+        "tool_call_result",
+        "sub_agent_trigger",
+        "think",
+        "analyze",
+        "plan_updated",
+        "task_compactization",
+        "context_status",
+        "agent_gateway_decision",
+        "process_state_changed",
+        "process_update",
+        "gateway_steer_applied",
+        "ask_user_questions",
+        "sub_task_created",
+        "sub_task_updated",
+        "sub_task_finished",
+        "invite_member",
+        "member_invited",
+        "ask_for_secret",
+        "secret_saved",
+        "live_surface_created",
+        "inline_card",
+    }
+)
 
 #: Hosts whose event streams live on the agent-controller host instead.
 CLOUD_INBOUND_HOSTS: Final = {

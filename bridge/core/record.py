@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from bridge.observability.metrics import DeadLetterReason
 
-__all__ = ["Headers", "OutRecord", "Publish", "completion"]
+__all__ = ["Headers", "OutRecord", "Publish", "completion", "publish_acked"]
 
 Headers = list[tuple[str, bytes]]
 
@@ -65,3 +65,11 @@ def completion(records: list[OutRecord]) -> asyncio.Future[None]:
 
 #: How sources hand records to the bounded queue (waits while it is full).
 Publish = Callable[[list[OutRecord]], Awaitable[None]]
+
+
+async def publish_acked(publish: Publish, records: list[OutRecord]) -> None:
+    """Hand ``records`` to the queue and return once Kafka acknowledged them all
+    (a source that commits an input offset after this knows its output is safe)."""
+    done = completion(records)
+    await publish(records)
+    await done
