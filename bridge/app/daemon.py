@@ -233,36 +233,44 @@ class Bridge:
             context, on_follow=checkpointer.watch if checkpointer is not None else None
         )
         relist = asyncio.Event()
-        claims: ReplicaClaims | None = None
-        if checkpointer is not None:
-            handover = Handover(
-                config.kafka,
-                config.coordination,
-                checkpointer,
-                self._publish,
-                self.health,
-                streams=self.supervisor,
-                relist=relist,
-            )
-            self.ownership = Ownership(
-                config.kafka,
-                config.coordination,
-                self.metrics,
-                on_assigned=handover.assigned,
-                on_revoked=handover.revoked,
-            )
-            claims = ReplicaClaims(
-                self.ownership, handover, config.coordination.checkpoint_retention_s
-            )
-            self.health.set("coordination", False, "waiting for a partition assignment")
-            self.metrics.coordination_partitions.set(config.coordination.partitions)
-            self._spawn("ownership", self.ownership.run())
-            self._spawn("checkpointer", checkpointer.run())
+        claims = (
+            self._start_coordination(checkpointer, self.supervisor, relist)
+            if checkpointer is not None
+            else None
+        )
         self.discovery = Discovery(
             client, self.supervisor, config.discovery, readiness, claims=claims, wake=relist
         )
         self.health.set("platform", False, "first listing pending")
         self._spawn("discovery", self.discovery.run())
+
+    def _start_coordination(
+        self, checkpointer: Checkpointer, supervisor: TaskSupervisor, relist: asyncio.Event
+    ) -> ReplicaClaims:
+        """Join the ownership group; the handover moves streams and checkpoints
+        between replicas, and tells discovery (``relist``) when partitions came."""
+        config = self.config
+        handover = Handover(
+            config.kafka,
+            config.coordination,
+            checkpointer,
+            self._publish,
+            self.health,
+            streams=supervisor,
+            relist=relist,
+        )
+        self.ownership = Ownership(
+            config.kafka,
+            config.coordination,
+            self.metrics,
+            on_assigned=handover.assigned,
+            on_revoked=handover.revoked,
+        )
+        self.health.set("coordination", False, "waiting for a partition assignment")
+        self.metrics.coordination_partitions.set(config.coordination.partitions)
+        self._spawn("ownership", self.ownership.run())
+        self._spawn("checkpointer", checkpointer.run())
+        return ReplicaClaims(self.ownership, handover, config.coordination.checkpoint_retention_s)
 
     def _start_reports_source(self) -> None:
         config = self.config

@@ -25,8 +25,7 @@ from aiokafka.errors import KafkaError
 from bridge.config import CoordinationConfig, KafkaConfig
 from bridge.coordination.partitioning import partition_for
 from bridge.core.retry import RetryPolicy
-from bridge.kafka.group import RebalanceListener, join_group
-from bridge.kafka.options import client_options
+from bridge.kafka.group import RebalanceListener, group_options, join_group
 from bridge.observability.metrics import Metrics
 
 __all__ = ["Ownership"]
@@ -100,16 +99,16 @@ class Ownership:
         config = self._config
 
         def make() -> AIOKafkaConsumer:
-            options = client_options(self._kafka)
-            # Named per replica: `kafka-consumer-groups --describe` then shows who owns what.
-            options["client_id"] = f"{self._kafka.client_id}-{self.instance_id}"
             consumer = AIOKafkaConsumer(
-                **options,
-                group_id=config.group_id,
-                enable_auto_commit=False,
+                **group_options(
+                    self._kafka,
+                    group_id=config.group_id,
+                    session_timeout_ms=config.session_timeout_ms,
+                    heartbeat_interval_ms=config.heartbeat_interval_ms,
+                    # Named per replica: the group's description shows who owns what.
+                    client_id=f"{self._kafka.client_id}-{self.instance_id}",
+                ),
                 auto_offset_reset="latest",
-                session_timeout_ms=config.session_timeout_ms,
-                heartbeat_interval_ms=config.heartbeat_interval_ms,
                 # A revoke waits for in-flight acks and writes checkpoints
                 # (seconds): the group must wait for it rather than evict us.
                 rebalance_timeout_ms=max(60_000, config.session_timeout_ms),

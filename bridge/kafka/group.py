@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
+from bridge.config import KafkaConfig
 from bridge.core.retry import RetryPolicy
+from bridge.kafka.options import client_options
 
-__all__ = ["JOIN_RETRY", "PartitionsCallback", "RebalanceListener", "join_group"]
+__all__ = ["JOIN_RETRY", "PartitionsCallback", "RebalanceListener", "group_options", "join_group"]
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +24,28 @@ log = logging.getLogger(__name__)
 JOIN_RETRY = RetryPolicy(0.5, 15.0)
 
 PartitionsCallback = Callable[[list[TopicPartition]], Awaitable[None]]
+
+
+def group_options(
+    kafka: KafkaConfig,
+    *,
+    group_id: str,
+    session_timeout_ms: int,
+    heartbeat_interval_ms: int,
+    client_id: str | None = None,
+) -> dict[str, Any]:
+    """A group member's options. Auto-commit is never on: the bridge commits
+    an offset only once what the message led to was acknowledged."""
+    options = client_options(kafka)
+    if client_id is not None:
+        options["client_id"] = client_id
+    options.update(
+        group_id=group_id,
+        enable_auto_commit=False,
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=heartbeat_interval_ms,
+    )
+    return options
 
 
 class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -33,8 +33,7 @@ from aiokafka.errors import KafkaError
 from bridge.config import KafkaConfig, ReportsConfig
 from bridge.core.acks import OrderedAcks
 from bridge.core.retry import RetryPolicy
-from bridge.kafka.group import RebalanceListener, join_group
-from bridge.kafka.options import client_options
+from bridge.kafka.group import RebalanceListener, group_options, join_group
 from bridge.observability.metrics import Metrics
 
 __all__ = ["Message", "MessageHandler", "PartitionedConsumer"]
@@ -148,12 +147,13 @@ class PartitionedConsumer:
 
         def make() -> AIOKafkaConsumer:
             consumer = AIOKafkaConsumer(
-                **client_options(self._kafka),
-                group_id=settings.group_id,
-                enable_auto_commit=False,
+                **group_options(
+                    self._kafka,
+                    group_id=settings.group_id,
+                    session_timeout_ms=settings.session_timeout_ms,
+                    heartbeat_interval_ms=settings.heartbeat_interval_ms,
+                ),
                 auto_offset_reset="earliest",
-                session_timeout_ms=settings.session_timeout_ms,
-                heartbeat_interval_ms=settings.heartbeat_interval_ms,
                 max_poll_interval_ms=300_000,
             )
             consumer.subscribe(self._topics, listener=listener)
