@@ -1,0 +1,343 @@
+"""The handover of task partitions between replicas, against a real broker:
+what an assignment loads (and tombstones), what a revoke releases and
+checkpoints, and what discovery sees through ``ReplicaClaims``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+from aiokafka import TopicPartition
+from support.e2e import wait_for
+from support.kafka import KafkaService, OutRecord, create_topics, produce
+
+from bridge.config import CoordinationConfig, KafkaConfig
+from bridge.coordination.checkpointer import Checkpointer
+from bridge.coordination.handover import Handover, ReplicaClaims
+from bridge.coordination.ownership import Ownership
+from bridge.coordination.partitioning import partition_for
+from bridge.core.checkpoint import Checkpoint, now
+from bridge.core.record import OutRecord as Record
+from bridge.core.task import PendingEnvelope, TaskState
+from bridge.observability.health import Health
+from bridge.observability.metrics import Metrics
+
+pytestmark = pytest.mark.timeout(60)
+
+PARTITIONS = 4
+RETENTION_S = 3600.0
+
+
+def task_id(partition: int, name: str) -> str:
+    """A task id that ``partition_for`` puts in ``partition``."""
+    for n in itertools.count():
+        candidate = f"{name}-{n}"
+        if partition_for(candidate, PARTITIONS) == partition:
+            return candidate
+    raise AssertionError("unreachable")
+
+
+def checkpoint(task: str, sequence: int, *, finished: bool = False, age_s: float = 1.0) -> bytes:
+    return Checkpoint(
+        task_id=task,
+        agent_id="agent-1",
+        organization_id="org-1",
+        sequence=sequence,
+        last_sse_id=str(sequence),
+        last_event_id=f"e{sequence}",
+        last_stream_event_id=f"e{sequence}",
+        first_event_id="e1",
+        status="completed" if finished else "executing",
+        finished=finished,
+        written_at=now() - age_s,
+    ).encode()
+
+
+def at(task: str, value: bytes | None) -> OutRecord:
+    return OutRecord(value, key=task.encode(), partition=partition_for(task, PARTITIONS))
+
+
+def acked_task(task: str, sequence: int, *, finished: bool = False) -> TaskState:
+    """A followed task whose envelopes 1..sequence are all in Kafka."""
+    state = TaskState(task, "agent-1", "org-1")
+    for n in range(1, sequence + 1):
+        state.sequence = n
+        state.track(PendingEnvelope(n, str(n), f"e{n}", "executing", True))
+        state.delivered(n)
+    state.finished = finished
+    return state
+
+
+class Publish:
+    """Kafka as the handover sees it: collects records; acks at once unless ``hold``."""
+
+    def __init__(self) -> None:
+        self.hold = False
+        self.records: list[Record] = []
+
+    async def __call__(self, records: list[Record]) -> None:
+        self.records.extend(records)
+        if not self.hold:
+            self.ack()
+
+    def ack(self) -> None:
+        for record in self.records:
+            callback, record.on_delivered = record.on_delivered, None
+            if callback is not None:
+                callback(record)
+
+
+@dataclass
+class StreamOwner:
+    """The supervisor, as far as the handover uses it: follows ``tasks``, and
+    records every ``release`` predicate it was given."""
+
+    tasks: dict[str, TaskState] = field(default_factory=dict)
+    asked: list[Callable[[str], bool]] = field(default_factory=list)
+
+    async def release(self, which: Callable[[str], bool]) -> list[TaskState]:
+        self.asked.append(which)
+        leaving = [t for t in self.tasks if which(t)]
+        return [self.tasks.pop(t) for t in leaving]
+
+
+@dataclass
+class Rig:
+    handover: Handover
+    checkpointer: Checkpointer
+    publish: Publish
+    owner: StreamOwner
+    health: Health
+    relist: asyncio.Event
+    config: CoordinationConfig
+    kafka: KafkaConfig
+
+
+async def make_rig(
+    kafka: KafkaService, new_topic: Callable[[str], str], *, checkpoint_interval_s: float = 0.1
+) -> Rig:
+    config = CoordinationConfig(
+        tasks_topic=new_topic("tasks"),
+        checkpoints_topic=new_topic("checkpoints"),
+        group_id=new_topic("owners"),
+        partitions=PARTITIONS,
+        checkpoint_interval_s=checkpoint_interval_s,
+        checkpoint_retention_s=RETENTION_S,
+        **kafka.group_settings,
+    )
+    await create_topics(
+        kafka.bootstrap_servers,
+        config.tasks_topic,
+        config.checkpoints_topic,
+        partitions=PARTITIONS,
+        configs={"cleanup.policy": "compact"},
+    )
+    kafka_config = KafkaConfig(
+        bootstrap_servers=kafka.bootstrap_servers.split(","), enable_idempotence=False
+    )
+    metrics = Metrics()
+    publish, owner, health, relist = Publish(), StreamOwner(), Health(metrics), asyncio.Event()
+    checkpointer = Checkpointer(config, publish, metrics)
+    handover = Handover(
+        kafka_config, config, checkpointer, publish, health, streams=owner, relist=relist
+    )
+    return Rig(handover, checkpointer, publish, owner, health, relist, config, kafka_config)
+
+
+# task ids by partition, for the stored checkpoints
+LIVE = task_id(0, "live")  # two checkpoints: the later one counts
+REMOVED = task_id(0, "removed")  # a checkpoint, then its tombstone
+EXPIRED = task_id(1, "expired")  # finished, written before the retention
+RECENT = task_id(1, "recent")  # finished, within the retention
+ELSEWHERE = task_id(2, "elsewhere")  # a partition not assigned
+
+
+async def store_checkpoints(kafka: KafkaService, topic: str) -> None:
+    await produce(
+        kafka.bootstrap_servers,
+        topic,
+        [
+            at(LIVE, checkpoint(LIVE, 3)),
+            at(LIVE, checkpoint(LIVE, 7)),
+            at(REMOVED, checkpoint(REMOVED, 4)),
+            at(REMOVED, None),
+            at(EXPIRED, checkpoint(EXPIRED, 9, finished=True, age_s=2 * RETENTION_S)),
+            at(RECENT, checkpoint(RECENT, 5, finished=True, age_s=10)),
+            at(ELSEWHERE, checkpoint(ELSEWHERE, 2)),
+        ],
+    )
+
+
+async def test_assigned_loads_exactly_the_given_partitions_and_tombstones_expired_ones(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    rig = await make_rig(kafka, new_topic)
+    await store_checkpoints(kafka, rig.config.checkpoints_topic)
+    assert not rig.relist.is_set()
+
+    await rig.handover.assigned([0, 1, 3])
+
+    live = rig.handover.checkpoint(LIVE)
+    assert live is not None and live.sequence == 7, "the latest checkpoint of a task"
+    assert rig.handover.checkpoint(REMOVED) is None, "a tombstone removes the checkpoint"
+    recent = rig.handover.checkpoint(RECENT)
+    assert recent is not None and recent.finished
+    assert rig.handover.checkpoint(ELSEWHERE) is None, "partition 2 was not assigned"
+    # The expired finished checkpoint gets its tombstone, in its own partition.
+    (tombstone,) = rig.publish.records
+    assert tombstone.topic == rig.config.checkpoints_topic
+    assert tombstone.key == EXPIRED.encode()
+    assert tombstone.value is None
+    assert tombstone.partition == partition_for(EXPIRED, PARTITIONS) == 1
+    assert rig.relist.is_set(), "discovery is asked to list now"
+    assert rig.health.conditions()["coordination"]["ok"] is True
+    assert rig.owner.asked == [], "an assignment releases nothing"
+
+
+async def test_a_later_assignment_adds_to_what_was_loaded(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    rig = await make_rig(kafka, new_topic)
+    await store_checkpoints(kafka, rig.config.checkpoints_topic)
+    await rig.handover.assigned([2])
+    assert rig.handover.checkpoint(ELSEWHERE) is not None
+    assert rig.handover.checkpoint(LIVE) is None
+    await rig.handover.assigned([0])
+    assert rig.handover.checkpoint(LIVE) is not None
+    assert rig.handover.checkpoint(ELSEWHERE) is not None, "kept: partition 2 did not move"
+
+
+async def test_assigned_with_no_partitions_still_makes_coordination_ready(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    # More replicas than partitions: this one owns nothing, and is ready.
+    rig = await make_rig(kafka, new_topic)
+    await rig.handover.assigned([])
+    assert rig.health.conditions()["coordination"]["ok"] is True
+    assert rig.relist.is_set()
+    assert rig.publish.records == []
+
+
+async def test_revoked_releases_and_checkpoints_only_the_moving_partitions(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    rig = await make_rig(kafka, new_topic)
+    await store_checkpoints(kafka, rig.config.checkpoints_topic)
+    await rig.handover.assigned([0, 1, 2])
+    rig.publish.records.clear()
+    streaming = {t: acked_task(t, 3) for t in (task_id(0, "run"), task_id(1, "run"))}
+    staying = task_id(2, "run")
+    rig.owner.tasks = {**streaming, staying: acked_task(staying, 3)}
+    for followed in rig.owner.tasks.values():  # as the supervisor's on_follow does
+        rig.checkpointer.watch(followed)
+    # Ended tasks the checkpointer still watches (their final write pending).
+    ended_leaving, ended_staying = task_id(0, "ended"), task_id(3, "ended")
+    rig.checkpointer.watch(acked_task(ended_leaving, 6, finished=True))
+    rig.checkpointer.watch(acked_task(ended_staying, 6, finished=True))
+
+    await rig.handover.revoked([0, 1])
+
+    (which,) = rig.owner.asked
+    sample = [f"task-{n}" for n in range(400)]
+    assert [t for t in sample if which(t)] == [
+        t for t in sample if partition_for(t, PARTITIONS) in (0, 1)
+    ]
+    assert set(rig.owner.tasks) == {staying}, "the staying task is still followed"
+    written = {
+        (r.key or b"").decode(): (Checkpoint.decode(r.value or b""), r.partition)
+        for r in rig.publish.records
+    }
+    assert len(written) == len(rig.publish.records), "one checkpoint per task"
+    assert set(written) == {*streaming, ended_leaving}
+    for task, (stored, partition) in written.items():
+        assert stored is not None
+        assert stored.task_id == task
+        assert partition == partition_for(task, PARTITIONS)
+        assert stored.sequence == (6 if task == ended_leaving else 3)
+    assert {r.topic for r in rig.publish.records} == {rig.config.checkpoints_topic}
+    assert {t.task_id for t in rig.checkpointer.watched(lambda _: True)} == {
+        staying,
+        ended_staying,
+    }
+    # Checkpoints of the moving partitions are forgotten; the others kept.
+    assert rig.handover.checkpoint(LIVE) is None
+    assert rig.handover.checkpoint(RECENT) is None
+    assert rig.handover.checkpoint(ELSEWHERE) is not None
+
+
+async def test_revoked_returns_only_once_kafka_has_the_checkpoints(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    # The group moves on when revoked returns: the next owner must find them.
+    rig = await make_rig(kafka, new_topic, checkpoint_interval_s=2.0)  # 20 s flush timeout
+    leaving = task_id(1, "run")
+    rig.owner.tasks = {leaving: acked_task(leaving, 4)}
+    rig.publish.hold = True
+    revoking = asyncio.create_task(rig.handover.revoked([1]))
+    await wait_for(lambda: bool(rig.publish.records), 10, "the checkpoint handed over")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not revoking.done()
+    rig.publish.ack()
+    await asyncio.wait_for(revoking, 5)
+
+
+async def test_replica_claims_follow_the_ownership_and_the_loaded_checkpoints(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    rig = await make_rig(kafka, new_topic)
+    await store_checkpoints(kafka, rig.config.checkpoints_topic)
+    ownership = Ownership(
+        rig.kafka,
+        rig.config,
+        Metrics(),
+        on_assigned=rig.handover.assigned,
+        on_revoked=rig.handover.revoked,
+    )
+    claims = ReplicaClaims(ownership, rig.handover, RETENTION_S)
+    assert claims.catch_up_window_s == RETENTION_S
+    assert not claims.owns(LIVE)
+    tasks_topic = rig.config.tasks_topic
+    # What the group's rebalance listener calls.
+    await ownership.assigned([TopicPartition(tasks_topic, 0), TopicPartition(tasks_topic, 2)])
+    assert claims.owns(LIVE) and claims.owns(ELSEWHERE)
+    assert not claims.owns(RECENT)
+    checkpoint_of_live = claims.checkpoint(LIVE)
+    assert checkpoint_of_live is not None and checkpoint_of_live.sequence == 7
+    assert claims.checkpoint(RECENT) is None
+    await ownership.revoked([TopicPartition(tasks_topic, 0)])
+    assert not claims.owns(LIVE)
+    assert claims.checkpoint(LIVE) is None
+    assert claims.owns(ELSEWHERE)
+    assert claims.checkpoint(ELSEWHERE) is not None
+
+
+async def test_joining_the_group_loads_every_partition_through_the_handover(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    rig = await make_rig(kafka, new_topic)
+    await store_checkpoints(kafka, rig.config.checkpoints_topic)
+    ownership = Ownership(
+        rig.kafka,
+        rig.config,
+        Metrics(),
+        on_assigned=rig.handover.assigned,
+        on_revoked=rig.handover.revoked,
+    )
+    claims = ReplicaClaims(ownership, rig.handover, RETENTION_S)
+    member = asyncio.create_task(ownership.run())
+    try:
+        await wait_for(lambda: ownership.owned == set(range(PARTITIONS)), 30, "the assignment")
+        assert rig.relist.is_set()
+        assert all(claims.owns(t) for t in (LIVE, RECENT, ELSEWHERE))
+        assert claims.checkpoint(ELSEWHERE) is not None
+        assert [r.key for r in rig.publish.records] == [EXPIRED.encode()]
+    finally:
+        member.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await member
+        await ownership.aclose()
