@@ -56,6 +56,8 @@ class Recorder:
             except BridgeError as exc:
                 verdict = self._retry.verdict(exc)
                 if verdict is Verdict.REJECT:
+                    if self.halted:
+                        self._resume()  # an answer about the message: the key works again
                     raise
                 if isinstance(exc, AuthError):
                     self._halt(exc)

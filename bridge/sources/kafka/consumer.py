@@ -170,6 +170,8 @@ class PartitionedConsumer:
         for tp in assigned:
             if tp not in self._partitions:
                 self._partitions[tp] = _Partition(tp)
+        if self._paused_all and self._consumer is not None:
+            self._consumer.pause(*assigned)  # halted: new partitions wait too
         log.info("partitions assigned", extra={"partitions": _names(assigned)})
 
     async def _revoke(self, revoked: list[TopicPartition]) -> None:
@@ -195,6 +197,8 @@ class PartitionedConsumer:
 
     def _dispatch(self, partition: _Partition) -> None:
         limit = self._settings.max_in_flight_per_partition
+        if self._halted():
+            return  # what was fetched waits in the backlog until the gate opens
         while partition.backlog and len(partition.tasks) < limit and not partition.revoked:
             message = partition.backlog.popleft()
             if partition.acks is None:

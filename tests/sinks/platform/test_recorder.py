@@ -246,14 +246,6 @@ async def test_a_refused_message_raises_at_once_without_retrying(
         assert r.emu.reports() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: Recorder leaves halted=True when the first answer after a 401 is a 4xx "
-        "refusal (only a success resumes); the consumer then keeps every partition "
-        "paused although the key works again"
-    ),
-)
 async def test_a_refusal_after_a_halt_ends_the_halt() -> None:
     async with rig() as r:
         key = r.emu.api_key

@@ -223,13 +223,6 @@ async def test_nothing_is_handled_while_halted(
         await wait_for(lambda: b"late" in handler.finished, 20, "the late message")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: partitions assigned while halted are not paused (_apply_halt pauses only "
-        "on the transition to halted), so a rebalance during a halt lets messages through"
-    ),
-)
 async def test_nothing_is_handled_while_halted_across_a_rebalance(
     kafka: KafkaService, topic: str, new_topic: Callable[[str], str]
 ) -> None:
