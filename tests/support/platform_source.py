@@ -156,7 +156,7 @@ async def open_rig(
     *,
     idle_timeout_s: float = 10.0,
     reconnect: RetryPolicy | None = None,
-    resync_grace_s: float = 0.2,
+    resync_grace_s: float = 2.0,
     poll_interval_s: float = 0.05,
     max_concurrent: int = 100,
 ) -> AsyncIterator[Rig]:
