@@ -271,7 +271,7 @@ async def test_a_wake_during_a_listing_is_not_lost(rig: Rig) -> None:
 
     async with running(discovery, supervisor):
         await wait_until(lambda: discovery.rounds >= 1, "the first listing")
-        await wait_until(lambda: discovery.rounds >= 2, "the listing the wake asked for", 3.0)
+        await wait_until(lambda: discovery.rounds >= 2, "the listing the wake asked for", 1.5)
 
 
 @pytest.mark.xfail(
@@ -293,4 +293,4 @@ async def test_an_unseen_end_whose_status_fetch_failed_is_published_later(rig: R
     await discovery.reconcile()
     await discovery.reconcile()
 
-    await wait_until(ended(quick, rig), "its end", 2.0)
+    await wait_until(ended(quick, rig), "its end", 1.0)
