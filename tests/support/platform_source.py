@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,10 +65,8 @@ class Published:
 
     def __init__(self) -> None:
         self.records: list[OutRecord] = []
-        self.calls = 0
 
     async def __call__(self, records: list[OutRecord]) -> None:
-        self.calls += 1
         self.records.extend(records)
         for record in records:
             if record.on_delivered is not None:
@@ -202,7 +200,3 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
-
-
-def ids(items: Iterable[dict[str, Any]]) -> list[str]:
-    return [str(item["id"]) for item in items]
