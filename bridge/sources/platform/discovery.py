@@ -73,6 +73,9 @@ class Discovery:
         backoff = self._retry.backoff()
         while True:
             delay = self._interval()
+            # Cleared before listing, not after: a wake that comes while the
+            # listing runs (partitions just assigned) must bring the next one.
+            self._wake.clear()
             try:
                 await self.reconcile()
                 backoff.reset()
@@ -90,7 +93,6 @@ class Discovery:
                     "listing tasks failed; retrying",
                     extra={"error": str(exc), "retry_in_s": round(delay, 2)},
                 )
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()

@@ -116,8 +116,6 @@ class TaskStreamer:
                     return StreamOutcome.FINISHED
                 reason = ReconnectReason.ENDED
                 attempt.clean_end = True
-                if attempt.progress:
-                    backoff.reset()
             except BridgeError as exc:
                 reason = reconnect_reason(exc)
                 if reason is None:
@@ -128,6 +126,8 @@ class TaskStreamer:
                     return StreamOutcome.NOT_STREAMABLE
                 if isinstance(exc, AuthError):
                     ctx.health.refused(exc)
+            if attempt.progress:
+                backoff.reset()  # it read events: a new outage starts the curve over
             snapshot = attempt.terminal_snapshot
             if snapshot is not None and (attempt.clean_end or attempt.closed_by_check):
                 # The status check says the task ended, and the stream ended

@@ -71,7 +71,7 @@ class TaskSupervisor:
     def finish_unseen(self, item: dict[str, Any], checkpoint: Checkpoint | None = None) -> None:
         """A task that ended unseen (between two listings, or while no replica
         streamed it): emit its end, after its checkpoint's sequence."""
-        self._start(item, checkpoint, self._emit_end, "end")
+        self._start(item, checkpoint, self._end_unseen, "end")
 
     def _start(
         self,
@@ -163,6 +163,28 @@ class TaskSupervisor:
         finally:
             self._modes[mode] -= 1
             gauge.set(self._modes[mode])
+
+    async def _end_unseen(self, state: TaskState) -> None:
+        """Emit the end of a task that ended unseen, however long the platform
+        takes to answer its status: the listing that found it will not again."""
+        ctx = self._ctx
+        backoff = ctx.reconnect.backoff()
+        while True:
+            try:
+                await self._emit_end(state)
+                return
+            except NotFoundError:
+                ctx.metrics.tasks_dropped(DropReason.NOT_FOUND).inc()
+                log.warning("ended task vanished", extra={"task_id": state.task_id})
+                return
+            except BridgeError as exc:
+                if isinstance(exc, AuthError):
+                    ctx.health.refused(exc)
+                log.warning(
+                    "could not fetch an ended task's status; retrying",
+                    extra={"task_id": state.task_id, "error": str(exc)},
+                )
+                await ctx.reconnect.wait(backoff, exc)
 
     async def _emit_end(self, state: TaskState) -> None:
         ctx = self._ctx

@@ -257,11 +257,6 @@ class _WakingClaims(SetClaims):
         return super().owns(task_id)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Discovery.run clears the wake event after reconcile(), so a wake() that "
-    "arrives while a listing is in flight is lost and the next listing waits a full interval",
-)
 async def test_a_wake_during_a_listing_is_not_lost(rig: Rig) -> None:
     slow_task(rig)
     claims = _WakingClaims()
@@ -274,12 +269,6 @@ async def test_a_wake_during_a_listing_is_not_lost(rig: Rig) -> None:
         await wait_until(lambda: discovery.rounds >= 2, "the listing the wake asked for", 1.5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: when finish_unseen cannot fetch the status of a task that ended between two "
-    "listings (e.g. one 503), the task is forgotten, and the next listing skips it because it "
-    "was in the previous one: its task_finished is never published",
-)
 async def test_an_unseen_end_whose_status_fetch_failed_is_published_later(rig: Rig) -> None:
     supervisor = TaskSupervisor(rig.context)
     discovery = discovery_for(rig, supervisor)

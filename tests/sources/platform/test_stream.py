@@ -280,11 +280,6 @@ class _RecordingPolicy(RetryPolicy):
         return _RecordingBackoff(self.initial_s, self.max_s, self.attempts)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the back-off is reset after progress only when the body ended cleanly; a "
-    "connection that delivered events and then broke (drop, idle) keeps escalating it",
-)
 async def test_a_connection_that_made_progress_starts_the_back_off_over() -> None:
     policy = _RecordingPolicy(0.01, 0.05)
     async with open_rig(reconnect=policy) as rig:
