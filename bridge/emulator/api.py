@@ -87,6 +87,13 @@ def json_response(
     )
 
 
+def _path_id(request: web.Request) -> str | None:
+    """The id a call is about, for ``HttpFaultRule.ids``: the task id when the
+    path has one, else the agent id, else the user id."""
+    info = request.match_info
+    return info.get("task_id") or info.get("agent_id") or info.get("user_id")
+
+
 def _detail(status: int, detail: str) -> web.Response:
     return json_response({"detail": detail}, status)
 
@@ -151,47 +158,50 @@ class TaskApi:
         self.faults = faults
         self.inbox = inbox
         self.streams = EventStreams(engine, faults)
-        self._kinds: dict[Handler, str] = {}
+        self._kinds: dict[Handler, tuple[str, str]] = {}
 
     # -- wiring -----------------------------------------------------------------
 
     def add_routes(self, app: web.Application) -> None:
-        table: list[tuple[str, str, Handler, str]] = [
-            ("GET", Route.LIST_USER_TASKS, self.list_user_tasks, "list"),
-            ("GET", Route.LIST_TASKS, self.list_tasks, "list"),
-            ("GET", Route.GET_TASK, self.get_task, "get"),
-            ("PATCH", Route.UPDATE_TASK, self.update_task, "update"),
-            ("POST", Route.REPORT_TASK, self.report_task, "report"),
-            ("POST", "/agent-execution/{agent_id}", self.create_task, "create"),
-            ("DELETE", "/agent-execution/{task_id}", self.stop_task, "stop"),
-            ("GET", Route.ACTIVITY_LOG, self.activity, "activity"),
-            ("POST", Route.REPORT_METRICS, self.report_metrics, "metrics"),
+        # (method, path, handler, kind, name): `kind` is what counters and most
+        # fault rules use, `name` a finer one a rule may target instead
+        table: list[tuple[str, str, Handler, str, str]] = [
+            ("GET", Route.LIST_USER_TASKS, self.list_user_tasks, "list", "list_user_tasks"),
+            ("GET", Route.LIST_TASKS, self.list_tasks, "list", "list_tasks"),
+            ("GET", Route.GET_TASK, self.get_task, "get", "get"),
+            ("PATCH", Route.UPDATE_TASK, self.update_task, "update", "update"),
+            ("POST", Route.REPORT_TASK, self.report_task, "report", "report"),
+            ("POST", "/agent-execution/{agent_id}", self.create_task, "create", "create"),
+            ("DELETE", "/agent-execution/{task_id}", self.stop_task, "stop", "stop"),
+            ("GET", Route.ACTIVITY_LOG, self.activity, "activity", "activity"),
+            ("POST", Route.REPORT_METRICS, self.report_metrics, "metrics", "metrics"),
         ]
-        for method, path, handler, kind in table:
-            self._kinds[handler] = kind
+        for method, path, handler, kind, name in table:
+            self._kinds[handler] = (kind, name)
             app.router.add_route(method, path, handler)
             app.router.add_route(method, "/{org}" + path, handler)
-        self._kinds[self.streams.handle] = "stream"
+        self._kinds[self.streams.handle] = ("stream", "stream")
         app.router.add_get("/{org}" + Route.TASK_EVENTS, self.streams.handle)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        kind = self._kinds.get(request.match_info.handler)
-        if kind is None:
+        kinds = self._kinds.get(request.match_info.handler)
+        if kinds is None:
             return await handler(request)
+        kind, name = kinds
         inbox = self.inbox
         inbox.calls[kind] += 1
-        response = await self._guarded(request, handler, kind)
+        response = await self._guarded(request, handler, kind, name)
         inbox.answers[f"{kind} {response.status}"] += 1
         return response
 
     async def _guarded(
-        self, request: web.Request, handler: Handler, kind: str
+        self, request: web.Request, handler: Handler, kind: str, name: str
     ) -> web.StreamResponse:
-        delay = self.faults.delay(kind)
+        delay = self.faults.delay(kind, name)
         if delay:
             await asyncio.sleep(delay)
-        fault = self.faults.http_fault(kind)
+        fault = self.faults.http_fault(kind, name=name, path_id=_path_id(request))
         if fault is not None:
             headers = {}
             if fault.retry_after is not None:

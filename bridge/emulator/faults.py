@@ -8,6 +8,7 @@ so a rerun with the same seed and the same calls gets the same faults.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bridge.emulator.settings import FaultSettings
@@ -43,9 +44,15 @@ class FaultInjector:
         self.settings = settings
         self._remaining = [rule.next_n for rule in settings.http]
 
-    def http_fault(self, kind: str) -> HttpFault | None:
+    def http_fault(
+        self, kind: str, *, name: str | None = None, path_id: str | None = None
+    ) -> HttpFault | None:
+        """The fault for one call of ``kind`` (``name``: the finer endpoint name,
+        e.g. ``list_tasks`` for a ``list``; ``path_id``: the id its path names)."""
         for i, rule in enumerate(self.settings.http):
-            if "*" not in rule.endpoints and kind not in rule.endpoints:
+            if not _targets(rule.endpoints, kind, name):
+                continue
+            if rule.ids is not None and path_id not in rule.ids:
                 continue
             fire = False
             if self._remaining[i] > 0:
@@ -61,9 +68,9 @@ class FaultInjector:
                 return HttpFault(rule.status, retry_after)
         return None
 
-    def delay(self, kind: str) -> float:
+    def delay(self, kind: str, name: str | None = None) -> float:
         s = self.settings
-        if s.delay_s and ("*" in s.delay_endpoints or kind in s.delay_endpoints):
+        if s.delay_s and _targets(s.delay_endpoints, kind, name):
             return s.delay_s
         return 0.0
 
@@ -87,3 +94,7 @@ class FaultInjector:
         ):
             stall = None
         return StreamFaults(drop_after=drop, stall_after=stall)
+
+
+def _targets(endpoints: Sequence[str], kind: str, name: str | None) -> bool:
+    return "*" in endpoints or kind in endpoints or (name is not None and name in endpoints)

@@ -31,11 +31,26 @@ __all__ = [
 ]
 
 EndpointKind = Literal[
-    "*", "list", "get", "create", "update", "stop", "activity", "report", "metrics", "stream"
+    "*",
+    "list",
+    "list_tasks",
+    "list_user_tasks",
+    "get",
+    "create",
+    "update",
+    "stop",
+    "activity",
+    "report",
+    "metrics",
+    "stream",
 ]
 #: The endpoint kinds faults and delays can target ("*" matches every kind).
+#: ``list`` is both listings; ``list_tasks`` (by agent) and ``list_user_tasks``
+#: (by user) name one of them.
 ENDPOINT_KINDS: tuple[str, ...] = (
     "list",
+    "list_tasks",
+    "list_user_tasks",
     "get",
     "create",
     "update",
@@ -195,7 +210,15 @@ class HttpFaultRule(_Knobs):
 
     endpoints: list[EndpointKind] = Field(
         default_factory=_every_endpoint,
-        description="Endpoint kinds the rule applies to (`*` = all; `stream` = SSE connects).",
+        description="Endpoint kinds the rule applies to (`*` = all; `stream` = SSE connects; "
+        "`list` = both listings, `list_tasks` = by agent, `list_user_tasks` = by user).",
+    )
+    ids: list[str] | None = Field(
+        None,
+        description="Only calls whose path id is in this list match (null = every call). "
+        "The path id is the task id where the path has one (get, update, stop, activity, "
+        "stream), else the agent id (list_tasks, create, report, metrics), else the user id "
+        "(list_user_tasks). Calls that do not match neither fire nor count down next_n.",
     )
     status: int = Field(503, ge=400, le=599, description="Status to answer with.")
     share: float = Field(
