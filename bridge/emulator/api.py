@@ -202,6 +202,8 @@ class TaskApi:
         if delay:
             await asyncio.sleep(delay)
         fault = self.faults.http_fault(kind, name=name, path_id=_path_id(request))
+        if fault is not None and fault.hang:
+            return await self._hang(request)
         if fault is not None:
             headers = {}
             if fault.retry_after is not None:
@@ -219,6 +221,19 @@ class TaskApi:
             return await handler(request)
         except _BodyError as exc:
             return exc.response
+
+    async def _hang(self, request: web.Request) -> web.StreamResponse:
+        """Never answer. A client that gives up cancels this handler
+        (``handler_cancellation``); a stopping emulator sets ``closing``, and the
+        connection is then closed unanswered so shutdown does not wait on it."""
+        closing = self.engine.closing
+        assert closing is not None
+        await closing.wait()
+        transport = request.transport
+        if transport is not None:
+            transport.close()
+        # nothing reaches the client any more: the transport is gone
+        return web.Response(status=503)
 
     # -- helpers ------------------------------------------------------------------
 

@@ -89,6 +89,7 @@ class Control:
             "tasks": len(self.engine.tasks),
             "tasks_by_status": self.engine.status_counts(),
             "injected_http": dict(self.faults_state.injected),
+            "hung_http": self.faults_state.hung,
             "calls": dict(self.inbox.calls),
         }
 

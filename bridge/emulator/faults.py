@@ -21,6 +21,7 @@ __all__ = ["FaultInjector", "HttpFault", "StreamFaults"]
 class HttpFault:
     status: int
     retry_after: float | None
+    hang: bool = False
 
 
 @dataclass(slots=True)
@@ -38,6 +39,7 @@ class FaultInjector:
         self.settings = settings
         self._remaining = [rule.next_n for rule in settings.http]
         self.injected: dict[int, int] = {}  # status -> how many answers were faked
+        self.hung = 0  # calls left unanswered by a `hang` rule
 
     def replace(self, settings: FaultSettings) -> None:
         """New knobs take effect for the next call and the next connection."""
@@ -60,6 +62,9 @@ class FaultInjector:
                 fire = True
             elif rule.share and self._rng.random() < rule.share:
                 fire = True
+            if fire and rule.hang:
+                self.hung += 1
+                return HttpFault(rule.status, None, hang=True)
             if fire:
                 self.injected[rule.status] = self.injected.get(rule.status, 0) + 1
                 retry_after = rule.retry_after_s

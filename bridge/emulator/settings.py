@@ -206,7 +206,8 @@ class StreamSettings(_Knobs):
 
 
 class HttpFaultRule(_Knobs):
-    """Answer some calls of some endpoint kinds with an error status instead."""
+    """Answer some calls of some endpoint kinds with an error status instead (or,
+    with ``hang``, never; or, with ``oversize_bytes``, with a padded body)."""
 
     endpoints: list[EndpointKind] = Field(
         default_factory=_every_endpoint,
@@ -229,6 +230,12 @@ class HttpFaultRule(_Knobs):
         None,
         ge=0.0,
         description="`Retry-After` header value; when null, 429 answers still send 1.",
+    )
+    hang: bool = Field(
+        False,
+        description="A firing call is never answered: no status line, no bytes, until the "
+        "client gives up or the emulator stops (then the connection is closed unanswered). "
+        "`status` and `retry_after_s` are not used.",
     )
 
 

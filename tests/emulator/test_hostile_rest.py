@@ -1,8 +1,15 @@
-"""Hostile REST answers: faults for some ids only."""
+"""Hostile REST answers: faults for some ids only, calls that never answer,
+bodies far larger than a sane client should accept."""
 
 from __future__ import annotations
 
-from bridge.emulator import EmulatorSettings, HttpFaultRule, TaskProfile
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from bridge.emulator import Emulator, EmulatorSettings, HttpFaultRule, TaskProfile
 
 from .conftest import running
 
@@ -61,3 +68,45 @@ async def test_ids_are_set_over_http() -> None:
         assert emu.settings.faults.http[0].ids == ["a-typo"]
         assert (await c.get(_list("a-typo"))).status_code == 404
         assert (await c.get(_list(AGENT))).status_code == 200
+
+
+# -- hang ------------------------------------------------------------------------------
+
+
+async def test_a_hanging_call_never_answers_and_the_others_do() -> None:
+    rule = HttpFaultRule(endpoints=["get"], ids=["t-hang"], hang=True, share=1.0)
+    async with running(_settings(http=[rule])) as (emu, c):
+        with pytest.raises(httpx.ReadTimeout):
+            await c.get("/agent-execution/t-hang/status", timeout=0.3)
+        assert (await c.get("/agent-execution/t-other/status")).status_code == 404
+        assert emu.stats()["hung_http"] == 1
+
+
+async def test_a_hanging_stream_connect_sends_no_headers() -> None:
+    async with running(_settings()) as (emu, c):
+        task = emu.create_task()
+        await c.patch(
+            "/_emulator/faults",
+            json={"http": [{"endpoints": ["stream"], "hang": True, "next_n": 1}]},
+        )
+        with pytest.raises(httpx.ReadTimeout):
+            await c.get(emu.events_url(task["id"]), timeout=0.3)
+        # next_n=1: the next connect streams
+        async with c.stream("GET", emu.events_url(task["id"])) as stream:
+            assert stream.status_code == 200
+
+
+async def test_hung_calls_do_not_hold_up_shutdown() -> None:
+    emu = Emulator(_settings(http=[HttpFaultRule(hang=True, share=1.0)]))
+    await emu.start()
+    async with httpx.AsyncClient(base_url=emu.base_url, timeout=30) as c:
+        hung = [asyncio.create_task(c.get(_list(AGENT))) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        assert not any(h.done() for h in hung)
+        started = time.monotonic()
+        await emu.aclose()
+        # well under the runner's 1 s shutdown timeout
+        assert time.monotonic() - started < 0.5
+        for h in hung:
+            with pytest.raises(httpx.RemoteProtocolError):  # closed, never answered
+                await h
