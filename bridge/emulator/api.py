@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from bridge.emulator.activity import activity_thread
 from bridge.emulator.engine import Engine, iso_time
 from bridge.emulator.faults import FaultInjector
+from bridge.emulator.hostile import send_padded
 from bridge.emulator.inbox import Inbox
 from bridge.emulator.streams import EventStreams, not_found
 from bridge.emulator.tasks import TaskRun
@@ -204,7 +205,7 @@ class TaskApi:
         fault = self.faults.http_fault(kind, name=name, path_id=_path_id(request))
         if fault is not None and fault.hang:
             return await self._hang(request)
-        if fault is not None:
+        if fault is not None and fault.oversize is None:
             headers = {}
             if fault.retry_after is not None:
                 # integral seconds are what most servers send; keep fractions if asked
@@ -218,9 +219,14 @@ class TaskApi:
         if org is not None and org != self.engine.settings.organization_id:
             return not_found("Organization not found")
         try:
-            return await handler(request)
+            response = await handler(request)
         except _BodyError as exc:
-            return exc.response
+            response = exc.response
+        if fault is not None and fault.oversize is not None and isinstance(response, web.Response):
+            return await send_padded(
+                request, response, fault.oversize, content_length=fault.content_length
+            )
+        return response
 
     async def _hang(self, request: web.Request) -> web.StreamResponse:
         """Never answer. A client that gives up cancels this handler

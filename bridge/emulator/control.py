@@ -90,6 +90,7 @@ class Control:
             "tasks_by_status": self.engine.status_counts(),
             "injected_http": dict(self.faults_state.injected),
             "hung_http": self.faults_state.hung,
+            "oversized_http": self.faults_state.oversized,
             "calls": dict(self.inbox.calls),
         }
 

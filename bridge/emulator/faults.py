@@ -11,7 +11,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bridge.emulator.settings import FaultSettings
+from bridge.emulator.settings import FaultSettings, HttpFaultRule
 from bridge.emulator.tasks import TaskRun
 
 __all__ = ["FaultInjector", "HttpFault", "StreamFaults"]
@@ -22,6 +22,8 @@ class HttpFault:
     status: int
     retry_after: float | None
     hang: bool = False
+    oversize: int | None = None  # answer as usual, padded to this many bytes
+    content_length: bool = True
 
 
 @dataclass(slots=True)
@@ -40,6 +42,7 @@ class FaultInjector:
         self._remaining = [rule.next_n for rule in settings.http]
         self.injected: dict[int, int] = {}  # status -> how many answers were faked
         self.hung = 0  # calls left unanswered by a `hang` rule
+        self.oversized = 0  # answers padded by an `oversize_bytes` rule
 
     def replace(self, settings: FaultSettings) -> None:
         """New knobs take effect for the next call and the next connection."""
@@ -52,26 +55,30 @@ class FaultInjector:
         """The fault for one call of ``kind`` (``name``: the finer endpoint name,
         e.g. ``list_tasks`` for a ``list``; ``path_id``: the id its path names)."""
         for i, rule in enumerate(self.settings.http):
-            if not _targets(rule.endpoints, kind, name):
-                continue
-            if rule.ids is not None and path_id not in rule.ids:
-                continue
-            fire = False
-            if self._remaining[i] > 0:
-                self._remaining[i] -= 1
-                fire = True
-            elif rule.share and self._rng.random() < rule.share:
-                fire = True
-            if fire and rule.hang:
-                self.hung += 1
-                return HttpFault(rule.status, None, hang=True)
-            if fire:
-                self.injected[rule.status] = self.injected.get(rule.status, 0) + 1
-                retry_after = rule.retry_after_s
-                if retry_after is None and rule.status == 429:
-                    retry_after = 1.0
-                return HttpFault(rule.status, retry_after)
+            if _matches(rule, kind, name, path_id) and self._fires(i, rule):
+                return self._fault(rule)
         return None
+
+    def _fires(self, i: int, rule: HttpFaultRule) -> bool:
+        if self._remaining[i] > 0:
+            self._remaining[i] -= 1
+            return True
+        return bool(rule.share) and self._rng.random() < rule.share
+
+    def _fault(self, rule: HttpFaultRule) -> HttpFault:
+        if rule.hang:
+            self.hung += 1
+            return HttpFault(rule.status, None, hang=True)
+        if rule.oversize_bytes is not None:
+            self.oversized += 1
+            return HttpFault(
+                200, None, oversize=rule.oversize_bytes, content_length=rule.oversize_content_length
+            )
+        self.injected[rule.status] = self.injected.get(rule.status, 0) + 1
+        retry_after = rule.retry_after_s
+        if retry_after is None and rule.status == 429:
+            retry_after = 1.0
+        return HttpFault(rule.status, retry_after)
 
     def delay(self, kind: str, name: str | None = None) -> float:
         s = self.settings
@@ -99,6 +106,15 @@ class FaultInjector:
         ):
             stall = None
         return StreamFaults(drop_after=drop, stall_after=stall)
+
+
+def _matches(rule: HttpFaultRule, kind: str, name: str | None, path_id: str | None) -> bool:
+    if not _targets(rule.endpoints, kind, name):
+        return False
+    if rule.ids is not None and path_id not in rule.ids:
+        return False
+    # a stream is not one JSON body: there is nothing to pad
+    return not (kind == "stream" and rule.oversize_bytes is not None and not rule.hang)
 
 
 def _targets(endpoints: Sequence[str], kind: str, name: str | None) -> bool:

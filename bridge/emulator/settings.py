@@ -237,6 +237,20 @@ class HttpFaultRule(_Knobs):
         "client gives up or the emulator stops (then the connection is closed unanswered). "
         "`status` and `retry_after_s` are not used.",
     )
+    oversize_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="A firing call is answered as usual, but its JSON body is padded to "
+        "this many bytes of valid JSON: a `_padding` string field is added to the object "
+        "(status, update, ...) or to a listing's first item (an empty listing gets one item "
+        "holding only it). The bytes are streamed from a generator, never held. `status` "
+        "is not used; never applies to `stream` connects; ignored when `hang` is set.",
+    )
+    oversize_content_length: bool = Field(
+        True,
+        description="With oversize_bytes: announce the size in `Content-Length` (false: "
+        "chunked transfer, so only a client that counts bytes notices).",
+    )
 
 
 class FaultSettings(_Knobs):

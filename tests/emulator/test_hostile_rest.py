@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+import tracemalloc
 
 import httpx
+import orjson
 import pytest
 
 from bridge.emulator import Emulator, EmulatorSettings, HttpFaultRule, TaskProfile
@@ -110,3 +112,63 @@ async def test_hung_calls_do_not_hold_up_shutdown() -> None:
         for h in hung:
             with pytest.raises(httpx.RemoteProtocolError):  # closed, never answered
                 await h
+
+
+# -- oversized answers -----------------------------------------------------------------
+
+
+async def _read_counting(c: httpx.AsyncClient, url: str) -> tuple[httpx.Response, bytes]:
+    async with c.stream("GET", url) as response:
+        body = b"".join([chunk async for chunk in response.aiter_raw()])
+    return response, body
+
+
+async def test_an_oversized_listing_is_valid_json_of_exactly_that_size() -> None:
+    size = 3_000_000
+    rule = HttpFaultRule(endpoints=["list_tasks"], oversize_bytes=size, next_n=1)
+    async with running(_settings(http=[rule])) as (emu, c):
+        emu.create_task(agent_id=AGENT)
+        response, body = await _read_counting(c, _list(AGENT))
+        assert response.status_code == 200
+        assert int(response.headers["Content-Length"]) == len(body) == size
+        items = orjson.loads(body)
+        assert len(items) == 1 and len(items[0]["_padding"]) > size - 1000
+        assert items[0]["agent_id"] == AGENT  # the real item, padded
+        # next_n=1: the next answer is the real one
+        assert orjson.loads((await c.get(_list(AGENT))).content) == [
+            {k: v for k, v in items[0].items() if k != "_padding"}
+        ]
+        assert emu.stats()["oversized_http"] == 1
+
+
+async def test_an_oversized_status_can_be_chunked_and_empty_listings_are_padded_too() -> None:
+    async with running(_settings()) as (emu, c):
+        task = emu.create_task()
+        rule = {"endpoints": ["get", "list"], "oversize_bytes": 100_000, "share": 1.0}
+        await c.patch(
+            "/_emulator/faults", json={"http": [{**rule, "oversize_content_length": False}]}
+        )
+        response, body = await _read_counting(c, f"/agent-execution/{task['id']}/status")
+        assert "Content-Length" not in response.headers
+        assert response.headers["Transfer-Encoding"] == "chunked"
+        status = orjson.loads(body)
+        assert len(body) == 100_000 and status["id"] == task["id"]
+        _, empty = await _read_counting(c, _list("agent-without-tasks"))
+        assert len(empty) == 100_000 and list(orjson.loads(empty)[0]) == ["_padding"]
+
+
+async def test_oversized_answers_are_streamed_not_built() -> None:
+    size = 64 * 1024**2
+    rule = HttpFaultRule(endpoints=["list"], oversize_bytes=size, share=1.0)
+    async with running(_settings(http=[rule])) as (_emu, c):
+        tracemalloc.start()
+        try:
+            async with c.stream("GET", _list(AGENT)) as response:
+                got = 0
+                async for chunk in response.aiter_raw():
+                    got += len(chunk)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert got == size
+        assert peak < size // 8
