@@ -12,6 +12,10 @@ HTTP:
     GET   /_emulator/tasks/{id}                  the Task JSON
     GET   /_emulator/tasks/{id}/events           emitted events (type, id, time, json)
     POST  /_emulator/tasks/{id}/wait?timeout=5   until the task is terminal (408 after)
+    POST  /_emulator/tasks/{id}/raw              append the body's bytes to the stream,
+                                                 verbatim ({"seq": slot taken})
+    POST  /_emulator/tasks/{id}/huge-line        {"size_bytes": N, "fill": "x"}: one
+                                                 `data:` line of N bytes, generated
     GET   /_emulator/inbox                       reports, metrics, counts, calls
     GET   /_emulator/faults                      the current FaultSettings
     PUT   /_emulator/faults                      replace them (FaultSettings body)
@@ -24,6 +28,7 @@ HTTP:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Literal
 
 import orjson
@@ -54,6 +59,15 @@ class CreateTaskControl(BaseModel):
     outcome: Literal["completed", "failed", "error", "stopped"] | None = None
     events: int | None = Field(None, ge=5, description="Exact event count on the stream.")
     profile: TaskProfile | None = Field(None, description="Default: settings.tasks.")
+
+
+class HugeLineControl(BaseModel):
+    """POST ``/_emulator/tasks/{id}/huge-line``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size_bytes: int = Field(ge=0, description="Bytes after `data: `, before the blank line.")
+    fill: str = Field("x", min_length=1, description="Repeated to fill the line (UTF-8).")
 
 
 def _json(value: Any, status: int = 200) -> web.Response:
@@ -107,7 +121,7 @@ class Control:
                 "agent_id": r.agent_id,
                 "status": r.status,
                 "events_streaming": r.streaming,
-                "events": r.last_seq,
+                "events": r.last_seq - r.injected,
                 "subscribers": r.subscribers,
                 "connections": r.connections,
                 "finished": r.finished,
@@ -149,6 +163,28 @@ class Control:
         run = self._run(task_id)
         await asyncio.wait_for(self.engine.wait_finished(run), deadline_s)
         return run.wire
+
+    def inject_raw(self, task_id: str, data: bytes) -> int:
+        """Append ``data`` to the task's stream, verbatim, after the events already
+        emitted: connected streams write it at their next wake, and a replay
+        (``replay="full"`` or a Last-Event-ID before it) sends it at that position.
+        It takes the next SSE id number as its slot without writing an ``id:``
+        line (put one in ``data`` to send it), so the next event's id skips it.
+        Returns that slot. Raises KeyError for an unknown task, ValueError for
+        empty data or a task that does not stream."""
+        if not data:
+            raise ValueError("nothing to inject")
+        return self.engine.inject(self._run(task_id), bytes(data))
+
+    def inject_huge_line(self, task_id: str, size_bytes: int, fill: bytes = b"x") -> int:
+        """Append one SSE frame ``data: <size_bytes bytes of fill>\n\n`` to the
+        task's stream, positioned like ``inject_raw``. The bytes are generated in
+        64 KiB blocks at each write (and again on each replay), never held."""
+        if size_bytes < 0:
+            raise ValueError("size_bytes must be >= 0")
+        if not fill or b"\n" in fill or b"\r" in fill:
+            raise ValueError("fill must be non-empty and hold no line break")
+        return self.engine.inject(self._run(task_id), b"", huge=(size_bytes, bytes(fill)))
 
     def _run(self, task_id: str) -> TaskRun:
         run = self.engine.tasks.get(task_id)
@@ -195,6 +231,8 @@ class Control:
         r.add_get(PREFIX + "/tasks/{task_id}", self._task)
         r.add_get(PREFIX + "/tasks/{task_id}/events", self._events)
         r.add_post(PREFIX + "/tasks/{task_id}/wait", self._wait)
+        r.add_post(PREFIX + "/tasks/{task_id}/raw", self._raw)
+        r.add_post(PREFIX + "/tasks/{task_id}/huge-line", self._huge_line)
         r.add_get(PREFIX + "/inbox", self._inbox)
         r.add_get(PREFIX + "/faults", self._get_faults)
         r.add_put(PREFIX + "/faults", self._put_faults)
@@ -263,6 +301,31 @@ class Control:
             return _json(await self.wait_finished(task_id, timeout))
         except TimeoutError:
             return _json({"detail": "Task still running"}, 408)
+
+    async def _raw(self, request: web.Request) -> web.Response:
+        task_id = request.match_info["task_id"]
+        data = await request.read()
+        return self._injected(task_id, lambda: self.inject_raw(task_id, data))
+
+    async def _huge_line(self, request: web.Request) -> web.Response:
+        task_id = request.match_info["task_id"]
+        try:
+            spec = HugeLineControl.model_validate(await self._body(request))
+        except ValidationError as exc:
+            return self._invalid(exc)
+        fill = spec.fill.encode()
+        return self._injected(
+            task_id, lambda: self.inject_huge_line(task_id, spec.size_bytes, fill)
+        )
+
+    def _injected(self, task_id: str, inject: Callable[[], int]) -> web.Response:
+        if task_id not in self.engine.tasks:
+            return _json({"detail": "Task not found"}, 404)
+        try:
+            seq = inject()
+        except ValueError as exc:
+            return self._invalid(exc)
+        return _json({"task_id": task_id, "seq": seq})
 
     async def _inbox(self, request: web.Request) -> web.Response:
         return _json(self.inbox.to_dict())

@@ -30,7 +30,7 @@ import orjson
 from bridge.emulator import content
 from bridge.emulator.lifecycle import build_plan
 from bridge.emulator.settings import EmulatorSettings, ScenarioSettings, TaskProfile
-from bridge.emulator.tasks import EventRecord, TaskRun
+from bridge.emulator.tasks import HUGE_LINE, RAW, EventRecord, TaskRun
 from bridge.wire import TERMINAL_STATUSES
 
 __all__ = ["Engine", "Stats", "iso_time"]
@@ -434,6 +434,33 @@ class Engine:
         self.stats.events_emitted += 1
         if run.waiters:
             run.wake()
+
+    def inject(self, run: TaskRun, data: bytes, *, huge: tuple[int, bytes] | None = None) -> int:
+        """Append bytes a test chose (``data`` verbatim, or a huge line of
+        (size, fill)) at the current end of a streaming task's history; streams
+        write them at their next wake. Returns the seq slot taken: no ``id:`` is
+        written for it, the next event's id is one more."""
+        if not run.streaming:
+            raise ValueError(f"task {run.id} was not created with events_streaming")
+        now = time.time()
+        seq = run.last_seq + 1
+        run.last_seq = seq
+        record = EventRecord(
+            seq,
+            HUGE_LINE if huge else RAW,
+            iso_time(now),
+            emitted_at=now,
+            frame=b"" if huge else data,
+            body_start=0,
+            malformed=None,
+        )
+        record.huge = huge
+        run.append(record, self.settings.stream.history_limit)
+        run.injected += 1
+        if huge:
+            run.has_huge = True
+        run.wake()
+        return seq
 
     # -- what the API asks -----------------------------------------------------
 

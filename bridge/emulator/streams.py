@@ -10,6 +10,9 @@ Stream knobs (``StreamSettings``): ``id:`` lines, Last-Event-ID replay, replay
 Fault knobs (``FaultSettings``): drop after N events (the socket closes with no
 chunked terminator, as a dying proxy would), stall after N events (no bytes, the
 connection stays open), malformed frames (injected by the engine at emission).
+Injected entries (``Control.inject_raw``, ``inject_huge_line``) sit in the
+history like events and are written verbatim; a huge line is generated block by
+block at each write.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from aiohttp import web
 
 from bridge.emulator.engine import Engine
 from bridge.emulator.faults import FaultInjector, StreamFaults
-from bridge.emulator.tasks import TaskRun
+from bridge.emulator.hostile import huge_data_line
+from bridge.emulator.tasks import EventRecord, TaskRun
 
 __all__ = ["EventStreams", "not_found"]
 
@@ -136,7 +140,7 @@ class EventStreams:
                 )
                 if limit is not None and len(records) > limit:
                     records = records[:limit]
-                await response.write(b"".join([r.frame for r in records]))
+                await self._write(response, run, records)
                 sent += len(records)
                 stats.events_sent += len(records)
                 cursor = records[-1].seq
@@ -144,6 +148,27 @@ class EventStreams:
             if run.finished or engine.closed:
                 return
             await run.wait()
+
+    @staticmethod
+    async def _write(
+        response: web.StreamResponse, run: TaskRun, records: list[EventRecord]
+    ) -> None:
+        if not run.has_huge:  # the hot path: one write for everything due
+            await response.write(b"".join([r.frame for r in records]))
+            return
+        pending: list[bytes] = []
+        for r in records:
+            if r.huge is None:
+                pending.append(r.frame)
+                continue
+            if pending:
+                await response.write(b"".join(pending))
+                pending = []
+            # block by block: each write waits for the socket to drain
+            for block in huge_data_line(*r.huge):
+                await response.write(block)
+        if pending:
+            await response.write(b"".join(pending))
 
     @staticmethod
     def _drop(request: web.Request) -> None:

@@ -6,6 +6,12 @@ emission: every subscriber, every replay and every inspection reuses the same
 bytes, so fan-out to N subscribers costs N slices and N writes, not N encodes.
 Subscribers do not own queues; each keeps a cursor (the last SSE id it sent) and
 reads ``frames_after(cursor)``. A trimmed history only moves ``base_seq``.
+
+Besides events, the history holds injected entries (``control.inject_raw``,
+``inject_huge_line``): bytes a test chose, at the position they were injected.
+Each takes the next seq as its slot, so cursors and Last-Event-ID replay treat
+it like an event, but no ``id:`` line is written for it: the next event's id
+skips that number. Inspection (``emitted``) leaves them out.
 """
 
 from __future__ import annotations
@@ -20,14 +26,21 @@ import orjson
 from bridge.emulator.lifecycle import Plan
 from bridge.emulator.settings import TaskProfile
 
-__all__ = ["EmittedEvent", "EventRecord", "TaskRun"]
+__all__ = ["HUGE_LINE", "INJECTED", "RAW", "EmittedEvent", "EventRecord", "TaskRun"]
+
+#: ``EventRecord.type`` of injected entries (no event type can look like these)
+RAW = "(raw)"
+HUGE_LINE = "(huge line)"
+INJECTED = frozenset({RAW, HUGE_LINE})
 
 
 class EventRecord:
     """One emitted event: ``frame`` is exactly what goes on the wire (a malformed
-    frame injected before it included); the JSON body is ``frame[body_start:-2]``."""
+    frame injected before it included); the JSON body is ``frame[body_start:-2]``.
+    A ``HUGE_LINE`` entry has an empty frame and ``huge`` = (size, fill): its
+    bytes are generated at each write, never stored."""
 
-    __slots__ = ("body_start", "emitted_at", "frame", "malformed", "seq", "time", "type")
+    __slots__ = ("body_start", "emitted_at", "frame", "huge", "malformed", "seq", "time", "type")
 
     def __init__(
         self,
@@ -47,6 +60,7 @@ class EventRecord:
         self.frame = frame
         self.body_start = body_start
         self.malformed = malformed
+        self.huge: tuple[int, bytes] | None = None  # set by Engine.inject only
 
     @property
     def body(self) -> bytes:
@@ -119,6 +133,8 @@ class TaskRun:
         self.connections = 0
         self.drops = 0
         self.stalls = 0
+        self.injected = 0  # injected entries appended (raw and huge lines)
+        self.has_huge = False  # a huge line was injected: streams take the slow path
         self.finished_future: asyncio.Future[None] | None = None
         # what the body steps need to stay coherent
         self.open_call: dict[str, Any] | None = None
@@ -170,6 +186,7 @@ class TaskRun:
                 malformed_before=r.malformed,
             )
             for r in self.history
+            if r.type not in INJECTED
         ]
 
     # -- views --------------------------------------------------------------
