@@ -20,6 +20,9 @@ HTTP:
     GET   /_emulator/faults                      the current FaultSettings
     PUT   /_emulator/faults                      replace them (FaultSettings body)
     PATCH /_emulator/faults                      change some of them
+    GET   /_emulator/stream                      the current StreamSettings
+    PUT   /_emulator/stream                      replace them (StreamSettings body)
+    PATCH /_emulator/stream                      change some of them
     PUT   /_emulator/api-key                     {"api_key": "..."}
     POST  /_emulator/scenario                    {"preset": "burst", ...params} or
                                                  {"scenario": ScenarioSettings}
@@ -39,7 +42,12 @@ from bridge.emulator.engine import Engine
 from bridge.emulator.faults import FaultInjector
 from bridge.emulator.inbox import Inbox, Received
 from bridge.emulator.scenarios import preset
-from bridge.emulator.settings import FaultSettings, ScenarioSettings, TaskProfile
+from bridge.emulator.settings import (
+    FaultSettings,
+    ScenarioSettings,
+    StreamSettings,
+    TaskProfile,
+)
 from bridge.emulator.tasks import EmittedEvent, TaskRun
 
 __all__ = ["Control", "CreateTaskControl"]
@@ -209,6 +217,24 @@ class Control:
         merged.update(fields)
         return self.set_faults(FaultSettings.model_validate(merged))
 
+    @property
+    def stream(self) -> StreamSettings:
+        return self.engine.settings.stream
+
+    def set_stream(self, stream: StreamSettings | None = None, **fields: Any) -> StreamSettings:
+        """Replace the stream knobs (unspecified ones go back to default). Open
+        streams see the change at their next wake; ids, replay and linger are
+        decided per event, per connect and per task end."""
+        new = stream if stream is not None else StreamSettings(**fields)
+        self.engine.settings.stream = new
+        return new
+
+    def update_stream(self, **fields: Any) -> StreamSettings:
+        """Change some stream knobs, keep the others."""
+        merged = self.stream.model_dump()
+        merged.update(fields)
+        return self.set_stream(StreamSettings.model_validate(merged))
+
     def set_api_key(self, api_key: str) -> None:
         self.engine.settings.api_key = api_key
 
@@ -237,6 +263,9 @@ class Control:
         r.add_get(PREFIX + "/faults", self._get_faults)
         r.add_put(PREFIX + "/faults", self._put_faults)
         r.add_patch(PREFIX + "/faults", self._patch_faults)
+        r.add_get(PREFIX + "/stream", self._get_stream)
+        r.add_put(PREFIX + "/stream", self._put_stream)
+        r.add_patch(PREFIX + "/stream", self._patch_stream)
         r.add_put(PREFIX + "/api-key", self._api_key)
         r.add_post(PREFIX + "/scenario", self._scenario)
 
@@ -343,6 +372,23 @@ class Control:
     async def _patch_faults(self, request: web.Request) -> web.Response:
         try:
             new = self.update_faults(**await self._body(request))
+        except ValidationError as exc:
+            return self._invalid(exc)
+        return _json(new.model_dump(mode="json"))
+
+    async def _get_stream(self, request: web.Request) -> web.Response:
+        return _json(self.stream.model_dump(mode="json"))
+
+    async def _put_stream(self, request: web.Request) -> web.Response:
+        try:
+            new = self.set_stream(StreamSettings.model_validate(await self._body(request)))
+        except ValidationError as exc:
+            return self._invalid(exc)
+        return _json(new.model_dump(mode="json"))
+
+    async def _patch_stream(self, request: web.Request) -> web.Response:
+        try:
+            new = self.update_stream(**await self._body(request))
         except ValidationError as exc:
             return self._invalid(exc)
         return _json(new.model_dump(mode="json"))

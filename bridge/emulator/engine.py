@@ -476,8 +476,9 @@ class Engine:
         self, run: TaskRun, status: str, *, manual: bool = False, invent: bool = True
     ) -> None:
         """Bring ``run`` to a terminal status now: task_updated, then task_finished
-        (the last event: its streams end after it). ``invent`` fills a missing
-        result and token counts, as the platform would after a real run."""
+        (the last event: its streams end after it; with ``linger_after_end``
+        there is no task_finished and streams stay open). ``invent`` fills a
+        missing result and token counts, as the platform would after a real run."""
         if run.finished:
             return
         if not run.started:
@@ -502,7 +503,10 @@ class Engine:
         if invent and started is not None:
             wire["duration"] = round(now - datetime.fromisoformat(started).timestamp(), 3)
         self.emit(run, "task_updated", wire)
-        self.emit(run, "task_finished", wire)
+        if self.settings.stream.linger_after_end:
+            run.lingers = True
+        else:
+            self.emit(run, "task_finished", wire)
         run.finished = True
         run.wake()
         if run.finished_future is not None and not run.finished_future.done():

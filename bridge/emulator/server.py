@@ -24,7 +24,12 @@ from bridge.emulator.control import Control, CreateTaskControl
 from bridge.emulator.engine import Engine
 from bridge.emulator.faults import FaultInjector
 from bridge.emulator.inbox import Inbox, Received
-from bridge.emulator.settings import EmulatorSettings, FaultSettings, ScenarioSettings
+from bridge.emulator.settings import (
+    EmulatorSettings,
+    FaultSettings,
+    ScenarioSettings,
+    StreamSettings,
+)
 from bridge.emulator.tasks import EmittedEvent
 
 __all__ = ["Emulator"]
@@ -137,6 +142,18 @@ class Emulator:
 
     def update_faults(self, **fields: Any) -> FaultSettings:
         return self.control.update_faults(**fields)
+
+    def set_stream(self, stream: StreamSettings | None = None, **fields: Any) -> StreamSettings:
+        return self.control.set_stream(stream, **fields)
+
+    def update_stream(self, **fields: Any) -> StreamSettings:
+        return self.control.update_stream(**fields)
+
+    def inject_raw(self, task_id: str, data: bytes) -> int:
+        return self.control.inject_raw(task_id, data)
+
+    def inject_huge_line(self, task_id: str, size_bytes: int, fill: bytes = b"x") -> int:
+        return self.control.inject_huge_line(task_id, size_bytes, fill)
 
     def create_task(self, spec: CreateTaskControl | None = None, **fields: Any) -> dict[str, Any]:
         return self.control.create_task(spec, **fields)

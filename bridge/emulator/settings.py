@@ -195,6 +195,28 @@ class StreamSettings(_Knobs):
         description="A streaming task holds at pending, emitting nothing, until its first "
         "subscriber connects.",
     )
+    keepalive_s: float | None = Field(
+        None,
+        gt=0.0,
+        description="Send a `: keep-alive` comment each time a stream has waited this many "
+        "seconds for the task's next event (null = never).",
+    )
+    linger_after_end: bool = Field(
+        False,
+        description="When a task ends, its streams neither get `task_finished` nor close: "
+        "the task_updated with the terminal status is the last event, then only keep-alive "
+        "comments (every keepalive_s; none when it is null) until the client leaves or the "
+        "emulator stops, while REST says the task is terminal. task_finished is not "
+        "emitted at all (replays lack it too). Decided per task when it ends; a connect to "
+        "such a task lingers as well.",
+    )
+    redirect_to: str | None = Field(
+        None,
+        min_length=1,
+        description="The events endpoint answers `307` with `Location: {redirect_to}{path "
+        "and query of the request}` instead of streaming (after auth and injected faults), "
+        "e.g. `http://127.0.0.1:9999` to send clients to another origin.",
+    )
     history_limit: int = Field(
         5000, ge=1, description="Events kept per task for replay and inspection (oldest dropped)."
     )

@@ -3,10 +3,12 @@
 Each connection keeps a cursor (the SSE id of the last event it sent) into the
 task's history and, whenever it wakes, writes every frame after the cursor in one
 ``write()``. Frames are the bytes the engine encoded at emission, so a stream
-does no JSON work at all. The stream ends after ``task_finished``.
+does no JSON work at all. The stream ends after ``task_finished`` (or, with
+``linger_after_end``, never: it sends keep-alive comments until the client leaves).
 
 Stream knobs (``StreamSettings``): ``id:`` lines, Last-Event-ID replay, replay
-``none``/``full`` on a fresh connect, ``retry:``, the ``connected`` handshake.
+``none``/``full`` on a fresh connect, ``retry:``, the ``connected`` handshake,
+keep-alive comments, lingering after the end, a redirect to another origin.
 Fault knobs (``FaultSettings``): drop after N events (the socket closes with no
 chunked terminator, as a dying proxy would), stall after N events (no bytes, the
 connection stays open), malformed frames (injected by the engine at emission).
@@ -31,6 +33,7 @@ from bridge.emulator.tasks import EventRecord, TaskRun
 
 __all__ = ["EventStreams", "not_found"]
 
+_KEEPALIVE = b": keep-alive\n\n"
 _SSE_HEADERS = {
     "Content-Type": "text/event-stream",
     "Cache-Control": "no-cache",
@@ -75,6 +78,10 @@ class EventStreams:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         engine = self.engine
+        redirect = engine.settings.stream.redirect_to
+        if redirect is not None:
+            location = redirect.rstrip("/") + str(request.rel_url)
+            return web.Response(status=307, headers={"Location": location})
         if request.match_info["org"] != engine.settings.organization_id:
             return not_found("Organization not found")
         run = engine.tasks.get(request.match_info["task_id"])
@@ -145,9 +152,23 @@ class EventStreams:
                 stats.events_sent += len(records)
                 cursor = records[-1].seq
                 continue
-            if run.finished or engine.closed:
+            if (run.finished and not run.lingers) or engine.closed:
                 return
-            await run.wait()
+            await self._idle(response, run)
+
+    async def _idle(self, response: web.StreamResponse, run: TaskRun) -> None:
+        """Wait for the task's next entry, with ``keepalive_s`` writing a comment
+        each time that long passes without one. The one waiter is reused, so a
+        lingering stream does not pile up futures on the task."""
+        woken = run.wait()
+        stream = self.engine.settings.stream
+        while stream.keepalive_s is not None:
+            done, _ = await asyncio.wait({woken}, timeout=stream.keepalive_s)
+            if done:
+                return
+            await response.write(_KEEPALIVE)
+            stream = self.engine.settings.stream  # may have been replaced meanwhile
+        await woken
 
     @staticmethod
     async def _write(

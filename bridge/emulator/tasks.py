@@ -124,6 +124,7 @@ class TaskRun:
         self.scheduled = False
         self.started = False
         self.finished = False
+        self.lingers = False  # ended under linger_after_end: no task_finished, streams stay
         self.held = False  # paused through the API
         self.history: list[EventRecord] = []
         self.base_seq = 1  # seq of history[0]

@@ -189,10 +189,17 @@ async def test_a_client_leaving_mid_line_frees_the_stream() -> None:
         task = emu.create_task()
         emu.control.inject_huge_line(task["id"], 512 * 1024**2)
         async with (
-            httpx.AsyncClient(timeout=5) as c,
+            httpx.AsyncClient(headers={"x-api-key": emu.api_key}, timeout=5) as c,
             c.stream("GET", emu.events_url(task["id"])) as response,
         ):
-            await anext(response.aiter_raw())
+            assert response.status_code == 200
+            got = b""
+            async for chunk in response.aiter_raw():
+                got += chunk
+                if len(got) > 1024**2:
+                    break
+            assert got.startswith(b"data: xxx")
+            assert emu.stats()["open_streams"] == 1
         for _ in range(200):
             if emu.stats()["open_streams"] == 0:
                 break
@@ -200,3 +207,100 @@ async def test_a_client_leaving_mid_line_frees_the_stream() -> None:
         assert emu.stats()["open_streams"] == 0
     finally:
         await emu.aclose()
+
+
+# -- keep-alives, lingering after the end ----------------------------------------------
+
+
+async def _read_for(c: httpx.AsyncClient, url: str, seconds: float) -> tuple[bytes, bool]:
+    """The bytes a stream sends within ``seconds``, and whether it was still open."""
+    got = bytearray()
+
+    async def consume() -> None:
+        async with c.stream("GET", url) as response:
+            assert response.status_code == 200
+            async for chunk in response.aiter_raw():
+                got.extend(chunk)
+
+    try:
+        await asyncio.wait_for(consume(), seconds)
+    except TimeoutError:
+        return bytes(got), True
+    return bytes(got), False
+
+
+async def test_a_lingering_stream_sends_only_keepalives_after_the_end() -> None:
+    async with running(_settings(linger_after_end=True, keepalive_s=0.05)) as (emu, c):
+        task = emu.create_task(outcome="completed")
+        url = emu.events_url(task["id"])
+        raw, still_open = await _read_for(c, url, 0.8)
+        assert still_open
+        at = raw.index(b": keep-alive\n\n")
+        frames = _frames(raw[:at])
+        assert [f.id for f in frames] == [str(i) for i in range(1, 8)]
+        assert frames[-1].json["data"]["status"] == "completed"
+        assert frames[-1].type == "task_updated" and b"task_finished" not in raw
+        keepalives = raw[at:]
+        assert keepalives == b": keep-alive\n\n" * (len(keepalives) // 14) != b""
+        assert len(keepalives) // 14 >= 5
+        # REST says it is over; a new connect lingers as well, with nothing to replay
+        status = await c.get(f"/agent-execution/{task['id']}/status")
+        assert status.json()["status"] == "completed"
+        again, still_open = await _read_for(c, url, 0.3)
+        assert still_open and again.startswith(b": keep-alive\n\n")
+        assert b"data:" not in again
+
+
+async def test_lingering_streams_end_when_the_emulator_stops() -> None:
+    emu = Emulator(_settings())
+    await emu.start()
+    async with httpx.AsyncClient(headers={"x-api-key": emu.api_key}, timeout=5) as c:
+        put = await c.patch(f"{emu.base_url}/_emulator/stream", json={"linger_after_end": True})
+        assert put.status_code == 200 and put.json()["linger_after_end"] is True
+        assert put.json()["send_connected"] is False  # the others are kept
+        task = emu.create_task()
+        reader = asyncio.create_task(_read_for(c, emu.events_url(task["id"]), 5.0))
+        await emu.wait_finished(task["id"])
+        await asyncio.sleep(0.2)
+        assert not reader.done()  # no keepalive_s: open and silent
+        await asyncio.wait_for(emu.aclose(), 0.5)
+        raw, still_open = await reader
+        assert not still_open and b"task_finished" not in raw
+
+
+async def test_keepalives_fill_an_idle_stream() -> None:
+    settings = _settings(keepalive_s=0.05)
+    settings.tasks.event_interval_s = 10.0
+    async with running(settings) as (emu, c):
+        task = emu.create_task()
+        raw, still_open = await _read_for(c, emu.events_url(task["id"]), 0.4)
+        assert still_open
+        first, _, rest = raw.partition(b"\n\n")
+        assert b"task_created" in first
+        assert rest.count(b": keep-alive\n\n") >= 3
+        assert rest == b": keep-alive\n\n" * rest.count(b": keep-alive\n\n")
+
+
+# -- redirect --------------------------------------------------------------------------
+
+
+async def test_the_events_endpoint_can_redirect_to_another_origin() -> None:
+    async with running(_settings()) as (emu, c):
+        task = emu.create_task()
+        url = emu.events_url(task["id"]) + "?since=3"
+        emu.update_stream(redirect_to="http://elsewhere.example:8443/")
+        moved = await c.get(url)
+        assert moved.status_code == 307
+        assert moved.headers["Location"] == (
+            f"http://elsewhere.example:8443/{emu.organization_id}"
+            f"/agent-execution/{task['id']}/events?since=3"
+        )
+        assert moved.content == b""
+        # over HTTP, and back
+        patch = await c.patch("/_emulator/stream", json={"redirect_to": None})
+        assert patch.json()["redirect_to"] is None
+        async with c.stream("GET", url) as response:
+            assert response.status_code == 200
+        bad = await c.put("/_emulator/stream", json={"redirect_to": ""})
+        assert bad.status_code == 422
+        assert (await c.get("/_emulator/stream")).json()["redirect_to"] is None
