@@ -9,6 +9,7 @@ import weakref
 from collections.abc import Iterator
 
 import pytest
+from support.metrics import sample
 
 from bridge.gc_policy import GcPolicy
 from bridge.observability.metrics import Metrics
@@ -20,11 +21,7 @@ class Node:
 
 
 def pause_count(metrics: Metrics, generation: str) -> float:
-    value = metrics.registry.get_sample_value(
-        "xpander_bridge_gc_pause_seconds_count", {"generation": generation}
-    )
-    assert value is not None
-    return value
+    return sample(metrics, "xpander_bridge_gc_pause_seconds_count", generation=generation)
 
 
 @pytest.fixture

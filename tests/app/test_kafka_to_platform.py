@@ -14,6 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from support.e2e import bridge_config, config_env, consume_until, run_bridge, wait_for
 from support.kafka import KafkaService, OutRecord, consume, create_topics, produce
+from support.metrics import sample
 
 from bridge.app import Bridge
 from bridge.config import BridgeConfig
@@ -188,9 +189,9 @@ async def test_5xx_and_429_are_retried_then_every_report_recorded_once(
             assert sorted(counts) == sorted(f"ext-{i}" for i in range(20))
             assert set(counts.values()) == {1}
             assert emu.stats()["injected_http"], "the faults must have fired"
-            retries = bridge.metrics.report_retries
-            assert retries.labels("report", "unavailable")._value.get() >= 8
-            assert retries.labels("report", "rate_limited")._value.get() >= 4
+            retries = "xpander_bridge_report_retries_total"
+            assert sample(bridge.metrics, retries, kind="report", reason="unavailable") >= 8
+            assert sample(bridge.metrics, retries, kind="report", reason="rate_limited") >= 4
             await wait_for(
                 lambda: _committed_in_bridge(bridge) == 20, 10, "offsets committed after recording"
             )
@@ -249,7 +250,9 @@ async def test_401_halts_without_committing_or_dead_lettering_then_resumes(
             await wait_for(lambda: bridge.health.ready, 20, "ready")
             emu.set_api_key("rotated-elsewhere")
             await send(kafka, config.reports.reports_topic, [report(i) for i in range(6)])
-            await wait_for(lambda: bridge.metrics.reports_halted._value.get() == 1, 20, "the halt")
+            await wait_for(
+                lambda: sample(bridge.metrics, "xpander_bridge_reports_halted") == 1, 20, "the halt"
+            )
             await asyncio.sleep(1.0)
             assert not bridge.health.ready
             assert emu.reports() == []
@@ -258,7 +261,7 @@ async def test_401_halts_without_committing_or_dead_lettering_then_resumes(
             emu.set_api_key(config.platform.api_key.get_secret_value())  # type: ignore[union-attr]
             await wait_for(lambda: len(emu.reports()) >= 6, 30, "recording after the fix")
             await wait_for(lambda: bridge.health.ready, 10, "ready again")
-            assert bridge.metrics.reports_halted._value.get() == 0
+            assert sample(bridge.metrics, "xpander_bridge_reports_halted") == 0
             await wait_for(lambda: _committed_in_bridge(bridge) == 6, 10, "commits")
 
 

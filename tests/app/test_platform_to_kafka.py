@@ -21,6 +21,7 @@ from support.e2e import (
     wait_for,
 )
 from support.kafka import KafkaService
+from support.metrics import sample
 
 from bridge.app import Bridge
 from bridge.emulator import Emulator
@@ -189,7 +190,9 @@ async def test_stalled_stream_is_reconnected_by_the_idle_timeout(
         assert emu.stats()["stalls"] > 0
         for task_id, emitted in expected_events(emu).items():
             assert_stream_matches(emitted, published[task_id])
-        reconnects = bridge.metrics.stream_reconnects.labels("idle_timeout")._value.get()
+        reconnects = sample(
+            bridge.metrics, "xpander_bridge_stream_reconnects_total", reason="idle_timeout"
+        )
         assert reconnects >= 1
 
 
@@ -210,8 +213,9 @@ async def test_listing_errors_back_off_and_recover(
         assert emu.stats()["injected_http"], "the faults must have fired"
         for task_id, emitted in expected_events(emu).items():
             assert_stream_matches(emitted, published[task_id])
-        assert bridge.metrics.platform_requests.labels("list_tasks", "5xx")._value.get() >= 2
-        assert bridge.metrics.platform_requests.labels("list_tasks", "4xx")._value.get() >= 2
+        requests = "xpander_bridge_platform_requests_total"
+        assert sample(bridge.metrics, requests, endpoint="list_tasks", status_class="5xx") >= 2
+        assert sample(bridge.metrics, requests, endpoint="list_tasks", status_class="4xx") >= 2
 
 
 async def test_topics_are_created_with_compaction_for_the_state_topic(

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
+from support.metrics import sample
 
 from bridge.observability.health import Health
 from bridge.observability.http import HealthServer
@@ -109,7 +110,7 @@ async def test_readyz_is_503_until_every_condition_holds(served: Served) -> None
             "platform": {"ok": False, "detail": "first listing pending"},
         },
     }
-    assert served.metrics.registry.get_sample_value("xpander_bridge_ready") == 0
+    assert sample(served.metrics, "xpander_bridge_ready") == 0
 
     served.health.set("kafka", True)
     response = await served.get("/readyz")
@@ -122,7 +123,7 @@ async def test_readyz_is_503_until_every_condition_holds(served: Served) -> None
     response = await served.get("/readyz")
     assert response.status_code == 200
     assert response.json()["ready"] is True
-    assert served.metrics.registry.get_sample_value("xpander_bridge_ready") == 1
+    assert sample(served.metrics, "xpander_bridge_ready") == 1
 
     # Readiness is not sticky: one condition failing again makes it 503 again.
     served.health.set("platform", False, "authentication refused (HTTP 401)")
@@ -132,7 +133,7 @@ async def test_readyz_is_503_until_every_condition_holds(served: Served) -> None
         "ok": False,
         "detail": "authentication refused (HTTP 401)",
     }
-    assert served.metrics.registry.get_sample_value("xpander_bridge_ready") == 0
+    assert sample(served.metrics, "xpander_bridge_ready") == 0
 
 
 async def test_unknown_paths_are_404(served: Served) -> None:

@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from support.metrics import sample
 
 from bridge.core.record import OutRecord
 from bridge.core.retry import RetryPolicy
@@ -48,9 +49,11 @@ def record(value: bytes, acks: list[bytes]) -> OutRecord:
     )
 
 
-async def run(sink: FlakySink, values: list[bytes]) -> tuple[DeliveryLoop, list[bytes]]:
+async def run(
+    sink: FlakySink, values: list[bytes], metrics: Metrics | None = None
+) -> tuple[DeliveryLoop, list[bytes]]:
     queue: asyncio.Queue[OutRecord] = asyncio.Queue(4)
-    metrics = Metrics()
+    metrics = metrics if metrics is not None else Metrics()
     loop = DeliveryLoop(queue, sink, metrics, retry=RetryPolicy(0.001, 0.01))
     acks: list[bytes] = []
     runner = asyncio.create_task(loop.run())
@@ -80,9 +83,10 @@ async def test_refused_writes_wait_and_hold_the_queue() -> None:
 async def test_undeliverable_record_is_counted_and_logged_not_lost_silently(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    loop, acks = await run(FlakySink(too_large=True), [b"x"])
+    metrics = Metrics()
+    _, acks = await run(FlakySink(too_large=True), [b"x"], metrics)
     assert acks == [b"x"]  # the event is done: not retried for ever
-    assert loop._metrics.dead_letters.labels("undeliverable")._value.get() == 1
+    assert sample(metrics, "xpander_bridge_dead_letters_total", reason="undeliverable") == 1
     assert "too large" in caplog.text
 
 

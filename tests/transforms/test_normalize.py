@@ -9,6 +9,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.metrics import sample
 
 from bridge.config import KafkaConfig, RouteRule, TopicsConfig
 from bridge.core.record import OutRecord
@@ -118,7 +119,7 @@ def test_routes_send_elsewhere_or_filter_counted() -> None:
     )
     assert normalizer.from_frame(task, frame("chunk", "a"), None, 0)[0].topic == "chunks"
     assert normalizer.from_frame(task, frame("think", "b"), None, 0) == []
-    assert metrics.events_filtered.labels("think")._value.get() == 1
+    assert sample(metrics, "xpander_bridge_events_filtered_total", event_type="think") == 1
     assert task.sequence == 1
 
 
@@ -127,7 +128,9 @@ def test_task_finished_marks_the_task_and_counts_it() -> None:
     normalizer.from_frame(task, frame("task_finished", {**TASK, "status": "failed"}), None, 0)
     assert task.finished
     assert task.status == "failed"
-    assert metrics.tasks_finished.labels("a-1", "failed")._value.get() == 1
+    assert (
+        sample(metrics, "xpander_bridge_tasks_finished_total", agent_id="a-1", status="failed") == 1
+    )
 
 
 def test_oversized_envelope_is_split_into_the_dlq_and_truncated() -> None:
@@ -144,7 +147,7 @@ def test_oversized_envelope_is_split_into_the_dlq_and_truncated() -> None:
     assert hashlib.sha256(body).hexdigest() == info.sha256
     assert orjson.loads(body)["data"] == big
     assert all(len(p.value) <= 20_000 for p in records)
-    assert metrics.oversized_records._value.get() == 1
+    assert sample(metrics, "xpander_bridge_oversized_records_total") == 1
 
 
 def test_the_event_is_delivered_only_when_all_its_records_are() -> None:
