@@ -12,9 +12,10 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from support.e2e import bridge_config, config_env, consume_until, run_bridge, wait_for
+from support.e2e import bridge_config, config_env, consume_until, run_bridge
 from support.kafka import KafkaService, OutRecord, consume, create_topics, produce
 from support.metrics import sample
+from support.waiting import eventually
 
 from bridge.app import Bridge
 from bridge.config import BridgeConfig
@@ -129,8 +130,10 @@ async def test_reports_and_metrics_are_recorded_field_by_field(
             await send(kafka, config.reports.reports_topic, sent[:10])
             await send(kafka, config.reports.reports_topic, sent[10:], key=AGENT.encode())
             await send(kafka, config.reports.metrics_topic, [metrics_message(i) for i in range(5)])
-            await wait_for(
-                lambda: len(emu.reports()) >= 11 and len(emu.metrics()) >= 5, 30, "recordings"
+            await eventually(
+                lambda: len(emu.reports()) >= 11 and len(emu.metrics()) >= 5,
+                timeout_s=30,
+                what="recordings",
             )
             received = {r.key: r for r in emu.reports()}
             for message in sent[:10]:
@@ -183,8 +186,10 @@ async def test_5xx_and_429_are_retried_then_every_report_recorded_once(
             await send(
                 kafka, config.reports.reports_topic, [report(i) for i in range(20)], key=b"k"
             )
-            await wait_for(lambda: len(emu.reports()) >= 1, 30, "the first recording")
-            await wait_for(lambda: len(emu.reports()) >= 20, 30, "every recording")
+            await eventually(
+                lambda: len(emu.reports()) >= 1, timeout_s=30, what="the first recording"
+            )
+            await eventually(lambda: len(emu.reports()) >= 20, timeout_s=30, what="every recording")
             counts = emu.control.inbox.report_counts
             assert sorted(counts) == sorted(f"ext-{i}" for i in range(20))
             assert set(counts.values()) == {1}
@@ -192,8 +197,10 @@ async def test_5xx_and_429_are_retried_then_every_report_recorded_once(
             retries = "xpander_bridge_report_retries_total"
             assert sample(bridge.metrics, retries, kind="report", reason="unavailable") >= 8
             assert sample(bridge.metrics, retries, kind="report", reason="rate_limited") >= 4
-            await wait_for(
-                lambda: _committed_in_bridge(bridge) == 20, 10, "offsets committed after recording"
+            await eventually(
+                lambda: _committed_in_bridge(bridge) == 20,
+                timeout_s=10,
+                what="offsets committed after recording",
             )
         assert await committed(kafka, config) == 20
         dlq = await consume(kafka.bootstrap_servers, [config.topics.dlq], max_wait=1)
@@ -222,7 +229,7 @@ async def test_poison_messages_go_to_the_dlq_and_the_rest_is_recorded(
             # One key, one partition: strictly in this order.
             await send(kafka, config.reports.reports_topic, [*poison, *good], key=b"same")
             dead = await consume_until(kafka, config.topics.dlq, lambda rs: len(rs) >= 3)
-            await wait_for(lambda: len(emu.reports()) >= 5, 20, "the good reports")
+            await eventually(lambda: len(emu.reports()) >= 5, timeout_s=20, what="the good reports")
         assert sorted(r.key for r in emu.reports()) == sorted(f"ext-{i}" for i in range(3, 8))
         by_reason = {r.header("dlq.reason"): r for r in dead}
         assert set(by_reason) == {b"invalid_report", b"platform_rejected"}
@@ -247,11 +254,13 @@ async def test_401_halts_without_committing_or_dead_lettering_then_resumes(
         config = reports_config(emu, kafka, new_topic)
         await setup_topics(kafka, config)
         async with Bridge(config) as bridge:
-            await wait_for(lambda: bridge.health.ready, 20, "ready")
+            await eventually(lambda: bridge.health.ready, timeout_s=20, what="ready")
             emu.set_api_key("rotated-elsewhere")
             await send(kafka, config.reports.reports_topic, [report(i) for i in range(6)])
-            await wait_for(
-                lambda: sample(bridge.metrics, "xpander_bridge_reports_halted") == 1, 20, "the halt"
+            await eventually(
+                lambda: sample(bridge.metrics, "xpander_bridge_reports_halted") == 1,
+                timeout_s=20,
+                what="the halt",
             )
             await asyncio.sleep(1.0)
             assert not bridge.health.ready
@@ -259,10 +268,14 @@ async def test_401_halts_without_committing_or_dead_lettering_then_resumes(
             assert _committed_in_bridge(bridge) == 0
             assert await consume(kafka.bootstrap_servers, [config.topics.dlq], max_wait=0.5) == []
             emu.set_api_key(config.platform.api_key.get_secret_value())  # type: ignore[union-attr]
-            await wait_for(lambda: len(emu.reports()) >= 6, 30, "recording after the fix")
-            await wait_for(lambda: bridge.health.ready, 10, "ready again")
+            await eventually(
+                lambda: len(emu.reports()) >= 6, timeout_s=30, what="recording after the fix"
+            )
+            await eventually(lambda: bridge.health.ready, timeout_s=10, what="ready again")
             assert sample(bridge.metrics, "xpander_bridge_reports_halted") == 0
-            await wait_for(lambda: _committed_in_bridge(bridge) == 6, 10, "commits")
+            await eventually(
+                lambda: _committed_in_bridge(bridge) == 6, timeout_s=10, what="commits"
+            )
 
 
 @pytest.mark.timeout(120)
@@ -287,7 +300,9 @@ async def test_sigkill_and_restart_records_every_report_on_one_task_each(
         await send(kafka, config.reports.reports_topic, messages)
         first = await start()
         try:
-            await wait_for(lambda: len(emu.reports()) >= 60, 40, "recording under way")
+            await eventually(
+                lambda: len(emu.reports()) >= 60, timeout_s=40, what="recording under way"
+            )
             first.send_signal(signal.SIGKILL)
             await first.wait()
         finally:
@@ -297,8 +312,10 @@ async def test_sigkill_and_restart_records_every_report_on_one_task_each(
         assert seen_before_restart < len(messages), "killed too late to test anything"
         second = await start()
         try:
-            await wait_for(
-                lambda: len(emu.control.inbox.report_counts) >= len(messages), 60, "all recorded"
+            await eventually(
+                lambda: len(emu.control.inbox.report_counts) >= len(messages),
+                timeout_s=60,
+                what="all recorded",
             )
             second.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(second.wait(), 30) == 0

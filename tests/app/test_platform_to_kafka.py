@@ -18,10 +18,10 @@ from support.e2e import (
     covers,
     discovery_ready,
     expected_events,
-    wait_for,
 )
 from support.kafka import KafkaService
 from support.metrics import sample
+from support.waiting import eventually
 
 from bridge.app import Bridge
 from bridge.emulator import Emulator
@@ -63,7 +63,7 @@ async def run_to_completion(
 ) -> dict[str, list[dict[str, object]]]:
     await discovery_ready(bridge)
     emu.start_scenario(emu.settings.scenario)
-    await wait_for(all_finished(emu, tasks), 40, "every emulator task to finish")
+    await eventually(all_finished(emu, tasks), timeout_s=40, what="every emulator task to finish")
     expected = expected_events(emu)
     # Streaming tasks: every emitted event plus one `connected` per connection;
     # polled tasks: at least one status envelope each.
@@ -125,7 +125,7 @@ async def test_dropped_streams(
     async with Emulator(settings) as emu, Bridge(bridge_config(emu, kafka, new_topic)) as bridge:
         await discovery_ready(bridge)
         emu.start_scenario(emu.settings.scenario)
-        await wait_for(all_finished(emu, 8), 40, "every emulator task to finish")
+        await eventually(all_finished(emu, 8), timeout_s=40, what="every emulator task to finish")
         expected = expected_events(emu)
         # Without ids, events sent while disconnected are gone: wait for the ends only.
         everyone = {t["id"] for t in emu.control.tasks()}

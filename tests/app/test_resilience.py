@@ -20,10 +20,10 @@ from support.e2e import (
     discovery_ready,
     expected_events,
     run_bridge,
-    wait_for,
 )
 from support.kafka import KafkaOutage, KafkaService, consume
 from support.metrics import sample
+from support.waiting import eventually
 
 from bridge.app import Bridge
 from bridge.emulator import Emulator
@@ -51,7 +51,9 @@ async def test_broker_down_for_a_while_loses_nothing(
         async with Bridge(config) as bridge:
             await discovery_ready(bridge)
             emu.start_scenario(emu.settings.scenario)
-            await wait_for(lambda: bridge.records_enqueued > 50, 20, "events flowing")
+            await eventually(
+                lambda: bridge.records_enqueued > 50, timeout_s=20, what="events flowing"
+            )
             kafka_outage.proxy.pause()
             assert bridge.http is not None
             readyz = f"http://127.0.0.1:{bridge.http.port}/readyz"
@@ -60,15 +62,17 @@ async def test_broker_down_for_a_while_loses_nothing(
                 async def not_ready() -> bool:
                     return (await client.get(readyz)).status_code == 503
 
-                await wait_for(not_ready, 20, "readiness to drop while Kafka is down")
+                await eventually(
+                    not_ready, timeout_s=20, what="readiness to drop while Kafka is down"
+                )
                 await asyncio.sleep(2)  # long enough for sends to expire and be retried
                 kafka_outage.proxy.resume()
 
                 async def ready() -> bool:
                     return (await client.get(readyz)).status_code == 200
 
-                await wait_for(ready, 30, "readiness to come back")
-            await wait_for(all_finished(emu, 10), 40, "every task to finish")
+                await eventually(ready, timeout_s=30, what="readiness to come back")
+            await eventually(all_finished(emu, 10), timeout_s=40, what="every task to finish")
             expected = expected_events(emu)
             records = await consume_until(
                 kafka_outage, config.topics.events, covers(expected, set(expected)), 40
@@ -109,9 +113,13 @@ async def test_sigterm_mid_run_exits_0_with_everything_read_in_kafka(
         )
         process = await run_bridge(env)
         try:
-            await wait_for(lambda: emu.stats()["open_streams"] >= 5, 30, "streams to open")
+            await eventually(
+                lambda: emu.stats()["open_streams"] >= 5, timeout_s=30, what="streams to open"
+            )
             emu.start_scenario(emu.settings.scenario)
-            await wait_for(lambda: emu.stats()["events_sent"] > 500, 30, "events flowing")
+            await eventually(
+                lambda: emu.stats()["events_sent"] > 500, timeout_s=30, what="events flowing"
+            )
             process.send_signal(signal.SIGTERM)
             _, stderr = await asyncio.wait_for(process.communicate(), 30)
         finally:

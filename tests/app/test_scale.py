@@ -21,9 +21,10 @@ from typing import Any
 
 import orjson
 import pytest
-from support.e2e import all_finished, bridge_config, consume_until, wait_for
+from support.e2e import all_finished, bridge_config, consume_until
 from support.kafka import ConsumedRecord, KafkaService, create_topics
 from support.replicas import Replica, replica_env
+from support.waiting import eventually
 
 from bridge.config import BridgeConfig
 from bridge.emulator import Emulator
@@ -160,15 +161,17 @@ async def test_single_replica_killed_and_restarted_resumes_without_loss(
         env = replica_env(emu, config, "solo")
         first = await Replica("solo", env, tmp_path).start()
         try:
-            await wait_for(first.owned, 30, "the replica to own its partitions")
+            await eventually(first.owned, timeout_s=30, what="the replica to own its partitions")
             emu.start_scenario(scenario)
-            await wait_for(lambda: emu.stats()["events_sent"] > 150, 30, "events flowing")
+            await eventually(
+                lambda: emu.stats()["events_sent"] > 150, timeout_s=30, what="events flowing"
+            )
             await asyncio.sleep(0.5)  # some checkpoints written, more events in flight
             await first.kill()
             await asyncio.sleep(1.0)  # tasks go on while nobody listens
             second = await Replica("solo-restarted", env, tmp_path).start()
             try:
-                await wait_for(all_finished(emu, 12), 60, "every task to finish")
+                await eventually(all_finished(emu, 12), timeout_s=60, what="every task to finish")
                 arrived = everything_arrived(emu)
                 try:
                     records = await consume_until(kafka, config.topics.events, arrived, max_wait=60)
@@ -191,7 +194,7 @@ async def run_three(emu: Emulator, env: dict[str, str], tmp_path: Path) -> list[
     ]
     for replica in replicas:
         await replica.start()
-    await wait_for(lambda: all(r.owned() for r in replicas), 40, "three owners")
+    await eventually(lambda: all(r.owned() for r in replicas), timeout_s=40, what="three owners")
     return replicas
 
 
@@ -215,7 +218,7 @@ async def test_three_replicas_1500_tasks_exactly_once_one_stream_per_task(
             # Let the group settle (tansu rebalances as members arrive).
             await asyncio.sleep(3)
             emu.start_scenario(scenario)
-            await wait_for(all_finished(emu, 1500), 180, "every task to finish")
+            await eventually(all_finished(emu, 1500), timeout_s=180, what="every task to finish")
             records = await consume_until(
                 kafka, config.topics.events, everything_arrived(emu), max_wait=90
             )
@@ -245,10 +248,12 @@ async def test_one_of_three_killed_its_tasks_are_resumed_by_the_others(
         try:
             await asyncio.sleep(3)
             emu.start_scenario(scenario)
-            await wait_for(lambda: emu.stats()["events_sent"] > 800, 60, "events flowing")
+            await eventually(
+                lambda: emu.stats()["events_sent"] > 800, timeout_s=60, what="events flowing"
+            )
             killed_at = time.time()
             await replicas[0].kill()
-            await wait_for(all_finished(emu, 60), 120, "every task to finish")
+            await eventually(all_finished(emu, 60), timeout_s=120, what="every task to finish")
             records = await consume_until(
                 kafka, config.topics.events, everything_arrived(emu), max_wait=90
             )
@@ -285,7 +290,9 @@ async def test_rolling_restart_of_three_replicas_loses_nothing(
         try:
             await asyncio.sleep(3)
             emu.start_scenario(scenario)
-            await wait_for(lambda: emu.stats()["events_sent"] > 300, 60, "events flowing")
+            await eventually(
+                lambda: emu.stats()["events_sent"] > 300, timeout_s=60, what="events flowing"
+            )
             for i in range(3):
                 # Like a Deployment with maxSurge 1, maxUnavailable 0.
                 spare = await Replica(
@@ -294,9 +301,9 @@ async def test_rolling_restart_of_three_replicas_loses_nothing(
                     tmp_path,
                 ).start()
                 spares.append(spare)
-                await wait_for(spare.owned, 40, "the new replica to join")
+                await eventually(spare.owned, timeout_s=40, what="the new replica to join")
                 assert await replicas[i].terminate() == 0
-            await wait_for(all_finished(emu, 60), 120, "every task to finish")
+            await eventually(all_finished(emu, 60), timeout_s=120, what="every task to finish")
             records = await consume_until(
                 kafka, config.topics.events, everything_arrived(emu), max_wait=90
             )

@@ -22,8 +22,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from support.e2e import bridge_config, discovery_ready, wait_for
+from support.e2e import bridge_config, discovery_ready
 from support.kafka import KafkaService
+from support.waiting import eventually
 
 from bridge.app import Bridge
 from bridge.emulator import Emulator, EmulatorSettings, ScenarioSettings, TaskProfile
@@ -119,7 +120,7 @@ async def running(prometheus: Prometheus) -> AsyncIterator[httpx.AsyncClient]:
                     return (await client.get("/-/ready")).status_code == 200
                 return False
 
-            await wait_for(ready, 20, "prometheus to be ready")
+            await eventually(ready, timeout_s=20, what="prometheus to be ready")
             yield client
     finally:
         prometheus.stop()
@@ -165,7 +166,9 @@ async def test_failing_tasks_fire_the_alert_in_a_real_prometheus(
         async with running(prometheus) as client:
             await discovery_ready(bridge)
             # Counters at 0 are scraped before the first task ends: nothing is missed.
-            await wait_for(lambda: scraped_once(client), 20, "the first scrape of the bridge")
+            await eventually(
+                lambda: scraped_once(client), timeout_s=20, what="the first scrape of the bridge"
+            )
             emu.start_scenario(emu.settings.scenario)
             failed = 0
 
@@ -174,9 +177,11 @@ async def test_failing_tasks_fire_the_alert_in_a_real_prometheus(
                 failed = sum(1 for t in emu.control.tasks() if t["status"] in ("failed", "error"))
                 return failed >= 3 and all(t["finished"] for t in emu.control.tasks())
 
-            await wait_for(enough_failures, 20, "the scenario to end with failures")
+            await eventually(
+                enough_failures, timeout_s=20, what="the scenario to end with failures"
+            )
             try:
-                await wait_for(lambda: firing_now(client), 45, f"{ALERT} to fire")
+                await eventually(lambda: firing_now(client), timeout_s=45, what=f"{ALERT} to fire")
             except AssertionError:
                 alerts = (await client.get("/api/v1/alerts")).json()["data"]["alerts"]
                 pytest.fail(f"{ALERT} did not fire; alerts: {alerts}\n{prometheus.tail()}")

@@ -17,8 +17,9 @@ import httpx
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support.e2e import bridge_config, config_env, run_bridge, wait_for
+from support.e2e import bridge_config, config_env, run_bridge
 from support.kafka import KafkaService
+from support.waiting import eventually
 
 from bridge.emulator import Emulator, EmulatorSettings, ScenarioSettings, TaskProfile
 from bridge.observability.logging import (
@@ -243,7 +244,7 @@ async def test_a_real_run_at_debug_never_logs_a_secret(
                 async def is_ready() -> bool:
                     return (await client.get(ready)).status_code == 200
 
-                await wait_for(is_ready, 20, "the bridge to be ready")
+                await eventually(is_ready, timeout_s=20, what="the bridge to be ready")
                 emu.start_scenario(emu.settings.scenario)
 
                 async def some_finished() -> bool:
@@ -252,7 +253,9 @@ async def test_a_real_run_at_debug_never_logs_a_secret(
                     )
                     return done >= 3
 
-                await wait_for(some_finished, 20, "tasks to finish through the bridge")
+                await eventually(
+                    some_finished, timeout_s=20, what="tasks to finish through the bridge"
+                )
                 # The key is revoked: every call now fails with 401, and the
                 # bridge logs the refusals (with the platform's answer).
                 emu.set_api_key(unique_secret("rotated"))
@@ -261,7 +264,9 @@ async def test_a_real_run_at_debug_never_logs_a_secret(
                     body = (await client.get(ready)).json()
                     return body["conditions"].get("platform", {}).get("ok") is False
 
-                await wait_for(platform_refused, 15, "the bridge to notice the revoked key")
+                await eventually(
+                    platform_refused, timeout_s=15, what="the bridge to notice the revoked key"
+                )
                 scraped.append((await client.get(metrics_url)).text)
                 scraped.append((await client.get(ready)).text)
             process.send_signal(signal.SIGTERM)
@@ -304,5 +309,5 @@ async def started_on_port(lines: list[bytes]) -> int:
                 return True
         return False
 
-    await wait_for(started, 20, "the bridge to start")
+    await eventually(started, timeout_s=20, what="the bridge to start")
     return port[0]

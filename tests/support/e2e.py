@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -17,6 +16,7 @@ from bridge.app import Bridge
 from bridge.config import BridgeConfig
 from bridge.emulator import Emulator
 from support.kafka import ConsumedRecord, KafkaOutage, KafkaService, consume
+from support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 Output = int | IO[Any]
@@ -84,26 +84,13 @@ def bridge_config(
     return BridgeConfig.model_validate(data)
 
 
-async def wait_for(
-    condition: Callable[[], bool | Awaitable[bool]], within_s: float, what: str
-) -> None:
-    deadline = time.monotonic() + within_s
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def discovery_ready(bridge: Bridge) -> None:
     """Tasks that ended before the bridge's first listing are history, not news:
     start scenarios only after it."""
-    await wait_for(
-        lambda: bridge.discovery is not None and bridge.discovery.rounds >= 1, 10, "first listing"
+    await eventually(
+        lambda: bridge.discovery is not None and bridge.discovery.rounds >= 1,
+        timeout_s=10,
+        what="first listing",
     )
 
 
