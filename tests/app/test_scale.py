@@ -22,11 +22,12 @@ from typing import Any
 import orjson
 import pytest
 from support.e2e import all_finished, bridge_config, consume_until
-from support.kafka import ConsumedRecord, KafkaService, create_topics
-from support.replicas import Replica, replica_env
+from support.kafka import ConsumedRecord, KafkaService, consume, create_topics
+from support.replicas import Replica, group_settled, replica_env
 from support.waiting import eventually
 
 from bridge.config import BridgeConfig
+from bridge.coordination.checkpoints import Checkpoint
 from bridge.emulator import Emulator
 from bridge.emulator.settings import (
     EmulatorSettings,
@@ -117,6 +118,37 @@ def everything_arrived(emu: Emulator) -> Callable[[list[ConsumedRecord]], bool]:
     return done
 
 
+def running_checkpoints(records: list[ConsumedRecord]) -> set[str]:
+    """Tasks whose latest checkpoint in ``records`` is not their final one."""
+    latest: dict[str, Checkpoint | None] = {}
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        task_id = (record.key or b"").decode()
+        latest[task_id] = None if record.value is None else Checkpoint.decode(record.value)
+    return {task for task, cp in latest.items() if cp is not None and not cp.finished}
+
+
+async def checkpointed_mid_run(kafka: KafkaService, config: BridgeConfig, tasks: int) -> bool:
+    """The checkpoints topic holds checkpoints of at least ``tasks`` running tasks."""
+
+    def enough(records: list[ConsumedRecord]) -> bool:
+        return len(running_checkpoints(records)) >= tasks
+
+    topic = config.coordination.checkpoints_topic
+    return enough(await consume(kafka.bootstrap_servers, [topic], max_wait=1.0, until=enough))
+
+
+async def settled(replicas: list[Replica], config: BridgeConfig) -> None:
+    """Until the group has settled: see ``support.replicas.group_settled``."""
+    partitions = config.coordination.partitions
+    await eventually(
+        lambda: group_settled(replicas, partitions),
+        timeout_s=40,
+        interval_s=0.2,
+        what=f"{len(replicas)} ready replica(s) each owning >= 1 of the {partitions} "
+        "partitions, all of them owned (xpander_bridge_ready, xpander_bridge_owned_partitions)",
+    )
+
+
 def check(emu: Emulator, published: dict[str, list[dict[str, Any]]], *, ids: bool) -> int:
     """The invariants above; returns how many envelopes were repeats."""
     repeats = 0
@@ -161,14 +193,22 @@ async def test_single_replica_killed_and_restarted_resumes_without_loss(
         env = replica_env(emu, config, "solo")
         first = await Replica("solo", env, tmp_path).start()
         try:
-            await eventually(first.owned, timeout_s=30, what="the replica to own its partitions")
+            await settled([first], config)
             emu.start_scenario(scenario)
             await eventually(
                 lambda: emu.stats()["events_sent"] > 150, timeout_s=30, what="events flowing"
             )
-            await asyncio.sleep(0.5)  # some checkpoints written, more events in flight
+            # Killed mid-run with something to resume from.
+            await eventually(
+                lambda: checkpointed_mid_run(kafka, config, 3),
+                timeout_s=20,
+                interval_s=0.1,
+                what="checkpoints of 3 running tasks in the checkpoints topic",
+            )
             await first.kill()
-            await asyncio.sleep(1.0)  # tasks go on while nobody listens
+            # The scenario, not a wait for readiness: the tasks go on for a while
+            # with no replica listening, so the restarted one has events to catch up.
+            await asyncio.sleep(1.0)
             second = await Replica("solo-restarted", env, tmp_path).start()
             try:
                 await eventually(all_finished(emu, 12), timeout_s=60, what="every task to finish")
@@ -187,14 +227,18 @@ async def test_single_replica_killed_and_restarted_resumes_without_loss(
         assert resumes and resumes[0]["checkpoints"] > 0
 
 
-async def run_three(emu: Emulator, env: dict[str, str], tmp_path: Path) -> list[Replica]:
+async def run_three(
+    emu: Emulator, config: BridgeConfig, env: dict[str, str], tmp_path: Path
+) -> list[Replica]:
     replicas = [
         Replica(f"r{i}", {**env, "XPANDER_BRIDGE_COORDINATION__INSTANCE_ID": f"r{i}"}, tmp_path)
         for i in range(3)
     ]
     for replica in replicas:
         await replica.start()
-    await eventually(lambda: all(r.owned() for r in replicas), timeout_s=40, what="three owners")
+    # Tasks start only once the group has settled (tansu rebalances as members
+    # arrive): a rebalance mid-run would move streams between replicas.
+    await settled(replicas, config)
     return replicas
 
 
@@ -213,10 +257,8 @@ async def test_three_replicas_1500_tasks_exactly_once_one_stream_per_task(
     async with Emulator(EmulatorSettings(seed=31)) as emu:
         config = scale_config(emu, kafka, new_topic)
         await prepare(kafka, config)
-        replicas = await run_three(emu, replica_env(emu, config, "r"), tmp_path)
+        replicas = await run_three(emu, config, replica_env(emu, config, "r"), tmp_path)
         try:
-            # Let the group settle (tansu rebalances as members arrive).
-            await asyncio.sleep(3)
             emu.start_scenario(scenario)
             await eventually(all_finished(emu, 1500), timeout_s=180, what="every task to finish")
             records = await consume_until(
@@ -244,9 +286,8 @@ async def test_one_of_three_killed_its_tasks_are_resumed_by_the_others(
     async with Emulator(EmulatorSettings(seed=41)) as emu:
         config = scale_config(emu, kafka, new_topic)
         await prepare(kafka, config)
-        replicas = await run_three(emu, replica_env(emu, config, "r"), tmp_path)
+        replicas = await run_three(emu, config, replica_env(emu, config, "r"), tmp_path)
         try:
-            await asyncio.sleep(3)
             emu.start_scenario(scenario)
             await eventually(
                 lambda: emu.stats()["events_sent"] > 800, timeout_s=60, what="events flowing"
@@ -285,10 +326,9 @@ async def test_rolling_restart_of_three_replicas_loses_nothing(
         config = scale_config(emu, kafka, new_topic)
         await prepare(kafka, config)
         env = replica_env(emu, config, "r")
-        replicas = await run_three(emu, env, tmp_path)
+        replicas = await run_three(emu, config, env, tmp_path)
         spares: list[Replica] = []
         try:
-            await asyncio.sleep(3)
             emu.start_scenario(scenario)
             await eventually(
                 lambda: emu.stats()["events_sent"] > 300, timeout_s=60, what="events flowing"
