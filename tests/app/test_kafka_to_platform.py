@@ -262,7 +262,14 @@ async def test_401_halts_without_committing_or_dead_lettering_then_resumes(
                 timeout_s=20,
                 what="the halt",
             )
-            await asyncio.sleep(1.0)
+            # Not a pause: the refused report is retried (and refused) a few
+            # times, and none of those attempts may commit or dead-letter it.
+            retries = "xpander_bridge_report_retries_total"
+            await eventually(
+                lambda: sample(bridge.metrics, retries, kind="report", reason="auth") >= 5,
+                timeout_s=20,
+                what="the refused report to be retried 5 times while halted",
+            )
             assert not bridge.health.ready
             assert emu.reports() == []
             assert _committed_in_bridge(bridge) == 0

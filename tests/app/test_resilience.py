@@ -54,6 +54,16 @@ async def test_broker_down_for_a_while_loses_nothing(
             await eventually(
                 lambda: bridge.records_enqueued > 50, timeout_s=20, what="events flowing"
             )
+            delivery = bridge.delivery
+            assert delivery is not None
+
+            def failed_sends() -> float:
+                errors = "xpander_bridge_publish_errors_total"
+                return sample(bridge.metrics, errors, reason="timeout") + sample(
+                    bridge.metrics, errors, reason="unavailable"
+                )
+
+            failed_before = failed_sends()
             kafka_outage.proxy.pause()
             assert bridge.http is not None
             readyz = f"http://127.0.0.1:{bridge.http.port}/readyz"
@@ -65,7 +75,15 @@ async def test_broker_down_for_a_while_loses_nothing(
                 await eventually(
                     not_ready, timeout_s=20, what="readiness to drop while Kafka is down"
                 )
-                await asyncio.sleep(2)  # long enough for sends to expire and be retried
+                # Down long enough for sends to fail and their retries to fail too.
+                # Nothing is acknowledged meanwhile, so every record that failed is
+                # still in flight: more failures than records in flight means some
+                # record failed twice, i.e. was retried while the broker was down.
+                await eventually(
+                    lambda: failed_sends() - failed_before > delivery.in_flight,
+                    timeout_s=20,
+                    what="a send retried while Kafka is down to fail again",
+                )
                 kafka_outage.proxy.resume()
 
                 async def ready() -> bool:
@@ -90,12 +108,7 @@ async def test_broker_down_for_a_while_loses_nothing(
                 assert in_order == [e.id for e in emu.events(task_id)]
                 assert len(in_order) == len(emitted)
                 assert len({e["event_id"] for e in stream}) == len(unique)
-            errors = "xpander_bridge_publish_errors_total"
-            assert (
-                sample(bridge.metrics, errors, reason="timeout")
-                + sample(bridge.metrics, errors, reason="unavailable")
-                > 0
-            )
+            assert failed_sends() > 0
 
 
 @pytest.mark.timeout(90)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from support.waiting import eventually
 
 from bridge.config import CoordinationConfig
 from bridge.coordination.checkpointer import Checkpointer
@@ -80,6 +81,8 @@ async def test_run_stops_when_cancelled_even_while_woken_constantly() -> None:
         runner = asyncio.create_task(checkpointer.run())
         for _ in range(3):
             checkpointer.delivered(task, 1)
+            # The scenario, not a wait: one turn of the loop per wake-up, so the
+            # cancellation below can land as an event fires (the regression).
             await asyncio.sleep(0)
         runner.cancel()
         done, _ = await asyncio.wait({runner}, timeout=1.0)
@@ -106,10 +109,12 @@ async def test_a_first_checkpoint_is_written_at_once_and_alone() -> None:
         new.delivered(1)
         checkpointer.watch(new)
         checkpointer.delivered(new, 1)  # first checkpoint: now
-        for _ in range(100):
-            if len(sink.records) > 1:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(
+            lambda: len(sink.records) > 1,
+            timeout_s=1,
+            interval_s=0.01,
+            what="a checkpoint after the first one",
+        )
         assert [r.key for r in sink.records[1:]] == [b"t-2"]
         assert older.checkpointed == 1, "the other task waits for its round"
     finally:
