@@ -19,7 +19,7 @@ from support.waiting import eventually
 
 from bridge.app import Bridge
 from bridge.config import BridgeConfig
-from bridge.emulator import Emulator
+from bridge.emulator.server import Emulator
 from bridge.emulator.settings import EmulatorSettings, FaultSettings, HttpFaultRule
 from bridge.transforms.reports import derived_report_id
 

@@ -24,7 +24,7 @@ from support.metrics import sample
 from support.waiting import eventually
 
 from bridge.app import Bridge
-from bridge.emulator import Emulator
+from bridge.emulator.server import Emulator
 from bridge.emulator.settings import (
     EmulatorSettings,
     FaultSettings,

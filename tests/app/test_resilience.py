@@ -26,7 +26,7 @@ from support.metrics import sample
 from support.waiting import eventually
 
 from bridge.app import Bridge
-from bridge.emulator import Emulator
+from bridge.emulator.server import Emulator
 from bridge.emulator.settings import EmulatorSettings, ScenarioSettings, TaskProfile
 from bridge.errors import ConfigError
 from bridge.kafka.embedded import EmbeddedBroker

@@ -28,7 +28,7 @@ from support.waiting import eventually
 
 from bridge.config import BridgeConfig
 from bridge.coordination.checkpoints import Checkpoint
-from bridge.emulator import Emulator
+from bridge.emulator.server import Emulator
 from bridge.emulator.settings import (
     EmulatorSettings,
     ScenarioSettings,

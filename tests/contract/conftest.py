@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 from xpander_sdk import Configuration, Tasks
 
-from bridge.emulator import Emulator, EmulatorSettings, TaskProfile
+from bridge.emulator.server import Emulator
+from bridge.emulator.settings import EmulatorSettings, TaskProfile
 
 
 @pytest.fixture

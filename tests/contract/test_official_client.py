@@ -14,7 +14,7 @@ from xpander_sdk.models.shared import Tokens
 from xpander_sdk.models.user import User
 from xpander_sdk.modules.tasks.sub_modules.task import Task
 
-from bridge.emulator import Emulator
+from bridge.emulator.server import Emulator
 
 AGENT = "agent-emulator-1"
 

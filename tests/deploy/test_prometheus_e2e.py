@@ -27,7 +27,8 @@ from support.kafka import KafkaService
 from support.waiting import eventually
 
 from bridge.app import Bridge
-from bridge.emulator import Emulator, EmulatorSettings, ScenarioSettings, TaskProfile
+from bridge.emulator.server import Emulator
+from bridge.emulator.settings import EmulatorSettings, ScenarioSettings, TaskProfile
 from deploy.helpers import RULES, require_tool
 
 AGENT = "agent-flaky"

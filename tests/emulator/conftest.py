@@ -14,7 +14,8 @@ import httpx
 import orjson
 import pytest
 
-from bridge.emulator import Emulator, EmulatorSettings
+from bridge.emulator.server import Emulator
+from bridge.emulator.settings import EmulatorSettings
 
 
 @dataclass

@@ -6,8 +6,9 @@ import argparse
 
 import httpx
 
-from bridge.emulator import Emulator, EmulatorSettings
 from bridge.emulator import cli as emulator_cli
+from bridge.emulator.server import Emulator
+from bridge.emulator.settings import EmulatorSettings
 
 from .conftest import read_sse
 

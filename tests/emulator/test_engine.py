@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
-from bridge.emulator import Emulator, EmulatorSettings, ScenarioSettings, TaskProfile, preset
 from bridge.emulator.lifecycle import build_plan
+from bridge.emulator.scenarios import preset
+from bridge.emulator.server import Emulator
+from bridge.emulator.settings import EmulatorSettings, ScenarioSettings, TaskProfile
 from bridge.platform.models import Task, TaskUpdateEvent
 from bridge.wire import TERMINAL_STATUSES
 

@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from bridge.emulator import EmulatorSettings, FaultSettings, HttpFaultRule, TaskProfile
+from bridge.emulator.settings import EmulatorSettings, FaultSettings, HttpFaultRule, TaskProfile
 
 from .conftest import read_sse, running
 

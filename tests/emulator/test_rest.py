@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from bridge.emulator import Emulator
+from bridge.emulator.server import Emulator
 from bridge.platform.models import Task, TaskListItem
 
 from .conftest import read_sse

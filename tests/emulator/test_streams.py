@@ -7,7 +7,8 @@ import asyncio
 
 import httpx
 
-from bridge.emulator import Emulator, EmulatorSettings, TaskProfile
+from bridge.emulator.server import Emulator
+from bridge.emulator.settings import EmulatorSettings, TaskProfile
 
 from .conftest import read_sse
 

@@ -21,7 +21,8 @@ from support.e2e import bridge_config, config_env, run_bridge
 from support.kafka import KafkaService
 from support.waiting import eventually
 
-from bridge.emulator import Emulator, EmulatorSettings, ScenarioSettings, TaskProfile
+from bridge.emulator.server import Emulator
+from bridge.emulator.settings import EmulatorSettings, ScenarioSettings, TaskProfile
 from bridge.observability.logging import (
     JsonFormatter,
     TextFormatter,

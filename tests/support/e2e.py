@@ -14,7 +14,7 @@ import orjson
 
 from bridge.app import Bridge
 from bridge.config import BridgeConfig
-from bridge.emulator import Emulator
+from bridge.emulator.server import Emulator
 from support.kafka import ConsumedRecord, KafkaOutage, KafkaService, consume
 from support.waiting import eventually
 

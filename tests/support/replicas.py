@@ -16,7 +16,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.config import BridgeConfig
-from bridge.emulator import Emulator
+from bridge.emulator.server import Emulator
 from support.e2e import config_env, run_bridge
 
 SampleKey = tuple[str, frozenset[tuple[str, str]]]
