@@ -160,7 +160,7 @@ async def test_reports_and_metrics_are_recorded_field_by_field(
             mirrors = await consume_until(
                 kafka, config.topics.events, lambda rs: len(rs) >= 11, max_wait=20
             )
-            envelopes = [orjson.loads(r.value) for r in mirrors]
+            envelopes = [orjson.loads(r.required_value()) for r in mirrors]
             assert {e["source"] for e in envelopes} == {"report"}
             assert {e["task_id"] for e in envelopes} == set(received)
             statuses = {e["task_id"]: e["status"] for e in envelopes}
@@ -233,7 +233,7 @@ async def test_poison_messages_go_to_the_dlq_and_the_rest_is_recorded(
         assert sorted(r.key for r in emu.reports()) == sorted(f"ext-{i}" for i in range(3, 8))
         by_reason = {r.header("dlq.reason"): r for r in dead}
         assert set(by_reason) == {b"invalid_report", b"platform_rejected"}
-        values = sorted(r.value for r in dead)
+        values = sorted(r.required_value() for r in dead)
         assert values == sorted(poison)
         for record in dead:
             assert record.header("dlq.original_topic") == config.reports.reports_topic.encode()
@@ -274,7 +274,9 @@ async def test_401_halts_without_committing_or_dead_lettering_then_resumes(
             assert emu.reports() == []
             assert _committed_in_bridge(bridge) == 0
             assert await consume(kafka.bootstrap_servers, [config.topics.dlq], max_wait=0.5) == []
-            emu.set_api_key(config.platform.api_key.get_secret_value())  # type: ignore[union-attr]
+            api_key = config.platform.api_key
+            assert api_key is not None
+            emu.set_api_key(api_key.get_secret_value())
             await eventually(
                 lambda: len(emu.reports()) >= 6, timeout_s=30, what="recording after the fix"
             )

@@ -71,7 +71,7 @@ async def run_to_completion(
     records = await consume_until(kafka, bridge.config.topics.events, covers(expected, everyone))
     for record in records:
         assert {name for name, _ in record.headers} >= CE_HEADERS
-        envelope = orjson.loads(record.value)
+        envelope = orjson.loads(record.required_value())
         assert record.key == envelope["task_id"].encode()
         assert record.header("ce_id") == envelope["event_id"].encode()
     return by_task(records)
@@ -137,7 +137,9 @@ async def test_dropped_streams(
             events = published[task_id]
             finished = [e for e in events if e["type"] == "task_finished"]
             assert len(finished) == 1
-            assert finished[0]["status"] == emu.task(task_id)["status"]  # type: ignore[index]
+            wire = emu.task(task_id)
+            assert wire is not None
+            assert finished[0]["status"] == wire["status"]
             if server_ids:
                 assert_stream_matches(emitted, events)
                 ids = [e["event_id"] for e in events]
@@ -167,7 +169,7 @@ async def test_malformed_frame_goes_to_the_dlq_and_the_stream_goes_on(
         ]
         assert malformed
         dead = await consume_envelopes(kafka, bridge.config.topics.dlq, len(malformed))
-        assert sorted(r.value for r in dead) == sorted(malformed)
+        assert sorted(r.required_value() for r in dead) == sorted(malformed)
         for record in dead:
             assert record.header("dlq.reason") in (b"invalid_json", b"not_an_event")
             assert record.header("dlq.task_id") == record.key

@@ -21,7 +21,7 @@ from support.e2e import (
     expected_events,
     run_bridge,
 )
-from support.kafka import KafkaOutage, KafkaService, consume
+from support.kafka import KafkaOutage, KafkaService, consume, tansu_service
 from support.metrics import sample
 from support.waiting import eventually
 
@@ -164,7 +164,8 @@ async def test_idempotence_on_a_broker_without_it_is_a_clear_config_error(
     new_topic: Callable[[str], str],
 ) -> None:
     async with EmbeddedBroker() as broker, Emulator() as emu:
-        config = bridge_config(emu, _Broker(broker.bootstrap_servers), new_topic)
+        embedded = tansu_service(broker.bootstrap_servers, "embedded-tansu")
+        config = bridge_config(emu, embedded, new_topic)
         config = config.model_copy(
             update={"kafka": config.kafka.model_copy(update={"enable_idempotence": True})}
         )
@@ -174,8 +175,3 @@ async def test_idempotence_on_a_broker_without_it_is_a_clear_config_error(
         await bridge.shutdown()
         assert "kafka.enable_idempotence" in str(caught.value)
         assert "XPANDER_BRIDGE_KAFKA__ENABLE_IDEMPOTENCE=false" in str(caught.value)
-
-
-class _Broker:
-    def __init__(self, bootstrap_servers: str) -> None:
-        self.bootstrap_servers = bootstrap_servers

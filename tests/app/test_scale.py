@@ -88,15 +88,20 @@ def grouped(records: list[ConsumedRecord]) -> dict[str, list[dict[str, Any]]]:
     return tasks
 
 
-def everything_arrived(emu: Emulator) -> Callable[[list[ConsumedRecord]], bool]:
-    expected = {
-        t["id"]: {e.id for e in emu.events(t["id"])}
-        for t in emu.control.tasks()
-        if t["events_streaming"]
-    }
-    everyone = {t["id"] for t in emu.control.tasks()}
+class EverythingArrived:
+    """``consume_until``'s condition: every emitted event and every task's
+    ``task_finished`` are in the topic; ``gaps`` says what the last check missed."""
 
-    def missing(records: list[ConsumedRecord]) -> dict[str, Any]:
+    def __init__(self, emu: Emulator) -> None:
+        self.expected = {
+            t["id"]: {e.id for e in emu.events(t["id"])}
+            for t in emu.control.tasks()
+            if t["events_streaming"]
+        }
+        self.everyone = {t["id"] for t in emu.control.tasks()}
+        self.gaps: dict[str, Any] = {}
+
+    def missing(self, records: list[ConsumedRecord]) -> dict[str, Any]:
         seen: dict[str, set[str | None]] = defaultdict(set)
         finished: set[str] = set()
         for record in records:
@@ -104,18 +109,15 @@ def everything_arrived(emu: Emulator) -> Callable[[list[ConsumedRecord]], bool]:
             seen[envelope["task_id"]].add(envelope.get("sse_id"))
             if envelope["type"] == "task_finished":
                 finished.add(envelope["task_id"])
-        gaps: dict[str, Any] = {t: "no task_finished" for t in everyone - finished}
-        for task, ids in expected.items():
+        gaps: dict[str, Any] = {t: "no task_finished" for t in self.everyone - finished}
+        for task, ids in self.expected.items():
             if not ids <= seen[task]:
                 gaps[task] = sorted(ids - seen[task], key=lambda i: int(i or 0))[:5]
         return gaps
 
-    def done(records: list[ConsumedRecord]) -> bool:
-        gaps = missing(records)
-        done.gaps = gaps  # type: ignore[attr-defined]
-        return not gaps
-
-    return done
+    def __call__(self, records: list[ConsumedRecord]) -> bool:
+        self.gaps = self.missing(records)
+        return not self.gaps
 
 
 def running_checkpoints(records: list[ConsumedRecord]) -> set[str]:
@@ -212,11 +214,11 @@ async def test_single_replica_killed_and_restarted_resumes_without_loss(
             second = await Replica("solo-restarted", env, tmp_path).start()
             try:
                 await eventually(all_finished(emu, 12), timeout_s=60, what="every task to finish")
-                arrived = everything_arrived(emu)
+                arrived = EverythingArrived(emu)
                 try:
                     records = await consume_until(kafka, config.topics.events, arrived, max_wait=60)
                 except AssertionError:
-                    raise AssertionError(f"missing: {arrived.gaps}") from None  # type: ignore[attr-defined]
+                    raise AssertionError(f"missing: {arrived.gaps}") from None
                 assert await second.terminate() == 0
             finally:
                 await second.aclose()
@@ -262,7 +264,7 @@ async def test_three_replicas_1500_tasks_exactly_once_one_stream_per_task(
             emu.start_scenario(scenario)
             await eventually(all_finished(emu, 1500), timeout_s=180, what="every task to finish")
             records = await consume_until(
-                kafka, config.topics.events, everything_arrived(emu), max_wait=90
+                kafka, config.topics.events, EverythingArrived(emu), max_wait=90
             )
             for replica in replicas:
                 assert await replica.terminate() == 0
@@ -296,7 +298,7 @@ async def test_one_of_three_killed_its_tasks_are_resumed_by_the_others(
             await replicas[0].kill()
             await eventually(all_finished(emu, 60), timeout_s=120, what="every task to finish")
             records = await consume_until(
-                kafka, config.topics.events, everything_arrived(emu), max_wait=90
+                kafka, config.topics.events, EverythingArrived(emu), max_wait=90
             )
             for replica in replicas[1:]:
                 assert await replica.terminate() == 0
@@ -345,7 +347,7 @@ async def test_rolling_restart_of_three_replicas_loses_nothing(
                 assert await replicas[i].terminate() == 0
             await eventually(all_finished(emu, 60), timeout_s=120, what="every task to finish")
             records = await consume_until(
-                kafka, config.topics.events, everything_arrived(emu), max_wait=90
+                kafka, config.topics.events, EverythingArrived(emu), max_wait=90
             )
             for spare in spares:
                 assert await spare.terminate() == 0

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Coroutine
+from typing import Any, TypeVar
+
 import httpx
 
 from bridge.emulator.server import Emulator
@@ -191,9 +195,14 @@ async def test_stop_makes_a_streaming_task_finish(emu: Emulator, client: httpx.A
     assert (await client.delete("/agent-execution/nope")).status_code == 404
 
 
-async def _together(first, second):  # type: ignore[no-untyped-def]
-    import asyncio
+First = TypeVar("First")
+Second = TypeVar("Second")
 
+
+async def _together(
+    first: Coroutine[Any, Any, First], second: Awaitable[Second]
+) -> tuple[First, Second]:
+    """``first`` started (a stream reader subscribing), then ``second``; both results."""
     reader = asyncio.create_task(first)
     await asyncio.sleep(0.1)
     other = await second

@@ -64,7 +64,8 @@ async def test_start_on_subscribe_holds_task_until_first_subscriber() -> None:
         task = emu.create_task()
         await asyncio.sleep(0.1)
         assert emu.events(task["id"]) == []
-        assert emu.task(task["id"])["status"] == "pending"  # type: ignore[index]
+        wire = emu.task(task["id"])
+        assert wire is not None and wire["status"] == "pending"
         read = await read_sse(client, emu.events_url(task["id"]))
         assert read.types[1] == "task_created"  # nothing was missed
     finally:

@@ -25,7 +25,7 @@ class FlakySink:
         self.failures = failures
         self.refuse_writes = refuse_writes
         self.too_large = too_large
-        self.written: list[bytes] = []
+        self.written: list[bytes | None] = []
 
     async def write(self, record: OutRecord) -> asyncio.Future[Any]:
         if self.too_large:
@@ -44,9 +44,11 @@ class FlakySink:
 
 
 def record(value: bytes, acks: list[bytes]) -> OutRecord:
-    return OutRecord(
-        "t", b"k", value, [], "chunk", 0.0, on_delivered=lambda r: acks.append(r.value)
-    )
+    def delivered(r: OutRecord) -> None:
+        assert r.value is not None
+        acks.append(r.value)
+
+    return OutRecord("t", b"k", value, [], "chunk", 0.0, on_delivered=delivered)
 
 
 async def run(

@@ -35,7 +35,7 @@ async def server() -> AsyncIterator[str]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = next(int(address[1]) for address in runner.addresses if isinstance(address, tuple))
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

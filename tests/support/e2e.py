@@ -111,7 +111,7 @@ async def consume_envelopes(
 def by_task(records: list[ConsumedRecord]) -> dict[str, list[dict[str, Any]]]:
     grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in sorted(records, key=lambda r: (r.partition, r.offset)):
-        envelope = orjson.loads(record.value)
+        envelope = orjson.loads(record.required_value())
         grouped[envelope["task_id"]].append(envelope)
     return grouped
 

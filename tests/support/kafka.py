@@ -51,6 +51,7 @@ __all__ = [
     "docker_engine_available",
     "kafka_service",
     "produce",
+    "tansu_service",
     "topic_name",
 ]
 
@@ -295,6 +296,11 @@ class ConsumedRecord:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
+
+    def required_value(self) -> bytes:
+        """The value of a record that must have one (a tombstone fails here)."""
+        assert self.value is not None, f"{self.topic}/{self.partition}@{self.offset} is a tombstone"
+        return self.value
 
     def header(self, name: str) -> bytes | None:
         """The last value of header *name*, as Kafka clients conventionally read it."""

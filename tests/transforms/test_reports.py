@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import TypedDict
 
 import orjson
 import pytest
@@ -17,7 +18,16 @@ from bridge.transforms.reports import (
     parse_message,
 )
 
-COORDS = {"topic": "xpander.task.reports", "partition": 3, "offset": 42}
+
+class Coords(TypedDict):
+    """Where a message was read: ``parse_message``'s keyword arguments."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+COORDS: Coords = {"topic": "xpander.task.reports", "partition": 3, "offset": 42}
 
 
 def parse(kind: ReportKind, value: object, key: bytes | None = None) -> dict[str, object]:
@@ -112,7 +122,9 @@ def test_metrics_message_carries_execution_metrics_report() -> None:
     assert body["__task"] == "t-9"
     assert body["execution_id"] == "t-9"
     assert body["triggered_by"] == "N/A"
-    assert body["llm_tokens"]["worker"]["completion_tokens"] == 3  # type: ignore[index]
+    tokens = body["llm_tokens"]
+    assert isinstance(tokens, dict)
+    assert tokens["worker"]["completion_tokens"] == 3
     assert "agent_id" not in body
 
 
