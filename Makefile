@@ -27,7 +27,7 @@ lint: $(STAMP)  ## ruff, and the architecture's import contracts (pyproject.toml
 	$(BIN)/ruff format --check bridge tests bench
 	$(BIN)/lint-imports
 
-typecheck: $(STAMP)  ## mypy --strict on the package
+typecheck: $(STAMP)  ## mypy --strict on bridge, tests and bench (files in pyproject.toml)
 	$(BIN)/mypy
 
 unit: $(STAMP)  ## pytest only
