@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 from support.kafka import KafkaOutage, KafkaService, kafka_service, topic_name
+from support.platform_source import Rig, open_rig
 from support.tcp_proxy import TcpProxy
 
 from bridge.kafka.embedded import EmbeddedBroker
@@ -83,3 +84,13 @@ async def kafka_outage() -> AsyncIterator[KafkaOutage]:
     async with TcpProxy() as proxy, EmbeddedBroker(advertised_port=proxy.port) as broker:
         proxy.upstream = (broker.host, broker.port)
         yield KafkaOutage(bootstrap_servers=proxy.address, proxy=proxy)
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    """The platform source's unit-test rig (``support.platform_source``): the
+    emulator on a real port, a real client, the real normalizer, a publish that
+    acknowledges what it gets. A test that needs other settings opens its own
+    with ``open_rig(...)``."""
+    async with open_rig() as opened:
+        yield opened

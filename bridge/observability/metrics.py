@@ -206,17 +206,13 @@ K = TypeVar("K", bound=StrEnum)
 
 class _Accessor(Generic[M]):
     """What the accessors share: the metric itself (``metric``), for the code
-    that reads it whole (the demo's summary), and ``labels()`` for tests that
-    read one series by its words. The bridge counts through ``__call__``."""
+    that reads it whole (the demo's summary). The bridge counts through
+    ``__call__``; tests read through the registry's public API."""
 
     __slots__ = ("metric",)
 
     def __init__(self, metric: M) -> None:
         self.metric = metric
-
-    def labels(self, *values: str) -> M:
-        """The child for these label values, as on the wire: for reading in tests."""
-        return self.metric.labels(*values)
 
 
 class ByLabel(_Accessor[M], Generic[L, M]):

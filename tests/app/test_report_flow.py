@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import ConsumerRecord
-from support.e2e import wait_for
+from support.waiting import eventually
 
 from bridge.app.report_flow import ReportFlow
 from bridge.config import BridgeConfig
@@ -196,7 +196,9 @@ async def test_the_message_is_done_only_once_its_mirror_is_acknowledged() -> Non
     async with rig() as r:
         r.publish.hold = True
         handling = asyncio.create_task(r.flow(message(report("ext-3"))))
-        await wait_for(lambda: bool(r.publish.on(EVENTS)), 10, "the mirror handed over")
+        await eventually(
+            lambda: bool(r.publish.on(EVENTS)), timeout_s=10, what="the mirror handed over"
+        )
         for _ in range(20):
             await asyncio.sleep(0)
         assert not handling.done(), "done before Kafka had the mirror: a commit could lose it"

@@ -27,7 +27,7 @@ from support.replicas import Replica, group_settled, replica_env
 from support.waiting import eventually
 
 from bridge.config import BridgeConfig
-from bridge.coordination.checkpoints import Checkpoint
+from bridge.core.checkpoint import Checkpoint
 from bridge.emulator.server import Emulator
 from bridge.emulator.settings import (
     EmulatorSettings,

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import pytest
 from aiokafka import TopicPartition
-from support.e2e import wait_for
 from support.kafka import KafkaService, OutRecord, create_topics, produce
+from support.waiting import eventually
 
 from bridge.config import CoordinationConfig, KafkaConfig
 from bridge.coordination.checkpointer import Checkpointer
@@ -278,7 +278,9 @@ async def test_revoked_returns_only_once_kafka_has_the_checkpoints(
     rig.owner.tasks = {leaving: acked_task(leaving, 4)}
     rig.publish.hold = True
     revoking = asyncio.create_task(rig.handover.revoked([1]))
-    await wait_for(lambda: bool(rig.publish.records), 10, "the checkpoint handed over")
+    await eventually(
+        lambda: bool(rig.publish.records), timeout_s=10, what="the checkpoint handed over"
+    )
     for _ in range(20):
         await asyncio.sleep(0)
     assert not revoking.done()
@@ -331,7 +333,9 @@ async def test_joining_the_group_loads_every_partition_through_the_handover(
     claims = ReplicaClaims(ownership, rig.handover, RETENTION_S)
     member = asyncio.create_task(ownership.run())
     try:
-        await wait_for(lambda: ownership.owned == set(range(PARTITIONS)), 30, "the assignment")
+        await eventually(
+            lambda: ownership.owned == set(range(PARTITIONS)), timeout_s=30, what="the assignment"
+        )
         assert rig.relist.is_set()
         assert all(claims.owns(t) for t in (LIVE, RECENT, ELSEWHERE))
         assert claims.checkpoint(ELSEWHERE) is not None

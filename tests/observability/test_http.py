@@ -15,7 +15,7 @@ from support.metrics import sample
 
 from bridge.observability.health import Health
 from bridge.observability.http import HealthServer
-from bridge.observability.metrics import Metrics
+from bridge.observability.metrics import Metrics, TaskEndStatus
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -51,7 +51,7 @@ async def test_the_server_binds_a_free_port_when_asked_for_0(served: Served) -> 
 
 
 async def test_metrics_parse_as_prometheus_text(served: Served) -> None:
-    served.metrics.tasks_finished.labels("agent-1", "failed").inc(2)
+    served.metrics.tasks_finished("agent-1", TaskEndStatus.FAILED).inc(2)
     served.metrics.publish_latency.observe(0.004)
     served.metrics.queue_depth.set(7)
     response = await served.get("/metrics")

@@ -11,7 +11,7 @@ from support.metrics import sample
 
 from bridge.core.record import OutRecord
 from bridge.core.retry import RetryPolicy
-from bridge.errors import RecordTooLargeError, UnavailableError
+from bridge.errors import BridgeError, RecordTooLargeError, UnavailableError
 from bridge.observability.metrics import Metrics
 from bridge.pipeline.delivery import DeliveryLoop
 
@@ -26,6 +26,11 @@ class FlakySink:
         self.refuse_writes = refuse_writes
         self.too_large = too_large
         self.written: list[bytes | None] = []
+
+    @staticmethod
+    def classify(error: BaseException) -> BridgeError:
+        assert isinstance(error, BridgeError)
+        return error
 
     async def write(self, record: OutRecord) -> asyncio.Future[Any]:
         if self.too_large:
@@ -109,7 +114,7 @@ async def test_a_full_queue_blocks_the_producer_side() -> None:
 
 
 async def test_stalled_when_records_wait_without_progress() -> None:
-    class Silent:
+    class Silent(FlakySink):
         async def write(self, record: OutRecord) -> asyncio.Future[Any]:
             return asyncio.get_running_loop().create_future()  # never acknowledged
 

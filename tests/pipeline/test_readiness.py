@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
-from support.e2e import wait_for
+from support.waiting import eventually
 
 from bridge.core.record import OutRecord
 from bridge.core.retry import RetryPolicy
@@ -118,7 +118,7 @@ async def test_failing_sends_make_it_not_ready_until_an_ack_arrives() -> None:
     runner = asyncio.create_task(parts.delivery.run())
     try:
         await parts.queue.put(record())
-        await wait_for(lambda: not parts.delivery.healthy, 5, "a failed send")
+        await eventually(lambda: not parts.delivery.healthy, timeout_s=5, what="a failed send")
         assert not parts.kafka_ok
         parts.sink.failing = False
         await asyncio.wait_for(parts.delivery.drain(), 5)
@@ -138,14 +138,18 @@ async def test_queue_depth_is_sampled_by_check_and_by_run() -> None:
     watcher = asyncio.create_task(parts.readiness.run(period_s=0.01))
     try:
         parts.queue.get_nowait()
-        await wait_for(
-            lambda: parts.sample("xpander_bridge_queue_depth") == 2, 5, "the next sample"
+        await eventually(
+            lambda: parts.sample("xpander_bridge_queue_depth") == 2,
+            timeout_s=5,
+            what="the next sample",
         )
         runner = asyncio.create_task(parts.delivery.run())
         try:
             await asyncio.wait_for(parts.delivery.drain(), 5)
-            await wait_for(
-                lambda: parts.sample("xpander_bridge_queue_depth") == 0, 5, "an empty queue"
+            await eventually(
+                lambda: parts.sample("xpander_bridge_queue_depth") == 0,
+                timeout_s=5,
+                what="an empty queue",
             )
         finally:
             await stop(runner)
@@ -180,7 +184,9 @@ def test_records_waiting_ten_seconds_without_an_ack_is_a_stall() -> None:
         runner = asyncio.create_task(parts.delivery.run())
         try:
             await parts.queue.put(record())
-            await wait_for(lambda: parts.delivery.in_flight == 1, 5, "the record in flight")
+            await eventually(
+                lambda: parts.delivery.in_flight == 1, timeout_s=5, what="the record in flight"
+            )
             assert parts.kafka_ok, "a record just sent is not a stall"
             loop.offset += 9.0
             assert parts.kafka_ok, "the threshold is ten seconds at least"
@@ -204,7 +210,9 @@ def test_stall_threshold_grows_with_the_request_timeout() -> None:
         runner = asyncio.create_task(parts.delivery.run())
         try:
             await parts.queue.put(record())
-            await wait_for(lambda: parts.delivery.in_flight == 1, 5, "the record in flight")
+            await eventually(
+                lambda: parts.delivery.in_flight == 1, timeout_s=5, what="the record in flight"
+            )
             loop.offset += 15.0
             assert parts.kafka_ok
             loop.offset += 6.0
@@ -226,7 +234,9 @@ def test_an_idle_pipeline_is_never_stalled() -> None:
             assert parts.kafka_ok
             parts.sink.silent = True
             await parts.queue.put(record())
-            await wait_for(lambda: parts.delivery.in_flight == 1, 5, "the record in flight")
+            await eventually(
+                lambda: parts.delivery.in_flight == 1, timeout_s=5, what="the record in flight"
+            )
             assert parts.kafka_ok, "the idle hour does not count against the new record"
         finally:
             await stop(runner)

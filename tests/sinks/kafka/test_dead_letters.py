@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from support.e2e import wait_for
 from support.kafka import KafkaService, OutRecord, consume, create_topics, produce
+from support.waiting import eventually
 
 from bridge.config import KafkaConfig, TopicsConfig
 from bridge.core.dead_letter import MAX_ERROR_CHARS
@@ -121,7 +121,7 @@ async def test_write_returns_only_after_kafka_acknowledged() -> None:
     writing = asyncio.create_task(
         sink.write(message(), DeadLetterReason.INVALID_REPORT, "bad", None)
     )
-    await wait_for(lambda: len(publish.records) == 1, 5, "the record handed over")
+    await eventually(lambda: len(publish.records) == 1, timeout_s=5, what="the record handed over")
     for _ in range(20):  # every step the write could take without the ack
         await asyncio.sleep(0)
     assert not writing.done(), "returned before the DLQ record was acknowledged"
@@ -136,7 +136,7 @@ async def test_a_write_cancelled_before_the_ack_does_not_return_normally() -> No
     writing = asyncio.create_task(
         DeadLetterSink(DLQ, publish).write(message(), DeadLetterReason.INVALID_REPORT, "x", None)
     )
-    await wait_for(lambda: len(publish.records) == 1, 5, "the record handed over")
+    await eventually(lambda: len(publish.records) == 1, timeout_s=5, what="the record handed over")
     writing.cancel()
     with pytest.raises(asyncio.CancelledError):
         await writing

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
-from support.e2e import wait_for
+from support.waiting import eventually
 
 from bridge.config import PlatformConfig, ReportsConfig, StreamsConfig
 from bridge.emulator import Emulator
@@ -181,9 +181,11 @@ async def test_401_halts_every_recording_and_resumes_by_itself_when_the_key_work
         key = r.emu.api_key
         r.emu.set_api_key("rotated-elsewhere")
         recording = asyncio.create_task(r.recorder.record(ReportKind.REPORT, AGENT, REPORT))
-        await wait_for(lambda: r.recorder.halted, 10, "the halt")
+        await eventually(lambda: r.recorder.halted, timeout_s=10, what="the halt")
         assert r.halted_gauge == 1
-        await wait_for(lambda: r.retries("report", "auth") >= 5, 10, "retries while halted")
+        await eventually(
+            lambda: r.retries("report", "auth") >= 5, timeout_s=10, what="retries while halted"
+        )
         assert len(r.halts) == 1, "on_halt is called once per halt, not per retry"
         assert r.halts[0].status == 401
         assert r.resumes == 0
@@ -251,7 +253,7 @@ async def test_a_refusal_after_a_halt_ends_the_halt() -> None:
         key = r.emu.api_key
         r.emu.set_api_key("rotated-elsewhere")
         recording = asyncio.create_task(r.recorder.record(ReportKind.REPORT, AGENT, UNPROCESSABLE))
-        await wait_for(lambda: r.recorder.halted, 10, "the halt")
+        await eventually(lambda: r.recorder.halted, timeout_s=10, what="the halt")
         r.emu.set_api_key(key)  # the key works again ...
         with pytest.raises(PlatformRejectedError):  # ... and this message is refused
             await asyncio.wait_for(recording, 10)

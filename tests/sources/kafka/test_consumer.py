@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from support.e2e import wait_for
 from support.kafka import KafkaService, OutRecord, create_topics, produce
+from support.waiting import eventually
 
 from bridge.config import KafkaConfig, ReportsConfig
 from bridge.observability.metrics import Metrics
@@ -37,7 +37,7 @@ class Gate:
     async def rounds(self, n: int) -> None:
         """Return once the consumer has gone through ``n`` more poll rounds."""
         target = self.calls + 2 * n
-        await wait_for(lambda: self.calls >= target, 20, f"{n} poll rounds")
+        await eventually(lambda: self.calls >= target, timeout_s=20, what=f"{n} poll rounds")
 
 
 @dataclass
@@ -147,7 +147,9 @@ async def test_every_message_reaches_the_handler_once(
     await send(kafka, topic, *sent)
     handler, gate, group = Handler(), Gate(), new_topic("group")
     async with running(kafka, settings(kafka, group), topic, handler, gate):
-        await wait_for(lambda: len(handler.finished) >= len(sent), 30, "every message")
+        await eventually(
+            lambda: len(handler.finished) >= len(sent), timeout_s=30, what="every message"
+        )
         await gate.rounds(3)  # room for a duplicate to show up
     assert sorted(handler.finished) == sorted(v for _, v in sent)
     assert len(set(handler.seen)) == len(handler.seen) == len(sent)
@@ -167,14 +169,16 @@ async def test_one_key_in_order_while_other_keys_overlap(
     handler.block(b"A1")
     async with running(kafka, settings(kafka, new_topic("group")), topic, handler, gate):
         # B's messages pass A's blocked first one: different keys overlap ...
-        await wait_for(lambda: {b"B1", b"B2"} <= set(handler.finished), 20, "B handled")
+        await eventually(
+            lambda: {b"B1", b"B2"} <= set(handler.finished), timeout_s=20, what="B handled"
+        )
         await gate.rounds(2)
         # ... but A's next ones wait for it: one key, in order.
         assert b"A2" not in handler.started
         assert b"A3" not in handler.started
         assert handler.finished == [b"B1", b"B2"]
         handler.release(b"A1")
-        await wait_for(lambda: len(handler.finished) == 5, 20, "A handled")
+        await eventually(lambda: len(handler.finished) == 5, timeout_s=20, what="A handled")
     assert [v for v in handler.started if v.startswith(b"A")] == [b"A1", b"A2", b"A3"]
     assert [v for v in handler.finished if v.startswith(b"A")] == [b"A1", b"A2", b"A3"]
     assert [v for v in handler.finished if v.startswith(b"B")] == [b"B1", b"B2"]
@@ -192,7 +196,9 @@ async def test_the_committed_offset_never_passes_a_message_still_being_handled(
         running(kafka, settings(kafka, group), topic, handler, gate),
         Offsets(kafka, group, topic) as offsets,
     ):
-        await wait_for(lambda: len(handler.finished) == 5, 20, "all but m1 handled")
+        await eventually(
+            lambda: len(handler.finished) == 5, timeout_s=20, what="all but m1 handled"
+        )
         await gate.rounds(3)  # several commit intervals pass
         assert await offsets.of() == 1, "only m0 is below the unfinished m1"
         handler.release(b"m1")
@@ -200,7 +206,7 @@ async def test_the_committed_offset_never_passes_a_message_still_being_handled(
         async def all_committed() -> bool:
             return await offsets.of() == 6
 
-        await wait_for(all_committed, 20, "the commit past m1 once it is done")
+        await eventually(all_committed, timeout_s=20, what="the commit past m1 once it is done")
 
 
 async def test_nothing_is_handled_while_halted(
@@ -214,13 +220,15 @@ async def test_nothing_is_handled_while_halted(
         await gate.rounds(4)
         assert handler.started == []
         gate.closed = False
-        await wait_for(lambda: len(handler.finished) == len(sent), 20, "handling after the halt")
+        await eventually(
+            lambda: len(handler.finished) == len(sent), timeout_s=20, what="handling after the halt"
+        )
         gate.closed = True
         await send(kafka, topic, (b"k-late", b"late"))
         await gate.rounds(4)
         assert b"late" not in handler.started, "a halt after running pauses it again"
         gate.closed = False
-        await wait_for(lambda: b"late" in handler.finished, 20, "the late message")
+        await eventually(lambda: b"late" in handler.finished, timeout_s=20, what="the late message")
 
 
 async def test_nothing_is_handled_while_halted_across_a_rebalance(
@@ -256,7 +264,9 @@ async def test_stop_commits_what_is_done_and_not_what_was_abandoned(
     handler.block(b"m3")  # never released: abandoned at stop
     async with Offsets(kafka, group, topic) as offsets:
         async with running(kafka, config, topic, handler, gate, stop_timeout_s=0.2):
-            await wait_for(lambda: len(handler.finished) == 4, 20, "all but m3 handled")
+            await eventually(
+                lambda: len(handler.finished) == 4, timeout_s=20, what="all but m3 handled"
+            )
             await gate.rounds(2)
             assert await offsets.of() is None, "nothing committed before stop"
         assert b"m3" not in handler.finished
@@ -264,6 +274,6 @@ async def test_stop_commits_what_is_done_and_not_what_was_abandoned(
     # The next member of the group starts at the abandoned message: at least once.
     again, again_gate = Handler(), Gate()
     async with running(kafka, settings(kafka, group), topic, again, again_gate):
-        await wait_for(lambda: len(again.finished) == 2, 20, "the redelivery")
+        await eventually(lambda: len(again.finished) == 2, timeout_s=20, what="the redelivery")
         await again_gate.rounds(2)
     assert again.finished == [b"m3", b"m4"]
