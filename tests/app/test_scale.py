@@ -120,6 +120,18 @@ class EverythingArrived:
         return not self.gaps
 
 
+async def everything_in_kafka(
+    kafka: KafkaService, config: BridgeConfig, emu: Emulator, max_wait: float
+) -> list[ConsumedRecord]:
+    """The events topic once it holds everything (see ``EverythingArrived``);
+    on a timeout, the failure says which tasks miss what."""
+    arrived = EverythingArrived(emu)
+    try:
+        return await consume_until(kafka, config.topics.events, arrived, max_wait=max_wait)
+    except AssertionError:
+        raise AssertionError(f"missing after {max_wait:g} s: {arrived.gaps}") from None
+
+
 def running_checkpoints(records: list[ConsumedRecord]) -> set[str]:
     """Tasks whose latest checkpoint in ``records`` is not their final one."""
     latest: dict[str, Checkpoint | None] = {}
@@ -214,11 +226,7 @@ async def test_single_replica_killed_and_restarted_resumes_without_loss(
             second = await Replica("solo-restarted", env, tmp_path).start()
             try:
                 await eventually(all_finished(emu, 12), timeout_s=60, what="every task to finish")
-                arrived = EverythingArrived(emu)
-                try:
-                    records = await consume_until(kafka, config.topics.events, arrived, max_wait=60)
-                except AssertionError:
-                    raise AssertionError(f"missing: {arrived.gaps}") from None
+                records = await everything_in_kafka(kafka, config, emu, max_wait=60)
                 assert await second.terminate() == 0
             finally:
                 await second.aclose()
@@ -263,9 +271,7 @@ async def test_three_replicas_1500_tasks_exactly_once_one_stream_per_task(
         try:
             emu.start_scenario(scenario)
             await eventually(all_finished(emu, 1500), timeout_s=180, what="every task to finish")
-            records = await consume_until(
-                kafka, config.topics.events, EverythingArrived(emu), max_wait=90
-            )
+            records = await everything_in_kafka(kafka, config, emu, max_wait=90)
             for replica in replicas:
                 assert await replica.terminate() == 0
         finally:
@@ -297,9 +303,7 @@ async def test_one_of_three_killed_its_tasks_are_resumed_by_the_others(
             killed_at = time.time()
             await replicas[0].kill()
             await eventually(all_finished(emu, 60), timeout_s=120, what="every task to finish")
-            records = await consume_until(
-                kafka, config.topics.events, EverythingArrived(emu), max_wait=90
-            )
+            records = await everything_in_kafka(kafka, config, emu, max_wait=90)
             for replica in replicas[1:]:
                 assert await replica.terminate() == 0
         finally:
@@ -346,9 +350,7 @@ async def test_rolling_restart_of_three_replicas_loses_nothing(
                 await eventually(spare.owned, timeout_s=40, what="the new replica to join")
                 assert await replicas[i].terminate() == 0
             await eventually(all_finished(emu, 60), timeout_s=120, what="every task to finish")
-            records = await consume_until(
-                kafka, config.topics.events, EverythingArrived(emu), max_wait=90
-            )
+            records = await everything_in_kafka(kafka, config, emu, max_wait=90)
             for spare in spares:
                 assert await spare.terminate() == 0
         finally:
