@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import ConsumerRecord
+from support.publishing import RecordingPublish
 from support.waiting import eventually
 
 from bridge.app.report_flow import ReportFlow
@@ -33,33 +34,11 @@ AGENT = "agent-emulator-1"
 REPORTS, METRICS, EVENTS, STATE, DLQ = "reports", "metrics", "events", "state", "dlq"
 
 
-class Publish:
-    """Kafka, as far as the flow can tell: collects records; acks at once unless ``hold``."""
-
-    def __init__(self) -> None:
-        self.hold = False
-        self.records: list[OutRecord] = []
-
-    async def __call__(self, records: list[OutRecord]) -> None:
-        self.records.extend(records)
-        if not self.hold:
-            self.ack()
-
-    def ack(self) -> None:
-        for record in self.records:
-            callback, record.on_delivered = record.on_delivered, None
-            if callback is not None:
-                callback(record)
-
-    def on(self, topic: str) -> list[OutRecord]:
-        return [r for r in self.records if r.topic == topic]
-
-
 @dataclass
 class Rig:
     emu: Emulator
     flow: ReportFlow
-    publish: Publish
+    publish: RecordingPublish
     metrics: Metrics
 
     def count(self, name: str, **labels: str) -> float:
@@ -96,7 +75,7 @@ async def rig(*rules: HttpFaultRule) -> AsyncIterator[Rig]:
             }
         )
         metrics = Metrics()
-        publish = Publish()
+        publish = RecordingPublish()
         async with PlatformClient(config.platform, config.streams, metrics) as client:
             flow = ReportFlow(
                 config,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 from aiokafka import TopicPartition
 from support.kafka import KafkaService, OutRecord, create_topics, produce
+from support.publishing import RecordingPublish
 from support.waiting import eventually
 
 from bridge.config import CoordinationConfig, KafkaConfig
@@ -21,7 +22,6 @@ from bridge.coordination.handover import Handover, ReplicaClaims
 from bridge.coordination.ownership import Ownership
 from bridge.coordination.partitioning import partition_for
 from bridge.core.checkpoint import Checkpoint, now
-from bridge.core.record import OutRecord as Record
 from bridge.core.task import PendingEnvelope, TaskState
 from bridge.observability.health import Health
 from bridge.observability.metrics import Metrics
@@ -72,25 +72,6 @@ def acked_task(task: str, sequence: int, *, finished: bool = False) -> TaskState
     return state
 
 
-class Publish:
-    """Kafka as the handover sees it: collects records; acks at once unless ``hold``."""
-
-    def __init__(self) -> None:
-        self.hold = False
-        self.records: list[Record] = []
-
-    async def __call__(self, records: list[Record]) -> None:
-        self.records.extend(records)
-        if not self.hold:
-            self.ack()
-
-    def ack(self) -> None:
-        for record in self.records:
-            callback, record.on_delivered = record.on_delivered, None
-            if callback is not None:
-                callback(record)
-
-
 @dataclass
 class StreamOwner:
     """The supervisor, as far as the handover uses it: follows ``tasks``, and
@@ -109,7 +90,7 @@ class StreamOwner:
 class Rig:
     handover: Handover
     checkpointer: Checkpointer
-    publish: Publish
+    publish: RecordingPublish
     owner: StreamOwner
     health: Health
     relist: asyncio.Event
@@ -140,7 +121,12 @@ async def make_rig(
         bootstrap_servers=kafka.bootstrap_servers.split(","), enable_idempotence=False
     )
     metrics = Metrics()
-    publish, owner, health, relist = Publish(), StreamOwner(), Health(metrics), asyncio.Event()
+    publish, owner, health, relist = (
+        RecordingPublish(),
+        StreamOwner(),
+        Health(metrics),
+        asyncio.Event(),
+    )
     checkpointer = Checkpointer(config, publish, metrics)
     handover = Handover(
         kafka_config, config, checkpointer, publish, health, streams=owner, relist=relist

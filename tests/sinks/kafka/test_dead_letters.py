@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from support.kafka import KafkaService, OutRecord, consume, create_topics, produce
+from support.publishing import RecordingPublish
 from support.waiting import eventually
 
 from bridge.config import KafkaConfig, TopicsConfig
@@ -50,24 +51,6 @@ def message(
     )
 
 
-class Publish:
-    """Collects what the sink hands over; acks at once unless ``hold``."""
-
-    def __init__(self, *, hold: bool = False) -> None:
-        self.hold = hold
-        self.records: list[Record] = []
-
-    async def __call__(self, records: list[Record]) -> None:
-        self.records.extend(records)
-        if not self.hold:
-            self.ack()
-
-    def ack(self) -> None:
-        for record in self.records:
-            if record.on_delivered is not None:
-                record.on_delivered(record)
-
-
 def header_names(record: Record) -> list[str]:
     return [name for name, _ in record.headers]
 
@@ -79,7 +62,7 @@ def header(record: Record, name: str) -> bytes | None:
 
 
 async def test_the_dlq_record_keeps_the_original_and_says_why() -> None:
-    publish = Publish()
+    publish = RecordingPublish()
     await DeadLetterSink(DLQ, publish).write(
         message(), DeadLetterReason.INVALID_REPORT, "not JSON: unexpected character", None
     )
@@ -101,7 +84,7 @@ async def test_the_dlq_record_keeps_the_original_and_says_why() -> None:
 
 
 async def test_a_platform_refusal_carries_the_status_and_a_bounded_error() -> None:
-    publish = Publish()
+    publish = RecordingPublish()
     long_error = "report_task: HTTP 422 " + "x" * 5000
     await DeadLetterSink(DLQ, publish).write(
         message(headers=[]), DeadLetterReason.PLATFORM_REJECTED, long_error, 422
@@ -116,7 +99,7 @@ async def test_a_platform_refusal_carries_the_status_and_a_bounded_error() -> No
 
 
 async def test_write_returns_only_after_kafka_acknowledged() -> None:
-    publish = Publish(hold=True)
+    publish = RecordingPublish(hold=True)
     sink = DeadLetterSink(DLQ, publish)
     writing = asyncio.create_task(
         sink.write(message(), DeadLetterReason.INVALID_REPORT, "bad", None)
@@ -132,7 +115,7 @@ async def test_write_returns_only_after_kafka_acknowledged() -> None:
 async def test_a_write_cancelled_before_the_ack_does_not_return_normally() -> None:
     # A shutdown while the DLQ record is in flight: the source must not see
     # the message as done (it would commit past a record Kafka may not have).
-    publish = Publish(hold=True)
+    publish = RecordingPublish(hold=True)
     writing = asyncio.create_task(
         DeadLetterSink(DLQ, publish).write(message(), DeadLetterReason.INVALID_REPORT, "x", None)
     )
