@@ -331,6 +331,10 @@ async def run_one(  # noqa: C901, PLR0913, PLR0915  (the harness script of one r
     deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient() as http:
         emitted_all = False
+        #: when the emulator was first seen done: quiet is counted from then at
+        #: the earliest (before, the contender may not have published anything
+        #: yet, e.g. while it joins its group, and that is not a quiet topic)
+        emitted_at = 0.0
         subscribed_at: float | None = None
         next_stats = 0.0
         while True:
@@ -344,10 +348,12 @@ async def run_one(  # noqa: C901, PLR0913, PLR0915  (the harness script of one r
             if not emitted_all and now >= next_stats:
                 stats = await emulator_stats(http, emu["base_url"])
                 emitted_all = stats.get("events_emitted", 0) >= result.expected
+                if emitted_all:
+                    emitted_at = now
                 if subscribed_at is None and stats.get("connections", 0) >= result.streams:
                     subscribed_at = time.time()
                 next_stats = now + 1.0
-            quiet = now - counter.last_arrival
+            quiet = now - max(counter.last_arrival, emitted_at)
             if process.returncode is not None and quiet > 2.0:
                 result.ended_by = f"contender exited ({process.returncode})"
                 break
