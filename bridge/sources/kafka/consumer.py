@@ -92,8 +92,10 @@ class PartitionedConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = False
         self._paused_all = False
-        self._last_commit = 0.0
         self._loop = asyncio.get_running_loop()
+        # The first periodic commit comes one interval after the start, not at
+        # once (0.0 would read as "long ago" on a host up for longer than it).
+        self._last_commit = self._loop.time()
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -203,6 +205,8 @@ class PartitionedConsumer:
             message = partition.backlog.popleft()
             if partition.acks is None:
                 partition.acks = OrderedAcks(start=message.offset)
+                # Where consumption started needs no commit: only progress does.
+                partition.committed = message.offset
             partition.acks.track(message.offset)
             task = self._loop.create_task(self._process(partition, message))
             partition.tasks.add(task)
