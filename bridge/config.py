@@ -135,6 +135,14 @@ class DiscoveryConfig(Section):
         gt=0,
         description="Seconds between status polls of a task that has no event stream.",
     )
+    max_concurrent_listings: int = Field(
+        default=4,
+        ge=1,
+        description=(
+            "Listings (one per agent and user) fetched at once. Each fails, backs off and "
+            "recovers on its own: one agent the platform refuses never delays the others."
+        ),
+    )
 
 
 class StreamsConfig(Section):
@@ -157,6 +165,18 @@ class StreamsConfig(Section):
         default=60.0,
         gt=0,
         description="A stream with no bytes (comments included) for this long is reconnected.",
+    )
+    max_frame_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=4096,
+        description=(
+            "Largest SSE event (its data) the bridge reads. A larger one is skipped as it "
+            "arrives, never held in memory, and a small dead-letter record names its task, SSE "
+            "id and size and holds its first 4 KiB; the stream goes on. This is also the most "
+            "one stream can buffer: 8 MiB carries any real tool result (and splits over "
+            "kafka.max_request_bytes go to the DLQ in parts) while 1,000 streams in the worst "
+            "case stay within 8 GiB."
+        ),
     )
     reconnect_initial_s: float = Field(
         default=0.5, gt=0, description="First reconnect back-off; it doubles up to the cap."

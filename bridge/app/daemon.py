@@ -93,6 +93,9 @@ class _PlatformReadiness:
     def refused(self, error: AuthError) -> None:
         self._health.set("platform", False, f"authentication refused (HTTP {error.status})")
 
+    def listings(self, ok: bool, detail: str) -> None:
+        self._health.set("listings", ok, detail)
+
 
 class Bridge:
     """The daemon. ``async with Bridge(config) as bridge: await bridge.wait()``."""
@@ -102,7 +105,11 @@ class Bridge:
         if missing:
             raise ConfigError(missing[0], field=missing[0].split(":")[0])
         self.config = config
-        self.metrics = Metrics(registry, agent_ids=config.discovery.agent_ids)
+        self.metrics = Metrics(
+            registry,
+            agent_ids=config.discovery.agent_ids,
+            user_ids=config.discovery.user_ids,
+        )
         self.health = Health(self.metrics)
         self.queue = RecordQueue(config.pipeline.queue_capacity, config.pipeline.queue_max_bytes)
         self.metrics.queue_capacity.set(config.pipeline.queue_capacity)
@@ -227,6 +234,7 @@ class Bridge:
             resync_grace_s=streams.resync_grace_s,
             poll_interval_s=config.discovery.poll_interval_s,
             admission=asyncio.Semaphore(streams.max_concurrent),
+            max_frame_bytes=streams.max_frame_bytes,
         )
         checkpointer = self.checkpointer
         self.supervisor = TaskSupervisor(
@@ -239,7 +247,7 @@ class Bridge:
             else None
         )
         self.discovery = Discovery(
-            client, self.supervisor, config.discovery, readiness, claims=claims, wake=relist
+            context, self.supervisor, config.discovery, claims=claims, wake=relist
         )
         self.health.set("platform", False, "first listing pending")
         self._spawn("discovery", self.discovery.run())

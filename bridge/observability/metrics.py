@@ -46,6 +46,7 @@ __all__ = [
     "DropReason",
     "GcGeneration",
     "LabelledChildren",
+    "ListingError",
     "Metrics",
     "PublishErrorReason",
     "ReconnectReason",
@@ -71,6 +72,8 @@ class DeadLetterReason(StrEnum):
 
     INVALID_JSON = "invalid_json"
     NOT_AN_EVENT = "not_an_event"
+    FRAME_TOO_LARGE = "frame_too_large"
+    INTERNAL_ERROR = "internal_error"
     OVERSIZED = "oversized"
     UNDELIVERABLE = "undeliverable"
     INVALID_REPORT = "invalid_report"
@@ -109,6 +112,22 @@ class DropReason(StrEnum):
     """``tasks_dropped_total{reason}``: why a task stopped being followed unfinished."""
 
     NOT_FOUND = "not_found"
+
+
+class ListingError(StrEnum):
+    """``listing_errors_total{reason}``: why one agent's (or user's) task listing
+    failed: the platform does not know the id, refuses the key, rate-limits,
+    fails (5xx), does not answer in time, cannot be reached, or answers
+    something that is not a task list."""
+
+    NOT_FOUND = "not_found"
+    AUTH = "auth"
+    RATE_LIMITED = "rate_limited"
+    SERVER_ERROR = "server_error"
+    TIMEOUT = "timeout"
+    NETWORK = "network"
+    INVALID = "invalid"
+    REJECTED = "rejected"
 
 
 class TaskEndStatus(StrEnum):
@@ -311,10 +330,16 @@ class Metrics:
     """The bridge's metrics, registered on one registry."""
 
     def __init__(
-        self, registry: CollectorRegistry | None = None, *, agent_ids: Iterable[str] = ()
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        agent_ids: Iterable[str] = (),
+        user_ids: Iterable[str] = (),
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         agent_ids = tuple(agent_ids)
+        #: the listings discovery runs: configured, so a bounded label
+        owners = tuple(dict.fromkeys((*agent_ids, *user_ids)))
         self.event_type = BoundedLabel(KNOWN_EVENT_TYPES)
         # Agent ids are configured, so bounded; tasks found through user ids may
         # belong to other agents, which the cap folds into "other".
@@ -449,6 +474,27 @@ class Metrics:
             "Envelopes over the size limit, published truncated with the body in the DLQ.",
             registry=r,
         )
+        self.listing_errors = ByOpenAndLabel(
+            Counter(
+                "xpander_bridge_listing_errors_total",
+                "Failed task listings, by the agent or user listed and reason.",
+                ["owner", "reason"],
+                registry=r,
+            ),
+            ListingError,
+            known=owners,
+        )
+        self.listing_failing = LabelledChildren(
+            Gauge(
+                "xpander_bridge_listing_failing",
+                "1 while the task listing of this agent or user keeps failing "
+                "(it backs off on its own; the other listings go on).",
+                ["owner"],
+                registry=r,
+            )
+        )
+        for owner in owners:
+            self.listing_failing(owner).set(0)
         self.platform_requests = LabelledChildren(
             Counter(
                 "xpander_bridge_platform_requests_total",

@@ -15,6 +15,7 @@ envelopes through ``from_snapshot``, with an id derived from what made them.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -32,9 +33,12 @@ from bridge.core.task import PendingEnvelope, TaskState
 from bridge.core.values import str_or_none
 from bridge.envelope import CATEGORY_BY_TYPE, LIFECYCLE_TYPES, SCHEMA_VERSION, Category, EventSource
 from bridge.observability.metrics import DeadLetterReason, Metrics, TaskEndStatus
+from bridge.transforms.exact import encode_exact, needs_exact
 from bridge.wire import TERMINAL_STATUSES
 
 __all__ = ["Event", "Normalizer"]
+
+log = logging.getLogger(__name__)
 
 CE_TYPE_PREFIX = "ai.xpander.task."
 #: the terminal statuses as metric labels, looked up once per task end
@@ -58,6 +62,8 @@ class Event:
     #: what the deterministic ``event_id`` is derived from
     id_material: bytes
     sse_id: str | None = None
+    #: the SSE frame it was read from, for the exact path (``transforms.exact``)
+    frame: bytes | None = None
 
 
 class _IsoClock:
@@ -146,7 +152,32 @@ class Normalizer:
     def from_frame(
         self, task: TaskState, frame: bytes, sse_id: str | None, received_at: float
     ) -> list[OutRecord]:
-        """One SSE ``data`` payload into its records (none when filtered)."""
+        """One SSE ``data`` payload into its records (none when filtered).
+
+        Nothing a frame contains may crash the task's worker: an unexpected
+        error dead-letters this frame (``internal_error``), takes no sequence
+        number, and the stream goes on."""
+        try:
+            return self._from_frame(task, frame, sse_id, received_at)
+        except Exception as exc:
+            log.exception(
+                "an event could not be handled; dead-lettered",
+                extra={"task_id": task.task_id, "sse_id": sse_id},
+            )
+            return [
+                self._frame_dead_letter(
+                    task,
+                    frame,
+                    sse_id,
+                    received_at,
+                    DeadLetterReason.INTERNAL_ERROR,
+                    f"{type(exc).__name__}: {exc}",
+                )
+            ]
+
+    def _from_frame(
+        self, task: TaskState, frame: bytes, sse_id: str | None, received_at: float
+    ) -> list[OutRecord]:
         try:
             event = orjson.loads(frame)
         except orjson.JSONDecodeError as exc:
@@ -175,8 +206,27 @@ class Normalizer:
             received_at,
             frame_id_material(frame, sse_id),
             sse_id,
+            frame,
         )
         return self.emit(task, observed)
+
+    def from_oversized_frame(
+        self, task: TaskState, head: bytes, size: int, sse_id: str | None, received_at: float
+    ) -> list[OutRecord]:
+        """An SSE event too large to read (``streams.max_frame_bytes``): a small
+        dead-letter record with its first bytes, and no sequence number."""
+        return [
+            dead_letter(
+                topic=self._dlq_topic,
+                value=head,
+                key=task.key,
+                reason=DeadLetterReason.FRAME_TOO_LARGE,
+                error=f"SSE event of {size} bytes over streams.max_frame_bytes; skipped",
+                source="sse",
+                received_at=received_at,
+                attributes={"task_id": task.task_id, "sse_id": sse_id, "bytes": size},
+            )
+        ]
 
     def from_snapshot(
         self, task: TaskState, snapshot: dict[str, Any], source: EventSource, received_at: float
@@ -195,11 +245,15 @@ class Normalizer:
         topic = self._topic(event.type, label)
         if topic is None:
             return []
-        lifecycle, status = self._advance(task, event)
-        task.sequence += 1
-        sequence = task.sequence
+        lifecycle, status = self._lifecycle(task, event)
+        # The task's sequence and status move only once the envelope is
+        # written: a failure before that takes nothing from the task.
+        sequence = task.sequence + 1
         envelope = self._envelope(task, event, status, sequence)
-        value = orjson.dumps(envelope)
+        value = self._encode(envelope, event.frame)
+        task.sequence = sequence
+        if lifecycle:
+            self._advance(task, event.type, status)
         records: list[OutRecord] = []
         if len(value) > self._limit:
             value = self._truncate(task, envelope, value, event.received_at, records)
@@ -231,23 +285,42 @@ class Normalizer:
             self._filtered(label).inc()
         return topic
 
-    def _advance(self, task: TaskState, event: Event) -> tuple[bool, str | None]:
-        """A lifecycle event's effect on the task (identity, status, its end).
-        Returns whether it is one, and the envelope's ``status``."""
+    @staticmethod
+    def _lifecycle(task: TaskState, event: Event) -> tuple[bool, str | None]:
+        """Whether this is a lifecycle event, and its ``status``; it also fills the
+        task's identity from it, which the envelope carries."""
         data = event.data
         if event.type not in LIFECYCLE_TYPES or not isinstance(data, dict):
             return False, None
-        status = str_or_none(data.get("status"))
         task.learn(data.get("agent_id"), data.get("organization_id"))
+        return True, str_or_none(data.get("status"))
+
+    @staticmethod
+    def _encode(envelope: dict[str, Any], frame: bytes | None) -> bytes:
+        """orjson, unless it would change a value or refuses the nesting: then
+        ``data`` goes in as the frame's own bytes (``transforms.exact``)."""
+        if frame is not None and needs_exact(frame):
+            exact = encode_exact(envelope, frame)
+            if exact is not None:
+                return exact
+        try:
+            return orjson.dumps(envelope)
+        except orjson.JSONEncodeError:
+            exact = encode_exact(envelope, frame) if frame is not None else None
+            if exact is None:
+                raise
+            return exact
+
+    def _advance(self, task: TaskState, event_type: str, status: str | None) -> None:
+        """A published lifecycle event's effect on the task: its status, its end."""
         if status is not None:
             task.status = status
-        if event.type == "task_finished":
+        if event_type == "task_finished":
             task.finished = True
             end = _END_STATUSES.get(status) if status is not None else None
             if end is not None:
                 agent = self._metrics.agent_label(task.agent_id or "unknown")
                 self._metrics.tasks_finished(agent, end).inc()
-        return True, status
 
     def _envelope(
         self, task: TaskState, event: Event, status: str | None, sequence: int

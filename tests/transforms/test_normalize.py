@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import orjson
@@ -221,3 +222,102 @@ def test_observed_at_clock_is_utc_iso_with_microseconds_and_tracks_time() -> Non
         assert before.replace(microsecond=0) <= parsed <= after
         assert len(stamp) == len("2026-01-01T00:00:00.000000+00:00")
     assert stamps == sorted(stamps)
+
+
+# --- hostile payloads: fidelity, depth, isolation ----------------------------------
+
+
+def exact_data(record: OutRecord) -> Any:
+    """The envelope's data as Python's own parser reads it: integers exact."""
+    assert record.value is not None
+    return json.loads(record.value)["data"]
+
+
+def nested(depth: int) -> Any:
+    value: Any = "bottom"
+    for level in range(depth):
+        value = {"level": level, "inner": value} if level % 2 else [value]
+    return value
+
+
+def test_nesting_past_the_parsers_limit_is_dead_lettered_without_a_sequence() -> None:
+    normalizer, task, _ = make(dlq="dlq")
+    data = b"[" * 900 + b'"bottom"' + b"]" * 900
+    raw = b'{"type":"tool_call_result","data":' + data + b"}"
+    (record,) = normalizer.from_frame(task, raw, None, 1.0)
+    assert record.topic == "xpander.task.events"
+    assert record.value is not None and data in record.value  # byte for byte
+    deeper = b"[" * 1100 + b"1" + b"]" * 1100  # orjson parses 1,024 levels at most
+    (refused,) = normalizer.from_frame(task, b'{"type":"x","data":' + deeper + b"}", None, 2.0)
+    assert refused.topic == "dlq" and headers(refused)["dlq.reason"] == b"invalid_json"
+    assert task.sequence == 1
+
+
+@pytest.mark.parametrize("depth", [253, 254, 255, 300, 600])
+def test_deep_nesting_is_carried_exactly_and_takes_one_sequence(depth: int) -> None:
+    normalizer, task, _ = make(dlq="dlq")
+    raw = json.dumps({"type": "tool_call_result", "time": None, "data": nested(depth)}).encode()
+    records = normalizer.from_frame(task, raw, None, 1.0)
+    (record,) = [r for r in records if r.topic != "dlq"] or records
+    assert record.topic == "xpander.task.events", record.headers
+    assert exact_data(record) == nested(depth)
+    assert task.sequence == 1
+    after = normalizer.from_frame(task, frame("chunk", "next"), None, 2.0)
+    assert json.loads(after[0].value or b"")["sequence"] == 2
+
+
+def test_integers_beyond_64_bits_and_long_decimals_are_carried_digit_for_digit() -> None:
+    normalizer, task, _ = make()
+    text = (
+        b'{"type":"tool_call_result","data":{"big":123456789012345678901234567890,'
+        b'"neg":-98765432109876543210987,"pi":3.14159265358979323846264338327950288,'
+        b'"ok":18446744073709551615,"s":"12345678901234567890123"}}'
+    )
+    (record,) = normalizer.from_frame(task, text, None, 1.0)
+    assert record.value is not None
+    assert b"123456789012345678901234567890" in record.value
+    assert b"-98765432109876543210987" in record.value
+    assert b"3.14159265358979323846264338327950288" in record.value
+    assert exact_data(record)["big"] == 123456789012345678901234567890
+    Envelope.model_validate_json(record.value)  # still a valid envelope
+
+
+def test_an_unexpected_error_dead_letters_the_frame_and_takes_no_sequence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    normalizer, task, _ = make(dlq="dlq")
+
+    def broken(*_: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(normalizer, "_envelope", broken)
+    (record,) = normalizer.from_frame(task, frame("chunk", "x"), "5", 1.0)
+    assert record.topic == "dlq"
+    assert headers(record)["dlq.reason"] == b"internal_error"
+    assert record.value == frame("chunk", "x")
+    assert task.sequence == 0 and not task.pending
+    monkeypatch.undo()
+    (ok,) = normalizer.from_frame(task, frame("chunk", "y"), "6", 2.0)
+    assert json.loads(ok.value or b"")["sequence"] == 1
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**40), max_value=10**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON)
+def test_any_json_payload_is_carried_exactly(data: Any) -> None:
+    normalizer, task, _ = make()
+    raw = json.dumps({"type": "tool_call_result", "data": data}).encode()
+    (record,) = normalizer.from_frame(task, raw, None, 1.0)
+    assert exact_data(record) == json.loads(raw)["data"]

@@ -35,6 +35,12 @@ class EventTransform(Protocol):
         """One SSE ``data`` payload (none when filtered; a DLQ record when bad)."""
         ...
 
+    def from_oversized_frame(
+        self, task: TaskState, head: bytes, size: int, sse_id: str | None, received_at: float
+    ) -> list[OutRecord]:
+        """An SSE event over ``streams.max_frame_bytes``: its dead-letter record."""
+        ...
+
     def from_snapshot(
         self, task: TaskState, snapshot: dict[str, Any], source: EventSource, received_at: float
     ) -> list[OutRecord]:
@@ -51,6 +57,11 @@ class PlatformHealth(Protocol):
 
     def refused(self, error: AuthError) -> None:
         """401/403: the API key is refused."""
+        ...
+
+    def listings(self, ok: bool, detail: str) -> None:
+        """How discovery's listings go: ``ok`` unless every one fails; ``detail``
+        names those that fail and what the platform answered."""
         ...
 
 
@@ -95,3 +106,5 @@ class WorkerContext:
     poll_interval_s: float
     #: FIFO admission of open streams (``streams.max_concurrent`` slots)
     admission: asyncio.Semaphore
+    #: the largest SSE event read; a larger one is skipped and dead-lettered
+    max_frame_bytes: int

@@ -1,13 +1,23 @@
 """The reconcile loop: list the tasks of every configured agent and user, follow
 the non-terminal ones.
 
-The first listing is the baseline: tasks already terminal then are history and
-are not published. A task that appears in a later listing already terminal
-started and ended between two listings; its end is still published (from a
-resync), so no terminal state is missed. Listing errors back off through the
-retry policy (honouring ``Retry-After``); 401/403 marks the platform side not
-ready. With several replicas, ``Claims`` says which tasks are this replica's
-and where each stopped.
+Each agent's (and user's) listing is its own thing: it is fetched beside the
+others (at most ``discovery.max_concurrent_listings`` at once), and when it
+fails it backs off and recovers on its own, through the retry policy
+(honouring ``Retry-After``). One agent id the platform answers 404 (a typo, a
+deleted agent) or that never answers (bounded by the request timeout) never
+delays the others: it is counted (``listing_errors_total{owner,reason}``,
+``listing_failing{owner}``), logged with what the platform answered, and
+named in the platform's readiness detail. Readiness fails only when every
+listing fails, or the platform refuses the key (401/403).
+
+A listing's first success is its baseline: tasks already terminal then are
+history and are not published. A task that appears in a later listing already
+terminal started and ended between two listings; its end is still published
+(from a resync), so no terminal state is missed. Each listing remembers its
+own last ids, so a listing that failed for a while does not make its tasks
+look new. With several replicas, ``Claims`` says which tasks are this
+replica's and where each stopped.
 """
 
 from __future__ import annotations
@@ -18,83 +28,113 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from bridge.config import DiscoveryConfig
-from bridge.core.retry import RetryPolicy
-from bridge.errors import AuthError, BridgeError
-from bridge.platform.client import PlatformClient
-from bridge.sources.platform.context import AllTasks, Claims, PlatformHealth
+from bridge.core.retry import Backoff, RetryPolicy
+from bridge.errors import (
+    AuthError,
+    BridgeError,
+    InvalidDataError,
+    NotFoundError,
+    RateLimitedError,
+    RequestTimeoutError,
+)
+from bridge.observability.metrics import ListingError
+from bridge.sources.platform.context import AllTasks, Claims, WorkerContext
 from bridge.sources.platform.supervisor import TaskSupervisor
 from bridge.wire import TERMINAL_STATUSES
 
-__all__ = ["Discovery"]
+__all__ = ["Discovery", "listing_error"]
 
 log = logging.getLogger(__name__)
 
 #: listing items handled between two yields to the event loop
 _YIELD_EVERY = 256
-#: the longest wait between two listings while they fail
+#: the longest wait between two attempts of a failing listing
 _MAX_BACKOFF_S = 60.0
 
-Listing = Callable[[str], Awaitable[list[dict[str, Any]]]]
+Fetch = Callable[[str], Awaitable[list[dict[str, Any]]]]
+
+
+#: the first matching class names the reason (order matters: subclasses first)
+_REASONS: tuple[tuple[type[BridgeError], ListingError], ...] = (
+    (NotFoundError, ListingError.NOT_FOUND),
+    (AuthError, ListingError.AUTH),
+    (RateLimitedError, ListingError.RATE_LIMITED),
+    (RequestTimeoutError, ListingError.TIMEOUT),
+    (InvalidDataError, ListingError.INVALID),
+)
+
+
+def listing_error(error: BridgeError) -> ListingError:
+    """The metric reason for a failed listing."""
+    for kind, reason in _REASONS:
+        if isinstance(error, kind):
+            return reason
+    if not error.retryable:
+        return ListingError.REJECTED
+    return ListingError.SERVER_ERROR if (error.status or 0) >= 500 else ListingError.NETWORK
+
+
+@dataclass(eq=False)
+class _Listing:
+    """One agent's (or user's) listing, and how it has been going."""
+
+    owner: str
+    fetch: Fetch
+    backoff: Backoff
+    #: ids in its last successful listing (``None``: not listed yet: the baseline comes)
+    seen: set[str] | None = None
+    #: loop time before which it is not tried again (backing off)
+    not_before: float = 0.0
+    #: what the platform answered last, while it fails
+    failure: str | None = None
+    failures: int = 0
+    live_unowned: set[str] = field(default_factory=set)
 
 
 class Discovery:
     def __init__(
         self,
-        client: PlatformClient,
+        context: WorkerContext,
         supervisor: TaskSupervisor,
         config: DiscoveryConfig,
-        health: PlatformHealth,
         *,
         claims: Claims | None = None,
         wake: asyncio.Event | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self._client = client
+        client = context.client
         self._supervisor = supervisor
         self._config = config
-        self._health = health
+        self._health = context.health
+        self._metrics = context.metrics
         self._claims: Claims = claims if claims is not None else AllTasks()
         self._rng = rng or random.Random()
         self._retry = RetryPolicy(config.interval_s, max(config.interval_s, _MAX_BACKOFF_S))
-        #: set to list at once (this replica was given partitions)
+        #: set to list at once (this replica was just given partitions)
         self._wake = wake if wake is not None else asyncio.Event()
-        self._seen: set[str] | None = None  # every id in the previous listing
-        # Tasks seen running while another replica (or nobody yet) owned them:
-        # if one turns up ended once owned, with no checkpoint, nobody
-        # published its end.
-        self._live_unowned: set[str] = set()
+        self._slots = asyncio.Semaphore(config.max_concurrent_listings)
+        self._listings = [
+            _Listing(agent, client.list_agent_tasks, self._retry.backoff())
+            for agent in config.agent_ids
+        ] + [
+            _Listing(user, client.list_user_tasks, self._retry.backoff())
+            for user in config.user_ids
+        ]
         self.rounds = 0
 
     async def run(self) -> None:
-        backoff = self._retry.backoff()
         while True:
-            delay = self._interval()
             # Cleared before listing, not after: a wake that comes while the
-            # listing runs (partitions just assigned) must bring the next one.
+            # listings run (partitions just assigned) must bring the next round.
             self._wake.clear()
-            try:
-                await self.reconcile()
-                backoff.reset()
-                self._health.reachable()
-            except AuthError as exc:
-                backoff.next_delay()
-                log.error(
-                    "the platform refuses the API key; check XPANDER_API_KEY",
-                    extra={"status": exc.status},
-                )
-                self._health.refused(exc)
-            except BridgeError as exc:
-                delay = max(delay, backoff.next_delay(self._retry.hint(exc)))
-                log.warning(
-                    "listing tasks failed; retrying",
-                    extra={"error": str(exc), "retry_in_s": round(delay, 2)},
-                )
+            await self.reconcile()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
+                async with asyncio.timeout(self._interval()):
                     await self._wake.wait()
 
     def wake(self) -> None:
@@ -102,43 +142,90 @@ class Discovery:
         self._wake.set()
 
     async def reconcile(self) -> None:
-        """One listing of every agent and user; follow what is new.
-
-        Each listing is processed and dropped before the next is fetched: a
-        listing holds every task of an agent, history included, and holding
-        all of them at once was the largest transient allocation."""
-        previous = self._seen
-        current: set[str] = set()
-        live_unowned: set[str] = set()
-        for fetch, owner in self._listings():
-            items = await fetch(owner)
-            for index, item in enumerate(items):
-                if index % _YIELD_EVERY == _YIELD_EVERY - 1:
-                    # A listing of thousands of new tasks starts thousands of
-                    # workers: done in one go, that held the loop ~90 ms per
-                    # 3,300 tasks while the open streams waited.
-                    await asyncio.sleep(0)
-                task_id = item.get("id")
-                if isinstance(task_id, str):
-                    current.add(task_id)
-                    self._consider(task_id, item, previous, live_unowned)
-            del items
-        self._seen = current
-        # Keep the tasks still listed: a task seen running stays a candidate.
-        self._live_unowned = (self._live_unowned & current) | live_unowned
+        """One round: every listing not backing off, side by side; follow what is new."""
+        now = asyncio.get_running_loop().time()
+        due = [listing for listing in self._listings if listing.not_before <= now]
+        await asyncio.gather(*(self._list_one(listing) for listing in due))
+        self._report()
         self.rounds += 1
 
-    def _listings(self) -> list[tuple[Listing, str]]:
-        client = self._client
-        return [(client.list_agent_tasks, agent) for agent in self._config.agent_ids] + [
-            (client.list_user_tasks, user) for user in self._config.user_ids
-        ]
+    async def _list_one(self, listing: _Listing) -> None:
+        try:
+            async with self._slots:
+                items = await listing.fetch(listing.owner)
+        except BridgeError as exc:
+            self._failed(listing, exc)
+            return
+        if listing.failure is not None:
+            log.info("task listing recovered", extra={"owner": listing.owner})
+        listing.failure = None
+        listing.failures = 0
+        listing.backoff.reset()
+        listing.not_before = 0.0
+        await self._process(listing, items)
+
+    async def _process(self, listing: _Listing, items: list[dict[str, Any]]) -> None:
+        """Follow what is new in one listing. Each listing is processed and
+        dropped before the next: a listing holds every task of an agent,
+        history included, and holding all at once was the largest allocation."""
+        previous = listing.seen
+        current: set[str] = set()
+        live_unowned: set[str] = set()
+        for index, item in enumerate(items):
+            if index % _YIELD_EVERY == _YIELD_EVERY - 1:
+                # Thousands of new tasks start thousands of workers: done in
+                # one go, that held the loop ~90 ms per 3,300 tasks.
+                await asyncio.sleep(0)
+            task_id = item.get("id")
+            if isinstance(task_id, str):
+                current.add(task_id)
+                self._consider(task_id, item, previous, listing.live_unowned, live_unowned)
+        listing.seen = current
+        # Keep the tasks still listed: a task seen running stays a candidate.
+        listing.live_unowned = (listing.live_unowned & current) | live_unowned
+
+    def _failed(self, listing: _Listing, error: BridgeError) -> None:
+        reason = listing_error(error)
+        listing.failures += 1
+        listing.failure = str(error)
+        delay = max(self._interval(), listing.backoff.next_delay(self._retry.hint(error)))
+        listing.not_before = asyncio.get_running_loop().time() + delay
+        self._metrics.listing_errors(listing.owner, reason).inc()
+        if isinstance(error, AuthError):
+            log.error(
+                "the platform refuses the API key; check XPANDER_API_KEY",
+                extra={"owner": listing.owner, "status": error.status},
+            )
+            self._health.refused(error)
+            return
+        log.warning(
+            "listing tasks failed; retrying this listing alone",
+            extra={
+                "owner": listing.owner,
+                "reason": reason,
+                "error": str(error),
+                "failures": listing.failures,
+                "retry_in_s": round(delay, 2),
+            },
+        )
+
+    def _report(self) -> None:
+        """Per-listing metrics, and the platform's readiness from all of them."""
+        failing = [listing for listing in self._listings if listing.failure is not None]
+        for listing in self._listings:
+            self._metrics.listing_failing(listing.owner).set(0 if listing.failure is None else 1)
+        detail = "; ".join(f"{f.owner}: {f.failure}" for f in failing)[:500]
+        every_one = bool(self._listings) and len(failing) == len(self._listings)
+        if not every_one:
+            self._health.reachable()
+        self._health.listings(not every_one, f"failing: {detail}" if detail else "")
 
     def _consider(
         self,
         task_id: str,
         item: dict[str, Any],
         previous: set[str] | None,
+        live_unowned_before: set[str],
         live_unowned: set[str],
     ) -> None:
         """One listed task: follow it, emit its unseen end, or leave it."""
@@ -161,7 +248,9 @@ class Discovery:
             return
         ended_unseen = (
             checkpoint is not None
-            or (previous is not None and (task_id not in previous or task_id in self._live_unowned))
+            or (
+                previous is not None and (task_id not in previous or task_id in live_unowned_before)
+            )
             or self._ended_recently(item)
         )
         if ended_unseen:
@@ -173,8 +262,8 @@ class Discovery:
         window = self._claims.catch_up_window_s
         if not window:
             return False
-        for field in ("finished_at", "updated_at"):
-            value = item.get(field)
+        for field_ in ("finished_at", "updated_at"):
+            value = item.get(field_)
             if isinstance(value, str):
                 try:
                     ended = datetime.fromisoformat(value)

@@ -150,7 +150,7 @@ class TaskStreamer:
         """One connection, read until it ends. Raises on failure."""
         ctx = self._ctx
         task = self.task
-        decoder = SSEDecoder(last_event_id=self._last_event_id)
+        decoder = SSEDecoder(self._last_event_id, max_frame_bytes=ctx.max_frame_bytes)
         async with ctx.client.task_events(task.task_id, self._last_event_id) as stream:
             attempt.connected = True
             ctx.health.reachable()
@@ -195,9 +195,16 @@ class TaskStreamer:
         received_at = self._loop.time()
         progress = False
         for event in events:
+            sse_id = event.id if event.own_id else None
+            if event.oversized:
+                await publish(
+                    transform.from_oversized_frame(
+                        task, event.data, event.oversized, sse_id, received_at
+                    )
+                )
+                continue
             if not event.data:
                 continue  # a keep-alive form; the official client skips it too
-            sse_id = event.id if event.own_id else None
             if replay.active and replay.skip(event.data, sse_id):
                 continue
             records = transform.from_frame(task, event.data, sse_id, received_at)
