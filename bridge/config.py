@@ -84,6 +84,14 @@ class PlatformConfig(Section):
     connect_timeout_s: float = Field(
         default=10.0, gt=0, description="Deadline to open one connection, in seconds."
     )
+    max_response_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Largest REST answer read (a listing of every task of an agent is the largest); "
+            "a larger one is refused unread past the limit, counted as an invalid listing."
+        ),
+    )
     rest_connections: int = Field(
         default=8,
         ge=1,

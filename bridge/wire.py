@@ -5,7 +5,7 @@ it imports nothing of the bridge, so anything may import it."""
 from __future__ import annotations
 
 from typing import Final
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 __all__ = [
     "API_KEY_HEADER",
@@ -16,6 +16,7 @@ __all__ = [
     "Route",
     "derive_events_base",
     "events_root",
+    "path",
 ]
 
 API_KEY_HEADER: Final = "x-api-key"
@@ -82,6 +83,17 @@ class Route:
     REPORT_METRICS: Final = "/agents-metrics/{agent_id}/execution"
     #: relative to the event-stream root ``{events_base}/{organization_id}``
     TASK_EVENTS: Final = "/agent-execution/{task_id}/events"
+
+
+def path(route: str, **ids: str) -> str:
+    """A route with its ids filled in, each percent-encoded whole: an id is one
+    path segment, whatever it holds (``../x?y`` cannot reach another endpoint).
+    An empty id or one of dots only is refused (``ValueError``): URL libraries
+    resolve those segments away, encoded or not."""
+    for name, value in ids.items():
+        if not value.strip("."):
+            raise ValueError(f"{name} {value!r} cannot be a path segment")
+    return route.format(**{name: quote(value, safe="") for name, value in ids.items()})
 
 
 def derive_events_base(base_url: str) -> str:

@@ -35,6 +35,7 @@ from bridge.config import PlatformConfig, StreamsConfig
 from bridge.errors import (
     BridgeError,
     InvalidDataError,
+    PlatformRejectedError,
     RequestTimeoutError,
     StreamInterrupted,
     UnavailableError,
@@ -42,10 +43,13 @@ from bridge.errors import (
 )
 from bridge.observability.metrics import Metrics
 from bridge.wire import API_KEY_HEADER, Route, events_root
+from bridge.wire import path as route_path
 
 __all__ = ["EventStream", "PlatformClient", "parse_retry_after", "proxy_from_env"]
 
 _MAX_ERROR_BODY = 300
+#: same-origin redirects followed for one request, at most
+_MAX_REDIRECTS = 3
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -166,6 +170,7 @@ class PlatformClient:
         self._rest_proxy = proxy_from_env(self._base)
         self._stream_proxy = proxy_from_env(self._events_root)
         self._rest_slots = asyncio.Semaphore(platform.rest_connections)
+        self._max_body = platform.max_response_bytes
         self._connect_slots = asyncio.Semaphore(streams.connect_concurrency)
         self._rest: aiohttp.ClientSession | None = None
         self._streams: aiohttp.ClientSession | None = None
@@ -214,19 +219,19 @@ class PlatformClient:
 
     async def list_agent_tasks(self, agent_id: str) -> list[dict[str, Any]]:
         items = await self._request(
-            "GET", Route.LIST_TASKS.format(agent_id=agent_id), endpoint="list_tasks"
+            "GET", _path(Route.LIST_TASKS, agent_id=agent_id), endpoint="list_tasks"
         )
         return _as_list_of_objects(items, "task list")
 
     async def list_user_tasks(self, user_id: str) -> list[dict[str, Any]]:
         items = await self._request(
-            "GET", Route.LIST_USER_TASKS.format(user_id=user_id), endpoint="list_user_tasks"
+            "GET", _path(Route.LIST_USER_TASKS, user_id=user_id), endpoint="list_user_tasks"
         )
         return _as_list_of_objects(items, "user task list")
 
     async def get_task(self, task_id: str) -> dict[str, Any]:
         task = await self._request(
-            "GET", Route.GET_TASK.format(task_id=task_id), endpoint="get_task"
+            "GET", _path(Route.GET_TASK, task_id=task_id), endpoint="get_task"
         )
         if not isinstance(task, dict):
             raise InvalidDataError("the task status answer is not a JSON object")
@@ -234,13 +239,13 @@ class PlatformClient:
 
     async def report_task(self, agent_id: str, body: bytes) -> Any:
         return await self._request(
-            "POST", Route.REPORT_TASK.format(agent_id=agent_id), endpoint="report_task", body=body
+            "POST", _path(Route.REPORT_TASK, agent_id=agent_id), endpoint="report_task", body=body
         )
 
     async def report_metrics(self, agent_id: str, body: bytes) -> Any:
         return await self._request(
             "POST",
-            Route.REPORT_METRICS.format(agent_id=agent_id),
+            _path(Route.REPORT_METRICS, agent_id=agent_id),
             endpoint="report_metrics",
             body=body,
         )
@@ -250,16 +255,28 @@ class PlatformClient:
     ) -> Any:
         headers = {"content-type": "application/json"} if body is not None else None
         session = self._rest_session()
+        url = self._base + path
         try:
-            async with (
-                self._rest_slots,
-                session.request(
-                    method, self._base + path, data=body, headers=headers, proxy=self._rest_proxy
-                ) as response,
-            ):
-                status = response.status
-                content = await response.read()
-                retry_after = response.headers.get("retry-after")
+            async with self._rest_slots:
+                for _ in range(_MAX_REDIRECTS + 1):
+                    async with session.request(
+                        method,
+                        url,
+                        data=body,
+                        headers=headers,
+                        proxy=self._rest_proxy,
+                        allow_redirects=False,
+                    ) as response:
+                        status = response.status
+                        if _is_redirect(status):
+                            self._count(endpoint, _status_class(status))
+                            url = _same_origin_target(endpoint, url, response)
+                            continue
+                        content = await _read_capped(response, self._max_body, endpoint)
+                        retry_after = response.headers.get("retry-after")
+                        break
+                else:
+                    raise PlatformRejectedError(f"{endpoint}: more than {_MAX_REDIRECTS} redirects")
         except TimeoutError as exc:
             self._count(endpoint, "timeout")
             raise RequestTimeoutError(f"{endpoint}: timed out") from exc
@@ -288,11 +305,11 @@ class PlatformClient:
         headers = {"accept": "text/event-stream", "cache-control": "no-cache"}
         if last_event_id is not None:
             headers["last-event-id"] = last_event_id
-        url = self._events_root + Route.TASK_EVENTS.format(task_id=task_id)
+        url = self._events_root + _path(Route.TASK_EVENTS, task_id=task_id)
         session = self._stream_session()
         try:
             async with self._connect_slots:
-                response = await session.get(url, headers=headers, proxy=self._stream_proxy)
+                response = await self._open_stream(session, url, headers)
         except TimeoutError as exc:
             self._count("task_events", "timeout")
             raise RequestTimeoutError("task_events: connect timed out") from exc
@@ -315,6 +332,24 @@ class PlatformClient:
             else:
                 response.close()
 
+    async def _open_stream(
+        self, session: aiohttp.ClientSession, url: str, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        """GET the stream, following redirects only within the same origin: the
+        API key goes to the platform and nowhere else."""
+        for _ in range(_MAX_REDIRECTS + 1):
+            response = await session.get(
+                url, headers=headers, proxy=self._stream_proxy, allow_redirects=False
+            )
+            if not _is_redirect(response.status):
+                return response
+            self._count("task_events", _status_class(response.status))
+            try:
+                url = _same_origin_target("task_events", url, response)
+            finally:
+                response.close()
+        raise PlatformRejectedError(f"task_events: more than {_MAX_REDIRECTS} redirects")
+
     # --- helpers ------------------------------------------------------------
 
     def _count(self, endpoint: str, status_class: str) -> None:
@@ -326,6 +361,52 @@ async def _read_error_body(response: aiohttp.ClientResponse) -> bytes:
         return await response.content.read(_MAX_ERROR_BODY * 4)
     except (TimeoutError, aiohttp.ClientError):
         return b""
+
+
+def _path(route: str, **ids: str) -> str:
+    try:
+        return route_path(route, **ids)
+    except ValueError as exc:
+        raise InvalidDataError(str(exc)) from exc
+
+
+def _is_redirect(status: int) -> bool:
+    return 300 <= status < 400 and status != 304
+
+
+def _same_origin_target(endpoint: str, url: str, response: aiohttp.ClientResponse) -> str:
+    """Where a redirect points, if it stays on the origin the key is meant for;
+    a redirect elsewhere is refused (following it would hand over the API key)."""
+    location = response.headers.get("location", "")
+    target = urllib.parse.urljoin(url, location)
+    if not location or _origin(target) != _origin(url):
+        raise PlatformRejectedError(
+            f"{endpoint}: redirect to another origin refused ({_origin(target) or 'none'}); "
+            "the API key is only sent to the configured platform URL",
+            status=response.status,
+        )
+    return target
+
+
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or default}" if parts.hostname else ""
+
+
+async def _read_capped(response: aiohttp.ClientResponse, limit: int, endpoint: str) -> bytes:
+    """The body, refused past ``limit`` bytes (never read further than that)."""
+    declared = response.content_length
+    if declared is not None and declared > limit:
+        raise InvalidDataError(f"{endpoint}: answer of {declared} bytes over {limit}")
+    parts: list[bytes] = []
+    size = 0
+    while chunk := await response.content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise InvalidDataError(f"{endpoint}: answer over {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def _error(endpoint: str, status: int, content: bytes, retry_after: str | None) -> BridgeError:

@@ -10,6 +10,7 @@ committed under ``schemas/`` and documented in ``docs/EVENTS.md``.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -132,6 +133,19 @@ def derived_report_id(topic: str, partition: int, offset: int) -> str:
     return str(uuid.uuid5(_REPORT_ID_NAMESPACE, f"{topic}/{partition}/{offset}"))
 
 
+#: What an id from Kafka may look like: ids go into REST paths (percent-encoded
+#: there too), so anything path-like is refused here, with the field named.
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}")
+
+
+def _check_id(field: str, value: str) -> None:
+    if not _ID.fullmatch(value) or ".." in value:
+        shown = value[:60].encode("unicode_escape").decode("ascii")
+        raise InvalidDataError(
+            f"{field} {shown!r} is not an id (letters, digits and . _ : @ -, at most 200)"
+        )
+
+
 def _explain(exc: ValidationError) -> str:
     errors = exc.errors()
     unknown = [".".join(str(p) for p in e["loc"]) for e in errors if e["type"] == "extra_forbidden"]
@@ -176,14 +190,17 @@ def parse_message(
     agent_id = message.agent_id or (key.decode("utf-8", "replace") if key else None)
     if not agent_id:
         raise InvalidDataError("no agent_id: set it in the message or as the message key")
+    _check_id("agent_id", agent_id)
     if isinstance(message, ExternalTaskReport):
         task_id = message.id or derived_report_id(topic, partition, offset)
+        _check_id("id", task_id)
         payload = message.model_dump(mode="json", exclude={"agent_id", "tokens"})
         payload["id"] = task_id
         if message.tokens is not None:
             payload["tokens"] = message.tokens.model_dump(mode="json", exclude_none=True)
     else:
         task_id = message.execution_id
+        _check_id("execution_id", task_id)
         payload = message.model_dump(mode="json", exclude={"agent_id", "llm_tokens"})
         payload["llm_tokens"] = message.llm_tokens.model_dump(mode="json", exclude_none=True)
     return ParsedMessage(kind, agent_id, task_id, orjson.dumps(payload))

@@ -132,3 +132,16 @@ def test_metrics_fields_match_the_sdk_model() -> None:
     from xpander_sdk.modules.tasks.models.task import ExecutionMetricsReport as Sdk
 
     assert set(MetricsReport.model_fields) - {"agent_id"} == set(Sdk.model_fields)
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["../../agents/x/delete?confirm=1", "a/b", "..", "a b", "x" * 201, "\x00", "%2e%2e", "é"],
+)
+def test_ids_that_are_not_ids_are_refused_with_the_field_named(hostile: str) -> None:
+    report = orjson.dumps({"agent_id": hostile, "is_success": True})
+    with pytest.raises(InvalidDataError, match="agent_id"):
+        parse_message(ReportKind.REPORT, report, None, topic="t", partition=0, offset=0)
+    report = orjson.dumps({"agent_id": "a-1", "id": hostile, "is_success": True})
+    with pytest.raises(InvalidDataError, match="'id'|id "):
+        parse_message(ReportKind.REPORT, report, None, topic="t", partition=0, offset=0)
