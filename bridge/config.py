@@ -208,6 +208,15 @@ class StreamsConfig(Section):
             "deliver its task_finished before the bridge emits it from the task's status."
         ),
     )
+    quiet_check_s: float = Field(
+        default=120.0,
+        gt=0,
+        description=(
+            "A stream that delivered no event (keep-alive comments do not count) for this long "
+            "gets a status check; if the task has ended, its end is published and the stream "
+            "closed. Costs at most one status call per quiet stream per period."
+        ),
+    )
 
 
 class KafkaConfig(Section):

@@ -232,6 +232,7 @@ class Bridge:
             health=readiness,
             reconnect=RetryPolicy(streams.reconnect_initial_s, streams.reconnect_max_s),
             resync_grace_s=streams.resync_grace_s,
+            quiet_check_s=streams.quiet_check_s,
             poll_interval_s=config.discovery.poll_interval_s,
             admission=asyncio.Semaphore(streams.max_concurrent),
             max_frame_bytes=streams.max_frame_bytes,

@@ -102,6 +102,8 @@ class WorkerContext:
     #: after a reconnect to an ended task, how long the stream may take to
     #: deliver its ``task_finished`` before it is emitted from the status
     resync_grace_s: float
+    #: a stream with no event (keep-alives aside) for this long gets a status check
+    quiet_check_s: float
     #: seconds between status polls of a task without a stream
     poll_interval_s: float
     #: FIFO admission of open streams (``streams.max_concurrent`` slots)

@@ -1,7 +1,9 @@
-"""The status check beside a reconnected stream: what makes a terminal state
-impossible to miss.
+"""The status check beside a stream: what makes a terminal state impossible to
+miss.
 
-After a reconnect the task's status is fetched while the stream is read. If
+After a reconnect, and when a stream has delivered nothing but keep-alives
+for ``streams.quiet_check_s``, the task's status is fetched while the stream
+is read. If
 the task has ended, the stream gets ``resync_grace_s`` to deliver the
 ``task_finished`` itself (a server that replays after ``Last-Event-ID``
 does); otherwise the check closes the stream and the streamer emits the end
@@ -45,6 +47,11 @@ class StatusCheck:
         loop = asyncio.get_running_loop()
         self._fetch = loop.create_task(self._fetch_status())
         self._closer = loop.create_task(self._close_if_ended(stream))
+
+    @property
+    def done(self) -> bool:
+        """The fetch answered and, if the task ended, the stream was closed."""
+        return self._fetch.done() and self._closer.done()
 
     async def settle(self) -> dict[str, Any] | None:
         """The stream is over: the terminal snapshot the check found, if the

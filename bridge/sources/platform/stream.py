@@ -32,6 +32,7 @@ from bridge.errors import (
     RequestTimeoutError,
 )
 from bridge.observability.metrics import DropReason, ReconnectReason, ResyncOutcome
+from bridge.platform.client import EventStream
 from bridge.sources.platform.context import WorkerContext
 from bridge.sources.platform.replay import ReplayFilter
 from bridge.sources.platform.sse import SSEDecoder, SSEEvent
@@ -154,12 +155,9 @@ class TaskStreamer:
         async with ctx.client.task_events(task.task_id, self._last_event_id) as stream:
             attempt.connected = True
             ctx.health.reachable()
-            check = (
-                StatusCheck(task, ctx.client, ctx.metrics, stream, ctx.resync_grace_s)
-                if reconnect
-                else None
-            )
+            check = self._check(stream) if reconnect else None
             ctx.metrics.active_streams.inc()
+            last_event = self._loop.time()
             try:
                 async for chunk in stream.chunks():
                     events = decoder.feed(chunk)
@@ -167,8 +165,17 @@ class TaskStreamer:
                     # not pin what it read last: at 10,000 quiet streams, each
                     # holding its last chunk and envelope cost 150 MB.
                     del chunk
+                    now = self._loop.time()
                     if not events:
+                        # Keep-alives only: after a while, ask whether the task
+                        # still runs (a server may linger after the end).
+                        if now - last_event > ctx.quiet_check_s and (check is None or check.done):
+                            if check is not None:
+                                await check.settle()
+                            check = self._check(stream)
+                            last_event = now
                         continue
+                    last_event = now
                     progress = await self._publish_frames(events)
                     del events
                     attempt.progress = attempt.progress or progress
@@ -183,6 +190,10 @@ class TaskStreamer:
                 # Kept across reconnects: resume where the server's ids left off.
                 self._last_event_id = decoder.last_event_id
                 self._server_retry_ms = decoder.retry
+
+    def _check(self, stream: EventStream) -> StatusCheck:
+        ctx = self._ctx
+        return StatusCheck(self.task, ctx.client, ctx.metrics, stream, ctx.resync_grace_s)
 
     async def _publish_frames(self, events: list[SSEEvent]) -> bool:
         """Normalize and publish one chunk's events; returns whether any was
