@@ -52,12 +52,17 @@ class RecordingHealth:
     def __init__(self) -> None:
         self.reachable_count = 0
         self.refusals: list[AuthError] = []
+        #: (ok, detail) of each listings report
+        self.listings_reports: list[tuple[bool, str]] = []
 
     def reachable(self) -> None:
         self.reachable_count += 1
 
     def refused(self, error: AuthError) -> None:
         self.refusals.append(error)
+
+    def listings(self, ok: bool, detail: str) -> None:
+        self.listings_reports.append((ok, detail))
 
 
 class Published:
@@ -157,6 +162,8 @@ async def open_rig(
     resync_grace_s: float = 2.0,
     poll_interval_s: float = 0.05,
     max_concurrent: int = 100,
+    quiet_check_s: float = 120.0,
+    max_frame_bytes: int = 8 * 1024 * 1024,
 ) -> AsyncIterator[Rig]:
     """An emulator, a client bound to it and a ``WorkerContext`` around both."""
     metrics = Metrics()
@@ -182,6 +189,8 @@ async def open_rig(
                 resync_grace_s=resync_grace_s,
                 poll_interval_s=poll_interval_s,
                 admission=asyncio.Semaphore(max_concurrent),
+                quiet_check_s=quiet_check_s,
+                max_frame_bytes=max_frame_bytes,
             )
             yield Rig(emulator, client, metrics, normalizer, published, health, context)
 

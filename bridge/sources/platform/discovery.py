@@ -93,7 +93,10 @@ class _Listing:
     #: what the platform answered last, while it fails
     failure: str | None = None
     failures: int = 0
+    successes: int = 0
     live_unowned: set[str] = field(default_factory=set)
+    #: set to list this one at once
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Discovery:
@@ -125,17 +128,18 @@ class Discovery:
             _Listing(user, client.list_user_tasks, self._retry.backoff())
             for user in config.user_ids
         ]
-        self.rounds = 0
+
+    @property
+    def rounds(self) -> int:
+        """How many times every listing has succeeded, at least."""
+        return min((listing.successes for listing in self._listings), default=0)
 
     async def run(self) -> None:
-        while True:
-            # Cleared before listing, not after: a wake that comes while the
-            # listings run (partitions just assigned) must bring the next round.
-            self._wake.clear()
-            await self.reconcile()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._interval()):
-                    await self._wake.wait()
+        """One loop per listing, so a slow or failing one holds up no other."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._relay_wakes())
+            for listing in self._listings:
+                group.create_task(self._keep_listing(listing))
 
     def wake(self) -> None:
         """List now (e.g. this replica was just given partitions)."""
@@ -147,7 +151,27 @@ class Discovery:
         due = [listing for listing in self._listings if listing.not_before <= now]
         await asyncio.gather(*(self._list_one(listing) for listing in due))
         self._report()
-        self.rounds += 1
+
+    async def _keep_listing(self, listing: _Listing) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            # Cleared before listing, not after: a wake that comes while it
+            # runs (partitions just assigned) must bring the next listing.
+            listing.wake.clear()
+            await self._list_one(listing)
+            self._report()
+            delay = max(self._interval(), listing.not_before - loop.time())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await listing.wake.wait()
+
+    async def _relay_wakes(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            for listing in self._listings:
+                listing.not_before = 0.0
+                listing.wake.set()
 
     async def _list_one(self, listing: _Listing) -> None:
         try:
@@ -160,6 +184,7 @@ class Discovery:
             log.info("task listing recovered", extra={"owner": listing.owner})
         listing.failure = None
         listing.failures = 0
+        listing.successes += 1
         listing.backoff.reset()
         listing.not_before = 0.0
         await self._process(listing, items)

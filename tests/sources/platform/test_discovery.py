@@ -39,7 +39,7 @@ def discovery_for(
     settings = DiscoveryConfig(
         **{"agent_ids": [AGENT], "interval_s": interval_s, "jitter": 0.0, **config}
     )
-    return Discovery(rig.client, supervisor, settings, rig.health, claims=claims, wake=wake)
+    return Discovery(rig.context, supervisor, settings, claims=claims, wake=wake)
 
 
 @asynccontextmanager
@@ -283,3 +283,65 @@ async def test_an_unseen_end_whose_status_fetch_failed_is_published_later(rig: R
     await discovery.reconcile()
 
     await wait_until(ended(quick, rig), "its end", 1.0)
+
+
+# --- hostile platform: one listing's trouble stays its own ---------------------
+
+
+async def test_an_agent_answered_404_and_one_that_never_answers_delay_no_other(
+    rig: Rig,
+) -> None:
+    rig.emulator.set_faults(
+        http=[
+            HttpFaultRule(endpoints=["list_tasks"], ids=["a-typo"], status=404, share=1.0),
+            HttpFaultRule(endpoints=["list_tasks"], ids=["a-hangs"], hang=True, share=1.0),
+        ]
+    )
+    live = slow_task(rig)
+    supervisor = TaskSupervisor(rig.context)
+    discovery = discovery_for(
+        rig, supervisor, interval_s=0.05, agent_ids=["a-typo", "a-hangs", AGENT]
+    )
+    async with running(discovery, supervisor):
+        await wait_until(lambda: supervisor.is_known(live), "the good agent's task followed")
+        await wait_until(
+            lambda: rig.metric("xpander_bridge_listing_failing", owner="a-typo") == 1,
+            "the typo reported",
+        )
+        later = slow_task(rig)  # discovery keeps going while the others fail
+        await wait_until(lambda: supervisor.is_known(later), "a later task followed too")
+    not_found = {"owner": "a-typo", "reason": "not_found"}
+    assert rig.metric("xpander_bridge_listing_errors_total", **not_found) >= 2
+    assert rig.metric("xpander_bridge_listing_failing", owner=AGENT) == 0
+    ok, detail = rig.health.listings_reports[-1]
+    assert ok and "a-typo" in detail and "404" in detail
+    assert rig.health.refusals == []
+
+
+async def test_when_every_listing_fails_the_listings_are_not_ready(rig: Rig) -> None:
+    rig.emulator.set_faults(http=[HttpFaultRule(endpoints=["list_tasks"], status=404, share=1.0)])
+    supervisor = TaskSupervisor(rig.context)
+    discovery = discovery_for(rig, supervisor, agent_ids=["a-1", "a-2"])
+    await discovery.reconcile()
+    assert rig.health.listings_reports[-1][0] is False
+    assert rig.health.reachable_count == 0
+
+
+async def test_a_listing_that_failed_a_while_does_not_make_its_tasks_look_new(rig: Rig) -> None:
+    history = slow_task(rig, stopped=True)
+    supervisor = TaskSupervisor(rig.context)
+    discovery = discovery_for(rig, supervisor, interval_s=0.01)
+    async with running(discovery, supervisor):
+        await wait_until(lambda: discovery.rounds >= 1, "the baseline")
+        rig.emulator.set_faults(
+            http=[HttpFaultRule(endpoints=["list_tasks"], status=503, next_n=3)]
+        )
+        errors = {"owner": AGENT, "reason": "server_error"}
+        await wait_until(
+            lambda: rig.metric("xpander_bridge_listing_errors_total", **errors) >= 3,
+            "three failed listings",
+        )
+        done = discovery.rounds
+        await wait_until(lambda: discovery.rounds > done, "the listing to recover")
+    assert not supervisor.is_known(history)
+    assert rig.published.envelopes(history) == []
