@@ -15,9 +15,12 @@ from bridge.app import Bridge
 from bridge.config import BridgeConfig
 from bridge.observability.logging import configure_logging
 
-__all__ = ["run_bridge"]
+__all__ = ["SHUTDOWN_MARGIN_S", "run_bridge"]
 
 log = logging.getLogger("bridge")
+
+#: Past ``pipeline.shutdown_timeout_s``, the most the final steps may take.
+SHUTDOWN_MARGIN_S = 5.0
 
 
 async def run_bridge(config: BridgeConfig, *, install_signal_handlers: bool = True) -> int:
@@ -41,7 +44,16 @@ async def run_bridge(config: BridgeConfig, *, install_signal_handlers: bool = Tr
         raise start.exception()  # type: ignore[misc]
     else:
         await stop
-    report = await bridge.shutdown()
+    # The hard bound: whatever hangs (Kafka unreachable, a listing that never
+    # answers, a stream that never closes), the process exits in time, before
+    # Kubernetes' SIGKILL, with the log saying what was left undone.
+    limit = config.pipeline.shutdown_timeout_s + SHUTDOWN_MARGIN_S
+    try:
+        async with asyncio.timeout(limit):
+            report = await bridge.shutdown()
+    except TimeoutError:
+        log.error("shutdown passed its deadline; exiting anyway", extra={"seconds": limit})
+        return 1
     return 0 if report.clean else 1
 
 

@@ -71,6 +71,18 @@ class ShutdownReport:
     not_stopped: list[str] = field(default_factory=list)
 
 
+async def _bounded(
+    what: str, work: Coroutine[Any, Any, None], seconds: float, report: ShutdownReport
+) -> None:
+    """One shutdown step, given what is left of the deadline; one that does not
+    finish in time is named in the final log line instead of holding the exit."""
+    try:
+        await asyncio.wait_for(work, seconds)
+    except TimeoutError:
+        report.clean = False
+        report.not_stopped.append(what)
+
+
 class _Deadline:
     """What is left of the shutdown deadline; each stage takes its share."""
 
@@ -127,6 +139,8 @@ class Bridge:
         #: records handed to the queue; at a clean stop, all of them were delivered
         self.records_enqueued = 0
         self._stopped = asyncio.Event()
+        #: internal tasks that did not stop when cancelled
+        self._stuck: list[str] = []
         for secret in (config.platform.api_key, config.kafka.sasl_password):
             if secret is not None:
                 register_secret(secret.get_secret_value())
@@ -353,9 +367,12 @@ class Bridge:
             self.config.pipeline.shutdown_timeout_s if timeout_s is None else timeout_s
         )
         report = ShutdownReport(clean=True, seconds=0.0)
-        await self._stop_inputs(deadline)
+        await _bounded("inputs", self._stop_inputs(deadline), deadline.left(), report)
         await self._drain(report, deadline.left(0.0))
         await self._close(report, deadline)
+        if self._stuck:
+            report.clean = False
+            report.not_stopped.extend(self._stuck)
         report.seconds = time.monotonic() - started
         self._log_stopped(report)
         return report
@@ -390,20 +407,16 @@ class Bridge:
         """Stage 3: leave the group (checkpoints are in Kafka), close the sink and clients."""
         await self._cancel("ownership")
         if self.ownership is not None:
-            await self.ownership.aclose()
+            await _bounded("ownership group", self.ownership.aclose(), deadline.left(), report)
         for name in ("delivery", "readiness", "heartbeat", "gc"):
             await self._cancel(name)
         if self.gc_policy is not None:
             self.gc_policy.uninstall()
-        try:
-            await asyncio.wait_for(self.sink.aclose(), deadline.left())
-        except TimeoutError:
-            report.clean = False
-            report.not_stopped.append("kafka producer")
+        await _bounded("kafka producer", self.sink.aclose(), deadline.left(), report)
         if self.client is not None:
-            await self.client.aclose()
+            await _bounded("platform client", self.client.aclose(), deadline.left(), report)
         if self.http is not None:
-            await self.http.aclose()
+            await _bounded("http server", self.http.aclose(), deadline.left(), report)
 
     def _log_stopped(self, report: ShutdownReport) -> None:
         log.log(
@@ -425,5 +438,7 @@ class Bridge:
             # Bounded: a task that swallows its cancellation must not hold the
             # shutdown hostage; it is named in the log instead.
             done, _ = await asyncio.wait({task}, timeout=_CANCEL_GRACE_S)
+            if not done:
+                self._stuck.append(name)
             if not done:
                 log.error("internal task did not stop when cancelled", extra={"task": name})

@@ -15,6 +15,8 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
+from aiokafka.errors import KafkaError
+
 from bridge.config import CoordinationConfig, KafkaConfig
 from bridge.coordination.checkpointer import Checkpointer
 from bridge.coordination.checkpoints import load_checkpoints
@@ -22,12 +24,17 @@ from bridge.coordination.ownership import Ownership
 from bridge.coordination.partitioning import partition_for
 from bridge.core.checkpoint import Checkpoint
 from bridge.core.record import Publish
+from bridge.core.retry import RetryPolicy
 from bridge.core.task import TaskState
+from bridge.errors import UnavailableError
 from bridge.observability.health import Health
 
 __all__ = ["Handover", "ReplicaClaims", "StreamOwner"]
 
 log = logging.getLogger(__name__)
+
+#: a checkpoint load that fails is tried again, backing off to 15 s
+_LOAD_RETRY = RetryPolicy(0.5, 15.0)
 
 
 class StreamOwner(Protocol):
@@ -64,7 +71,7 @@ class Handover:
         return self._checkpoints.get(task_id)
 
     async def assigned(self, partitions: list[int]) -> None:
-        loaded = await load_checkpoints(self._kafka, self._config.checkpoints_topic, partitions)
+        loaded = await self._load(partitions)
         expired = self._checkpointer.expire(loaded.values())
         if expired:
             await self._publish(expired)
@@ -75,6 +82,24 @@ class Handover:
             extra={"partitions": len(partitions), "checkpoints": len(loaded)},
         )
         self._relist.set()
+
+    async def _load(self, partitions: list[int]) -> dict[str, Checkpoint]:
+        """The checkpoints of these partitions, however long Kafka takes: owning
+        partitions whose checkpoints are unknown would restart their tasks from
+        scratch, so the assignment waits (not ready meanwhile)."""
+        backoff = _LOAD_RETRY.backoff()
+        while True:
+            try:
+                return await load_checkpoints(
+                    self._kafka, self._config.checkpoints_topic, partitions
+                )
+            except (UnavailableError, KafkaError) as exc:
+                self._health.set("coordination", False, f"loading checkpoints: {exc}")
+                log.warning(
+                    "checkpoints could not be loaded; retrying",
+                    extra={"partitions": len(partitions), "error": str(exc)},
+                )
+                await _LOAD_RETRY.wait(backoff)
 
     async def revoked(self, partitions: list[int]) -> None:
         moving = set(partitions)

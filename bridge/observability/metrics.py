@@ -451,6 +451,12 @@ class Metrics:
             TaskEndStatus,
             [self.agent_label(agent) for agent in dict.fromkeys(agent_ids)],
         )
+        self.worker_crashes = Counter(
+            "xpander_bridge_worker_crashes_total",
+            "Task workers that died of an unexpected error (a bug); each restarts at the next "
+            "listing from its state, its sequence going on.",
+            registry=r,
+        )
         self.tasks_dropped = ByLabel(
             Counter(
                 "xpander_bridge_tasks_dropped_total",

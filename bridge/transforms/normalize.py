@@ -44,6 +44,8 @@ CE_TYPE_PREFIX = "ai.xpander.task."
 #: the terminal statuses as metric labels, looked up once per task end
 _END_STATUSES: dict[str, TaskEndStatus] = {status.value: status for status in TaskEndStatus}
 _STATIC_HEADERS: Headers = [("ce_specversion", b"1.0"), ("content-type", b"application/json")]
+#: ``ce_type`` header values kept ready, at most (beyond, built per event)
+_MAX_CACHED_TYPES = 256
 # Room kept for the key, the headers and the record framing under the size limit.
 _RECORD_OVERHEAD = 2048
 
@@ -348,7 +350,9 @@ class Normalizer:
     def _headers(self, task: TaskState, event_type: str, event_id_: str, time_: str) -> Headers:
         ce_type = self._ce_types.get(event_type)
         if ce_type is None:
-            ce_type = self._ce_types.setdefault(event_type, (CE_TYPE_PREFIX + event_type).encode())
+            ce_type = (CE_TYPE_PREFIX + event_type).encode()
+            if len(self._ce_types) < _MAX_CACHED_TYPES:  # types are the platform's to invent
+                self._ce_types[event_type] = ce_type
         return [
             *_STATIC_HEADERS,
             ("ce_id", event_id_.encode()),

@@ -118,7 +118,12 @@ class PartitionedConsumer:
                     partition.backlog.extend(messages)
             for partition in list(self._partitions.values()):
                 self._dispatch(partition)
-            await self._commit(force=False)
+            try:
+                await self._commit(force=False)
+            except KafkaError as exc:
+                # Not fatal: what is done stays done and is committed next time
+                # (a rebalance meanwhile only means redelivery, handled by ids).
+                log.warning("offset commit failed; retrying", extra={"error": str(exc)})
             self._update_lag()
             if not self._halted():
                 self._state(True, "")

@@ -44,6 +44,9 @@ class TaskSupervisor:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._states: dict[str, TaskState] = {}
         self._ended: OrderedDict[str, None] = OrderedDict()
+        #: states of workers that crashed, for their restart (pruned as they restart
+        #: or their partition moves; bounded by the tasks followed)
+        self._crashed: dict[str, TaskState] = {}
         self._modes = dict.fromkeys(TrackingMode, 0)
         self._stopping = False
 
@@ -83,13 +86,15 @@ class TaskSupervisor:
         task_id = item.get("id")
         if not isinstance(task_id, str) or self._stopping or self.is_known(task_id):
             return
-        state = TaskState(
-            task_id=task_id,
-            agent_id=str_or_none(item.get("agent_id")),
-            organization_id=str_or_none(item.get("organization_id")),
-        )
-        if checkpoint is not None:
-            state.resume(checkpoint)
+        state = self._crashed.pop(task_id, None)
+        if state is None:
+            state = TaskState(
+                task_id=task_id,
+                agent_id=str_or_none(item.get("agent_id")),
+                organization_id=str_or_none(item.get("organization_id")),
+            )
+            if checkpoint is not None:
+                state.resume(checkpoint)
         self._states[task_id] = state
         if self._on_follow is not None:
             self._on_follow(state)
@@ -105,6 +110,8 @@ class TaskSupervisor:
     async def release(self, which: Callable[[str], bool]) -> list[TaskState]:
         """Stop the workers of the tasks ``which`` selects (ownership moved);
         returns their states, whose checkpoints the caller writes."""
+        for task_id in [t for t in self._crashed if which(t)]:
+            del self._crashed[task_id]  # a restart elsewhere starts from the checkpoint
         chosen = [task_id for task_id in self._workers if which(task_id)]
         states = [self._states[t] for t in chosen if t in self._states]
         workers = [self._workers[t] for t in chosen]
@@ -147,7 +154,14 @@ class TaskSupervisor:
             self._workers.pop(state.task_id, None)
             return
         except Exception:
-            log.exception("task worker crashed", extra={"task_id": state.task_id})
+            # A bug, not the input (events cannot crash a worker: the transform
+            # dead-letters them). The next listing restarts the task from this
+            # very state: its sequence goes on, it is never reused.
+            self._ctx.metrics.worker_crashes.inc()
+            log.exception(
+                "task worker crashed; it restarts from its state", extra={"task_id": state.task_id}
+            )
+            self._crashed[state.task_id] = state
             self._workers.pop(state.task_id, None)
             return
         self._remember_ended(state.task_id)
