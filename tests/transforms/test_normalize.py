@@ -321,3 +321,17 @@ def test_any_json_payload_is_carried_exactly(data: Any) -> None:
     raw = json.dumps({"type": "tool_call_result", "data": data}).encode()
     (record,) = normalizer.from_frame(task, raw, None, 1.0)
     assert exact_data(record) == json.loads(raw)["data"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=400) | JSON.map(lambda v: json.dumps({"type": "x", "data": v}).encode()))
+def test_arbitrary_bytes_never_raise_and_are_published_or_dead_lettered(raw: bytes) -> None:
+    normalizer, task, _ = make(dlq="dlq")
+    records = normalizer.from_frame(task, raw, None, 1.0)
+    assert records
+    if records[0].topic == "dlq":
+        assert records[0].value == raw and task.sequence == 0
+    else:
+        envelope = json.loads(records[0].value or b"")
+        assert envelope["sequence"] == task.sequence == 1
+        assert envelope["data"] == json.loads(raw).get("data")

@@ -7,7 +7,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 import pytest
-from support.platform_source import Rig, open_rig
+from support.platform_source import Rig, open_rig, wait_until
 
 from bridge.core.checkpoint import Checkpoint, now
 from bridge.core.identity import event_id_for
@@ -294,3 +294,35 @@ async def test_a_connection_that_made_progress_starts_the_back_off_over() -> Non
         # Each reconnect follows a connection that made progress: each waits
         # the first back-off step, as after a clean end.
         assert policy.attempts == [0, 0, 0]
+
+
+async def test_a_stream_that_lingers_after_the_end_with_keep_alives_only_is_checked() -> None:
+    async with open_rig(quiet_check_s=0.3, resync_grace_s=0.2) as rig:
+        # The server never sends task_finished and never closes the stream: only
+        # keep-alives, which count as life for the idle timeout (10 s here).
+        rig.emulator.update_stream(linger_after_end=True, keepalive_s=0.05)
+        task = rig.emulator.create_task(events=12, outcome="failed", profile=AT_ONCE)
+        state = rig.state_for(task)
+
+        assert await stream(rig, state, within_s=5.0) is StreamOutcome.FINISHED
+
+        envelopes = rig.published.envelopes(task["id"])
+        assert envelopes[-1]["type"] == "task_finished"
+        assert envelopes[-1]["source"] == "resync" and envelopes[-1]["status"] == "failed"
+        assert [e["sequence"] for e in envelopes] == list(range(1, len(envelopes) + 1))
+        assert rig.metric("xpander_bridge_active_streams") == 0
+
+
+async def test_a_quiet_running_task_is_checked_and_left_streaming() -> None:
+    async with open_rig(quiet_check_s=0.2) as rig:
+        rig.emulator.update_stream(keepalive_s=0.05)
+        task = rig.emulator.create_task(events=12, profile=SLOW)
+        state = rig.state_for(task)
+        streamer = asyncio.create_task(TaskStreamer(state, rig.context).run())
+        await wait_until(
+            lambda: rig.metric("xpander_bridge_resyncs_total", outcome="running") >= 2,
+            "two status checks of the quiet stream",
+        )
+        assert not streamer.done() and rig.run_of(task["id"]).connections == 1
+        streamer.cancel()
+        await asyncio.gather(streamer, return_exceptions=True)
