@@ -16,8 +16,10 @@ Every error a component raises is one of these; third-party exceptions
     │   ├── PlatformRejectedError   a 4xx other than 401/403/404/408/429
     │   ├── NotFoundError           404: the task or agent is gone
     │   └── RecordTooLargeError     over the broker's message size limit
-    └── AuthError                   401/403: the bridge is misconfigured, not the message;
-                                    halt the affected direction, report not-ready, retry slowly
+    └── RefusedError                every request of this kind is refused (the bridge is
+        │                           misconfigured, not the message): halt the affected
+        │                           direction, report not-ready, retry slowly
+        └── AuthError               401/403, or Kafka's authorization failures
 
 ``retryable`` on each class is what the runner reads; nothing else decides.
 """
@@ -33,6 +35,7 @@ __all__ = [
     "PlatformRejectedError",
     "RateLimitedError",
     "RecordTooLargeError",
+    "RefusedError",
     "RejectedError",
     "RequestTimeoutError",
     "RetryableError",
@@ -108,8 +111,14 @@ class RecordTooLargeError(RejectedError):
     """The record is over the broker's size limit."""
 
 
-class AuthError(BridgeError):
-    """401/403: the credentials are wrong for every request, not just this one."""
+class RefusedError(BridgeError):
+    """Refused for every request of its kind (a setting, a permission), not just
+    this input: the direction halts until it works again."""
+
+
+class AuthError(RefusedError):
+    """401/403, or Kafka's authorization failures: the credentials are wrong for
+    every request, not just this one."""
 
 
 def error_for_status(status: int, message: str, *, retry_after: float | None = None) -> BridgeError:

@@ -167,7 +167,9 @@ class Bridge:
         self.gc_policy.install()
         self._spawn("gc", self.gc_policy.run())
         await self._connect_kafka()
-        self.delivery = DeliveryLoop(self.queue, self.sink, self.metrics)
+        self.delivery = DeliveryLoop(
+            self.queue, self.sink, self.metrics, max_record_bytes=config.kafka.max_request_bytes
+        )
         self._spawn("delivery", self.delivery.run())
         readiness = KafkaReadiness(
             self.sink,

@@ -21,7 +21,7 @@ import random
 from dataclasses import dataclass
 from enum import Enum
 
-from bridge.errors import AuthError, BridgeError, RetryableError
+from bridge.errors import BridgeError, RefusedError, RetryableError
 
 __all__ = ["Backoff", "RetryPolicy", "Verdict"]
 
@@ -86,7 +86,7 @@ class RetryPolicy:
     @staticmethod
     def verdict(error: BaseException) -> Verdict:
         """Read from the error tree (``retryable`` on each class), nowhere else."""
-        if isinstance(error, AuthError):
+        if isinstance(error, RefusedError):
             return Verdict.HALT
         if isinstance(error, BridgeError) and error.retryable:
             return Verdict.RETRY

@@ -75,7 +75,6 @@ class DeadLetterReason(StrEnum):
     FRAME_TOO_LARGE = "frame_too_large"
     INTERNAL_ERROR = "internal_error"
     OVERSIZED = "oversized"
-    UNDELIVERABLE = "undeliverable"
     INVALID_REPORT = "invalid_report"
     PLATFORM_REJECTED = "platform_rejected"
 
@@ -86,6 +85,7 @@ class PublishErrorReason(StrEnum):
     TIMEOUT = "timeout"
     UNAVAILABLE = "unavailable"
     TOO_LARGE = "too_large"
+    REFUSED = "refused"
 
 
 class ReconnectReason(StrEnum):
@@ -397,6 +397,12 @@ class Metrics:
             "xpander_bridge_publish_latency_seconds",
             "From an event's receipt by the bridge to the broker's acknowledgement.",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.records_held = Gauge(
+            "xpander_bridge_records_held",
+            "Records Kafka refuses for good (too large, malformed), held unacknowledged: "
+            "their tasks' checkpoints wait on them. Tried again every 30 s.",
             registry=r,
         )
         self.queue_depth = Gauge(

@@ -1,13 +1,22 @@
 """The delivery loop: records from the bounded queue into the sink, acks back.
 
 For each record: ``sink.write`` (waits while the producer's buffer is full,
-which is the back-pressure), then on the broker's answer either the record's
-``on_delivered`` runs (success) or the record is sent again after a full-jitter
-back-off, for ever: a retry is not a drop, and an outage of any length ends
-with every record delivered. A record the broker will never take (over the
-size limit even after truncation) is the one exception: it is given up, with
-an error log line and ``dead_letters_total{reason="undeliverable"}``, and is
-written nowhere (its ack still runs, so a checkpoint moves past it).
+which is the back-pressure), then the broker's answer decides, through the
+retry policy, one of three outcomes:
+
+- **delivered**: the record's ``on_delivered`` runs (its task's checkpoint or
+  its input offset may move over it);
+- **retried** (timeouts, the broker away, a batch refused as too large for a
+  record that is small): sent again after a full-jitter back-off, for ever:
+  a retry is not a drop, and an outage of any length ends with every record
+  delivered;
+- **held** (Kafka refuses this record for good: over the broker's size limit
+  even truncated, malformed): not acknowledged, so nothing moves past it;
+  counted (``records_held``), logged, readiness fails, and it is tried again
+  every ``_HELD_RETRY_S`` in case the broker's limits change;
+- **halted** (Kafka refuses every send: authorization, a setting): the loop
+  stops taking records from the queue, so memory stays bounded by the queue,
+  readiness fails, and the refused record is retried slowly until it passes.
 
 ``drain()`` is the second stage of shutdown: once the sources have stopped,
 wait until the queue is empty and no record is in flight.
@@ -21,9 +30,9 @@ import logging
 from typing import Any, Protocol
 
 from bridge.core.record import OutRecord
-from bridge.core.retry import RetryPolicy
-from bridge.errors import BridgeError, RecordTooLargeError, RequestTimeoutError, RetryableError
-from bridge.observability.metrics import DeadLetterReason, Metrics, PublishErrorReason
+from bridge.core.retry import RetryPolicy, Verdict
+from bridge.errors import BridgeError, RecordTooLargeError, RequestTimeoutError
+from bridge.observability.metrics import Metrics, PublishErrorReason
 
 __all__ = ["DeliveryLoop", "RecordSink"]
 
@@ -32,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: Failed sends are retried without expiry, backing off to 10 s.
 DELIVERY_RETRY = RetryPolicy(0.2, 10.0)
+#: A record Kafka refuses for good (or every send, while halted) is tried again this often.
+_HELD_RETRY_S = 30.0
 
 
 class RecordSink(Protocol):
@@ -56,22 +67,44 @@ class DeliveryLoop:
         metrics: Metrics,
         *,
         retry: RetryPolicy = DELIVERY_RETRY,
+        max_record_bytes: int | None = None,
+        held_retry_s: float = _HELD_RETRY_S,
     ) -> None:
         self._queue = queue
         self._sink = sink
         self._metrics = metrics
         self._policy = retry
+        #: a too-large refusal for a record under half of this was the batch's
+        self._small = (max_record_bytes or 0) // 2
+        self._held_retry_s = held_retry_s
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        #: set while records may be taken from the queue (cleared while halted)
+        self._open = asyncio.Event()
+        self._open.set()
         self._loop = asyncio.get_running_loop()
         self._retries: set[asyncio.Task[None]] = set()
+        #: records Kafka refuses for good, waiting for their next try
+        self._held: set[OutRecord] = set()
         self._published = metrics.envelopes_published
-        #: False while sends fail; readiness reads it
-        self.healthy = True
-        #: records acknowledged (or, for the undeliverable, given up on with a log line)
+        self._failing = False
+        #: records acknowledged by Kafka
         self.delivered = 0
         self._last_progress = self._loop.time()
+
+    @property
+    def healthy(self) -> bool:
+        """Sends succeed, nothing is held and the loop is not halted (readiness)."""
+        return not self._failing and not self._held and self._open.is_set()
+
+    @property
+    def halted(self) -> bool:
+        return not self._open.is_set()
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
 
     @property
     def in_flight(self) -> int:
@@ -89,6 +122,7 @@ class DeliveryLoop:
         while True:
             # (queue_depth is sampled once a second by the readiness watcher,
             # not set per record)
+            await self._open.wait()  # halted: the queue fills, the streams wait
             record = await queue.get()
             if self._in_flight == 0:
                 self._last_progress = self._loop.time()  # idle time is not a stall
@@ -109,15 +143,15 @@ class DeliveryLoop:
         while True:
             try:
                 future = await self._sink.write(record)
-            except RetryableError as exc:
-                # The producer could not even take it (no metadata, not
-                # connected): wait here, which holds the whole queue back.
-                self._note_failure(record, exc)
-                backoff = backoff or self._policy.backoff()
-                await self._policy.wait(backoff)
-                continue
-            except RecordTooLargeError as exc:
-                self._give_up(record, exc)
+            except BridgeError as exc:
+                if self._verdict(record, exc) is Verdict.RETRY:
+                    # The producer could not even take it (no metadata, not
+                    # connected): wait here, which holds the whole queue back.
+                    self._note_failure(record, exc)
+                    backoff = backoff or self._policy.backoff()
+                    await self._policy.wait(backoff)
+                    continue
+                self._refused(record, exc)
                 return
             future.add_done_callback(functools.partial(self._on_result, record))
             return
@@ -131,22 +165,73 @@ class DeliveryLoop:
             self._delivered(record)
             return
         translated = error if isinstance(error, BridgeError) else self._sink.classify(error)
-        if isinstance(translated, RecordTooLargeError):
-            self._give_up(record, translated)
-            return
-        self._note_failure(record, translated)
-        task = self._loop.create_task(self._retry(record))
+        if self._verdict(record, translated) is Verdict.RETRY:
+            self._note_failure(record, translated)
+            self._later(record, None)
+        else:
+            self._refused(record, translated)
+
+    def _verdict(self, record: OutRecord, error: BridgeError) -> Verdict:
+        verdict = self._policy.verdict(error)
+        if isinstance(error, RecordTooLargeError) and len(record.value or b"") < self._small:
+            return Verdict.RETRY  # the batch it was in was refused, not the record itself
+        return verdict
+
+    def _refused(self, record: OutRecord, error: BridgeError) -> None:
+        """Kafka refuses this record (held) or every send (halted): nothing is
+        acknowledged, so no checkpoint or offset moves past it."""
+        halt = self._policy.verdict(error) is Verdict.HALT
+        reason = (
+            PublishErrorReason.TOO_LARGE
+            if isinstance(error, RecordTooLargeError)
+            else PublishErrorReason.REFUSED
+        )
+        self._metrics.publish_errors(reason).inc()
+        if halt:
+            if self._open.is_set():
+                log.error(
+                    "Kafka refuses the bridge's sends: delivery HALTED (nothing is dropped; "
+                    "it resumes by itself once Kafka accepts them)",
+                    extra={"topic": record.topic, "error": str(error)},
+                )
+            self._open.clear()
+        else:
+            self._held.add(record)
+            log.error(
+                "Kafka refuses a record for good: it is held, and its task's checkpoint "
+                "waits on it; if too large, lower kafka.max_request_bytes to the broker's "
+                "message.max.bytes",
+                extra={
+                    "topic": record.topic,
+                    "bytes": len(record.value or b""),
+                    "error": str(error),
+                },
+            )
+        self._metrics.records_held.set(len(self._held))
+        self._later(record, self._held_retry_s)
+
+    def _later(self, record: OutRecord, delay_s: float | None) -> None:
+        task = self._loop.create_task(self._retry(record, delay_s))
         self._retries.add(task)
         task.add_done_callback(self._retries.discard)
 
-    async def _retry(self, record: OutRecord) -> None:
+    async def _retry(self, record: OutRecord, delay_s: float | None) -> None:
         record.attempts += 1
-        # Resume the curve where this record is, so a long outage backs off to the cap.
-        await self._policy.wait(self._policy.backoff(attempt=min(record.attempts, 16)))
+        if delay_s is None:
+            # Resume the curve where this record is, so a long outage backs off to the cap.
+            await self._policy.wait(self._policy.backoff(attempt=min(record.attempts, 16)))
+        else:
+            await asyncio.sleep(delay_s)
         await self._write(record)
 
     def _delivered(self, record: OutRecord) -> None:
-        self.healthy = True
+        self._failing = False
+        if self._held and record in self._held:
+            self._held.discard(record)
+            self._metrics.records_held.set(len(self._held))
+        if not self._open.is_set():
+            log.warning("Kafka accepts the bridge's sends again: delivery resumed")
+            self._open.set()
         metrics = self._metrics
         if record.dead_letter_reason is not None:
             metrics.dead_letters(record.dead_letter_reason).inc()
@@ -157,27 +242,13 @@ class DeliveryLoop:
             record.on_delivered(record)
         self._finish_one()
 
-    def _give_up(self, record: OutRecord, error: BaseException) -> None:
-        # Reached only when even a truncated envelope or a DLQ part is refused:
-        # the broker's limit is below kafka.max_request_bytes. Said loudly.
-        self._metrics.publish_errors(PublishErrorReason.TOO_LARGE).inc()
-        self._metrics.dead_letters(DeadLetterReason.UNDELIVERABLE).inc()
-        log.error(
-            "record refused by the broker as too large; lower kafka.max_request_bytes "
-            "to the broker's message.max.bytes",
-            extra={"topic": record.topic, "bytes": len(record.value or b""), "error": str(error)},
-        )
-        if record.on_delivered is not None:
-            record.on_delivered(record)
-        self._finish_one()
-
     def _note_failure(self, record: OutRecord, error: BaseException) -> None:
-        if self.healthy:
+        if not self._failing:
             log.warning(
                 "Kafka send failed; retrying until it succeeds",
                 extra={"topic": record.topic, "error": str(error)},
             )
-        self.healthy = False
+        self._failing = True
         reason = (
             PublishErrorReason.TIMEOUT
             if isinstance(error, RequestTimeoutError)

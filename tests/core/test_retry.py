@@ -63,6 +63,7 @@ VERDICTS: dict[type[BaseException], Verdict] = {
     errors.NotFoundError: Verdict.REJECT,
     errors.RecordTooLargeError: Verdict.REJECT,
     errors.AuthError: Verdict.HALT,
+    errors.RefusedError: Verdict.HALT,
 }
 
 

@@ -11,7 +11,7 @@ from support.metrics import sample
 
 from bridge.core.record import OutRecord
 from bridge.core.retry import RetryPolicy
-from bridge.errors import BridgeError, RecordTooLargeError, UnavailableError
+from bridge.errors import AuthError, BridgeError, RecordTooLargeError, UnavailableError
 from bridge.observability.metrics import Metrics
 from bridge.pipeline.delivery import DeliveryLoop
 
@@ -21,10 +21,19 @@ pytestmark = pytest.mark.timeout(10)
 class FlakySink:
     """Fails the first ``failures`` acknowledgements, then succeeds; can refuse writes."""
 
-    def __init__(self, failures: int = 0, refuse_writes: int = 0, too_large: bool = False) -> None:
+    def __init__(
+        self,
+        failures: int = 0,
+        refuse_writes: int = 0,
+        too_large: bool = False,
+        failure: BridgeError | None = None,
+    ) -> None:
         self.failures = failures
         self.refuse_writes = refuse_writes
         self.too_large = too_large
+        self.failure = failure or UnavailableError("broker gone")
+        #: values refused as too large, whatever ``too_large`` says
+        self.too_large_for: set[bytes | None] = set()
         self.written: list[bytes | None] = []
 
     @staticmethod
@@ -33,7 +42,7 @@ class FlakySink:
         return error
 
     async def write(self, record: OutRecord) -> asyncio.Future[Any]:
-        if self.too_large:
+        if self.too_large or record.value in self.too_large_for:
             raise RecordTooLargeError("too large")
         if self.refuse_writes > 0:
             self.refuse_writes -= 1
@@ -42,25 +51,21 @@ class FlakySink:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.failures > 0:
             self.failures -= 1
-            future.set_exception(UnavailableError("broker gone"))
+            future.set_exception(self.failure)
         else:
             future.set_result(None)
         return future
 
 
 def record(value: bytes, acks: list[bytes]) -> OutRecord:
-    def delivered(r: OutRecord) -> None:
-        assert r.value is not None
-        acks.append(r.value)
-
-    return OutRecord("t", b"k", value, [], "chunk", 0.0, on_delivered=delivered)
+    return OutRecord(
+        "t", b"k", value, [], "chunk", 0.0, on_delivered=lambda r: acks.append(r.value)
+    )
 
 
-async def run(
-    sink: FlakySink, values: list[bytes], metrics: Metrics | None = None
-) -> tuple[DeliveryLoop, list[bytes]]:
+async def run(sink: FlakySink, values: list[bytes]) -> tuple[DeliveryLoop, list[bytes]]:
     queue: asyncio.Queue[OutRecord] = asyncio.Queue(4)
-    metrics = metrics if metrics is not None else Metrics()
+    metrics = Metrics()
     loop = DeliveryLoop(queue, sink, metrics, retry=RetryPolicy(0.001, 0.01))
     acks: list[bytes] = []
     runner = asyncio.create_task(loop.run())
@@ -87,14 +92,68 @@ async def test_refused_writes_wait_and_hold_the_queue() -> None:
     assert acks == values  # in order: the loop waited on the first record
 
 
-async def test_undeliverable_record_is_counted_and_logged_not_lost_silently(
+async def test_a_record_refused_for_good_is_held_not_acknowledged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    queue: asyncio.Queue[OutRecord] = asyncio.Queue()
+    acks: list[bytes] = []
+    sink = FlakySink()
+    sink.too_large_for = {b"x"}
     metrics = Metrics()
-    _, acks = await run(FlakySink(too_large=True), [b"x"], metrics)
-    assert acks == [b"x"]  # the event is done: not retried for ever
-    assert sample(metrics, "xpander_bridge_dead_letters_total", reason="undeliverable") == 1
-    assert "too large" in caplog.text
+    loop = DeliveryLoop(queue, sink, metrics, held_retry_s=0.05)
+    runner = asyncio.create_task(loop.run())
+    await queue.put(record(b"x", acks))
+    await queue.put(record(b"after", acks))
+    for _ in range(100):
+        if loop.held and acks:
+            break
+        await asyncio.sleep(0.01)
+    assert acks == [b"after"]  # nothing acknowledged the refused record: no checkpoint moves
+    assert loop.held == 1 and not loop.healthy
+    assert sample(metrics, "xpander_bridge_records_held") == 1
+    assert sample(metrics, "xpander_bridge_publish_errors_total", reason="too_large") >= 1
+    assert "refuses a record for good" in caplog.text
+    sink.too_large_for = set()  # the broker's limit was raised: the next try passes
+    await asyncio.wait_for(loop.drain(), 5)
+    assert acks == [b"after", b"x"] and loop.held == 0 and loop.healthy
+    runner.cancel()
+
+
+async def test_a_batch_refused_as_too_large_is_retried_for_its_small_records() -> None:
+    queue: asyncio.Queue[OutRecord] = asyncio.Queue()
+    acks: list[bytes] = []
+    sink = FlakySink(failures=3, failure=RecordTooLargeError("batch too large"))
+    loop = DeliveryLoop(
+        queue, sink, Metrics(), retry=RetryPolicy(0.001, 0.01), max_record_bytes=1000
+    )
+    runner = asyncio.create_task(loop.run())
+    for value in (b"a", b"b", b"c", b"d"):
+        await queue.put(record(value, acks))
+    await asyncio.wait_for(loop.drain(), 5)
+    assert sorted(acks) == [b"a", b"b", b"c", b"d"] and loop.held == 0
+    runner.cancel()
+
+
+async def test_a_refusal_of_every_send_halts_the_queue_with_bounded_memory() -> None:
+    queue: asyncio.Queue[OutRecord] = asyncio.Queue()
+    acks: list[bytes] = []
+    sink = FlakySink(failures=10**6, failure=AuthError("TopicAuthorizationFailed"))
+    loop = DeliveryLoop(queue, sink, Metrics(), held_retry_s=0.05)
+    runner = asyncio.create_task(loop.run())
+    await queue.put(record(b"first", acks))
+    for _ in range(100):
+        if loop.halted:
+            break
+        await asyncio.sleep(0.01)
+    for value in [str(i).encode() for i in range(49)]:
+        await queue.put(record(value, acks))
+    await asyncio.sleep(0.2)  # the scenario: a while halted
+    assert loop.halted and not loop.healthy and acks == []
+    assert queue.qsize() >= 45  # it stopped taking records: they wait in the bounded queue
+    sink.failures = 0  # permission granted
+    await asyncio.wait_for(loop.drain(), 5)
+    assert len(acks) == 50 and not loop.halted
+    runner.cancel()
 
 
 async def test_a_full_queue_blocks_the_producer_side() -> None:
@@ -114,7 +173,7 @@ async def test_a_full_queue_blocks_the_producer_side() -> None:
 
 
 async def test_stalled_when_records_wait_without_progress() -> None:
-    class Silent(FlakySink):
+    class Silent:
         async def write(self, record: OutRecord) -> asyncio.Future[Any]:
             return asyncio.get_running_loop().create_future()  # never acknowledged
 
