@@ -255,7 +255,9 @@ class Bridge:
         )
         checkpointer = self.checkpointer
         self.supervisor = TaskSupervisor(
-            context, on_follow=checkpointer.watch if checkpointer is not None else None
+            context,
+            on_follow=checkpointer.watch if checkpointer is not None else None,
+            on_release=checkpointer.release if checkpointer is not None else None,
         )
         relist = asyncio.Event()
         claims = (

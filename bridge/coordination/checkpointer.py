@@ -51,6 +51,7 @@ class Checkpointer:
         self._urgent = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._lag_updated = 0.0
+        self._writes: set[asyncio.Task[None]] = set()
 
     def watch(self, task: TaskState) -> None:
         """Keep writing this task's checkpoint until its final one is written."""
@@ -60,6 +61,23 @@ class Checkpointer:
     def watched(self, which: Callable[[str], bool]) -> list[TaskState]:
         """Watched tasks that ``which`` selects (ended ones awaiting their final write too)."""
         return [task for task_id, task in self._tasks.items() if which(task_id)]
+
+    def release(self, task: TaskState) -> None:
+        """The task is no longer followed here, unfinished (gone from the platform,
+        or its worker crashed): its last checkpoint is written if due, and it
+        leaves the table, which therefore holds only followed tasks."""
+        if task.finished:
+            return  # its final checkpoint is on its way; that write removes it
+        self._tasks.pop(task.task_id, None)
+        self._dirty.pop(task.task_id, None)
+        record = self._record(task)
+        if record is not None:
+            writing = self._loop.create_task(self._write_alone(record))
+            self._writes.add(writing)
+            writing.add_done_callback(self._writes.discard)
+
+    async def _write_alone(self, record: OutRecord) -> None:
+        await self._publish([record])
 
     def forget(self, task_ids: Iterable[str]) -> None:
         for task_id in task_ids:

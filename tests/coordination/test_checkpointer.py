@@ -119,3 +119,22 @@ async def test_a_first_checkpoint_is_written_at_once_and_alone() -> None:
         assert older.checkpointed == 1, "the other task waits for its round"
     finally:
         runner.cancel()
+
+
+async def test_a_task_released_unfinished_leaves_the_table_after_its_last_checkpoint() -> None:
+    sink = Sink()
+    checkpointer = Checkpointer(CoordinationConfig(partitions=6), sink.publish, Metrics())
+    task = task_with(acked=3, total=3)
+    checkpointer.watch(task)
+    checkpointer.release(task)
+    for _ in range(100):
+        if sink.records:
+            break
+        await asyncio.sleep(0.01)
+    (record,) = sink.records
+    assert Checkpoint.decode(record.value or b"") is not None
+    assert checkpointer.watched(lambda _: True) == []  # the table holds followed tasks only
+    finished = task_with(acked=2, total=2, finished=True)
+    checkpointer.watch(finished)
+    checkpointer.release(finished)  # its final checkpoint is still to come: kept
+    assert checkpointer.watched(lambda _: True) == [finished]

@@ -32,21 +32,31 @@ log = logging.getLogger(__name__)
 
 #: How many ended task ids are remembered to ignore a lagging listing.
 _ENDED_MEMORY = 200_000
+#: How many crashed workers' states are kept for their restart.
+_CRASHED_MEMORY = 10_000
 
 #: Called with each new task state (the checkpointer watches them).
 StateWatcher = Callable[[TaskState], None]
 
 
 class TaskSupervisor:
-    def __init__(self, context: WorkerContext, *, on_follow: StateWatcher | None = None) -> None:
+    def __init__(
+        self,
+        context: WorkerContext,
+        *,
+        on_follow: StateWatcher | None = None,
+        on_release: StateWatcher | None = None,
+    ) -> None:
         self._ctx = context
         self._on_follow = on_follow
+        #: a task stops being followed here for good (ended, gone, crashed)
+        self._on_release = on_release
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._states: dict[str, TaskState] = {}
         self._ended: OrderedDict[str, None] = OrderedDict()
         #: states of workers that crashed, for their restart (pruned as they restart
         #: or their partition moves; bounded by the tasks followed)
-        self._crashed: dict[str, TaskState] = {}
+        self._crashed: OrderedDict[str, TaskState] = OrderedDict()
         self._modes = dict.fromkeys(TrackingMode, 0)
         self._stopping = False
 
@@ -162,6 +172,8 @@ class TaskSupervisor:
                 "task worker crashed; it restarts from its state", extra={"task_id": state.task_id}
             )
             self._crashed[state.task_id] = state
+            if len(self._crashed) > _CRASHED_MEMORY:
+                self._crashed.popitem(last=False)
             self._workers.pop(state.task_id, None)
             return
         self._remember_ended(state.task_id)
@@ -218,4 +230,6 @@ class TaskSupervisor:
 
     def _forget(self, task_id: str) -> None:
         self._workers.pop(task_id, None)
-        self._states.pop(task_id, None)
+        state = self._states.pop(task_id, None)
+        if state is not None and self._on_release is not None and not self._stopping:
+            self._on_release(state)
