@@ -14,8 +14,9 @@ from typing import Any
 
 import orjson
 import pytest
-from support.e2e import all_finished, bridge_config, by_task, consume_until, covers, wait_for
+from support.e2e import all_finished, bridge_config, by_task, consume_until, covers
 from support.kafka import KafkaService, consume
+from support.waiting import eventually
 
 from bridge.app import Bridge
 from bridge.emulator.server import Emulator
@@ -61,18 +62,20 @@ async def test_a_hostile_platform_loses_nothing_else(
             coordination={"enabled": False},
         )
         async with Bridge(config) as bridge:
-            await wait_for(
+            await eventually(
                 lambda: (
                     bridge.discovery is not None
                     and any(x.successes for x in bridge.discovery._listings)
                 ),
-                15,
-                "the good listing",
+                timeout_s=15,
+                what="the good listing",
             )
             tasks = [emu.create_task(agent_id=GOOD, outcome="completed")["id"] for _ in range(5)]
             deep, big, huge, junk, _plain = tasks
-            await wait_for(
-                lambda: all(emu.engine.tasks[t].subscribers for t in tasks), 15, "every stream open"
+            await eventually(
+                lambda: all(emu.engine.tasks[t].subscribers for t in tasks),
+                timeout_s=15,
+                what="every stream open",
             )
             emu.inject_raw(
                 deep, frame(json.dumps({"type": "tool_call_result", "data": DEEP}).encode())
@@ -81,7 +84,7 @@ async def test_a_hostile_platform_loses_nothing_else(
             emu.control.inject_huge_line(huge, 20_000_000)
             emu.inject_raw(junk, frame(b"{not json") + frame(b'{"no":"type"}'))
             emu.inject_raw(junk, b"retry: " + b"9" * 300 + b"\n\n")
-            await wait_for(all_finished(emu, 5), 60, "every task to finish")
+            await eventually(all_finished(emu, 5), timeout_s=60, what="every task to finish")
             expected = {t: [(e.type, e.json) for e in emu.events(t)] for t in tasks}
             records = await consume_until(
                 kafka, config.topics.events, covers(expected, set(tasks)), 40

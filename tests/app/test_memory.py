@@ -15,8 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support.e2e import bridge_config, config_env, consume_until, run_bridge, wait_for
+from support.e2e import bridge_config, config_env, consume_until, run_bridge
 from support.kafka import KafkaService, consume
+from support.waiting import eventually
 
 from bridge.emulator.server import Emulator
 from bridge.emulator.settings import EmulatorSettings, TaskProfile
@@ -42,7 +43,9 @@ async def test_a_200_mb_line_is_skipped_within_the_memory_budget(
         process = await run_bridge(config_env(config))
         try:
             task = emu.create_task(outcome="completed")["id"]
-            await wait_for(lambda: emu.engine.tasks[task].subscribers > 0, 30, "the stream")
+            await eventually(
+                lambda: emu.engine.tasks[task].subscribers > 0, timeout_s=30, what="the stream"
+            )
             await asyncio.sleep(0.5)  # the scenario: the bridge settles before the line
             before = rss(process.pid)
             emu.control.inject_huge_line(task, LINE_BYTES)
@@ -52,15 +55,15 @@ async def test_a_200_mb_line_is_skipped_within_the_memory_budget(
             async def skipped() -> bool:
                 nonlocal peak
                 peak = max(peak, rss(process.pid))
-                return bool(dlq) or bool(
+                if not dlq:
                     dlq.extend(
                         await consume(
                             kafka.bootstrap_servers, [config.topics.dlq], count=1, max_wait=0.2
                         )
                     )
-                )
+                return bool(dlq)
 
-            await wait_for(skipped, 120, "the line's dead-letter record")
+            await eventually(skipped, timeout_s=120, what="the line's dead-letter record")
             await consume_until(
                 kafka,
                 config.topics.events,

@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 import orjson
 import pytest
-from support.e2e import bridge_config, config_env, run_bridge, wait_for
+from support.e2e import bridge_config, config_env, run_bridge
 from support.kafka import KafkaOutage
+from support.waiting import eventually
 
 from bridge.emulator.server import Emulator
 from bridge.emulator.settings import EmulatorSettings, HttpFaultRule, TaskProfile
@@ -46,7 +47,9 @@ async def test_sigterm_exits_in_time_with_everything_hanging(
         try:
             for _ in range(3):
                 emu.create_task(agent_id=agent)
-            await wait_for(lambda: emu.stats()["open_streams"] >= 3, 30, "streams open")
+            await eventually(
+                lambda: emu.stats()["open_streams"] >= 3, timeout_s=30, what="streams open"
+            )
             emu.set_faults(
                 http=[HttpFaultRule(endpoints=["list_tasks"], ids=["a-hangs"], hang=True)]
             )

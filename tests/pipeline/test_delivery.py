@@ -58,9 +58,11 @@ class FlakySink:
 
 
 def record(value: bytes, acks: list[bytes]) -> OutRecord:
-    return OutRecord(
-        "t", b"k", value, [], "chunk", 0.0, on_delivered=lambda r: acks.append(r.value)
-    )
+    def delivered(r: OutRecord) -> None:
+        assert r.value is not None
+        acks.append(r.value)
+
+    return OutRecord("t", b"k", value, [], "chunk", 0.0, on_delivered=delivered)
 
 
 async def run(sink: FlakySink, values: list[bytes]) -> tuple[DeliveryLoop, list[bytes]]:
@@ -173,7 +175,7 @@ async def test_a_full_queue_blocks_the_producer_side() -> None:
 
 
 async def test_stalled_when_records_wait_without_progress() -> None:
-    class Silent:
+    class Silent(FlakySink):
         async def write(self, record: OutRecord) -> asyncio.Future[Any]:
             return asyncio.get_running_loop().create_future()  # never acknowledged
 

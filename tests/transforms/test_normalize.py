@@ -168,7 +168,7 @@ def test_the_event_is_delivered_only_when_all_its_records_are() -> None:
     assert task.acks.done == 1
 
 
-JSON = st.recursive(
+JSON: st.SearchStrategy[Any] = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
     lambda children: (
         st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
@@ -301,7 +301,7 @@ def test_an_unexpected_error_dead_letters_the_frame_and_takes_no_sequence(
     assert json.loads(ok.value or b"")["sequence"] == 1
 
 
-JSON = st.recursive(
+EXACT_JSON: st.SearchStrategy[Any] = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(min_value=-(10**40), max_value=10**40)
@@ -315,7 +315,7 @@ JSON = st.recursive(
 
 
 @settings(max_examples=300, deadline=None)
-@given(JSON)
+@given(EXACT_JSON)
 def test_any_json_payload_is_carried_exactly(data: Any) -> None:
     normalizer, task, _ = make()
     raw = json.dumps({"type": "tool_call_result", "data": data}).encode()
@@ -324,7 +324,10 @@ def test_any_json_payload_is_carried_exactly(data: Any) -> None:
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.binary(max_size=400) | JSON.map(lambda v: json.dumps({"type": "x", "data": v}).encode()))
+@given(
+    st.binary(max_size=400)
+    | EXACT_JSON.map(lambda v: json.dumps({"type": "x", "data": v}).encode())
+)
 def test_arbitrary_bytes_never_raise_and_are_published_or_dead_lettered(raw: bytes) -> None:
     normalizer, task, _ = make(dlq="dlq")
     records = normalizer.from_frame(task, raw, None, 1.0)
