@@ -49,6 +49,7 @@ def test_defaults_render_the_minimal_set(default_manifests: list[Manifest]) -> N
     assert kinds(default_manifests) == [
         "ConfigMap",
         "Deployment",
+        "NetworkPolicy",
         "PodDisruptionBudget",
         "Service",
         "ServiceAccount",
@@ -62,6 +63,7 @@ def test_full_values_render_every_option(full_manifests: list[Manifest]) -> None
         "ConfigMap",
         "ConfigMap",
         "Deployment",
+        "NetworkPolicy",
         "PodDisruptionBudget",
         "PrometheusRule",
         "Service",
@@ -130,7 +132,14 @@ def test_every_object_is_valid_kubernetes(
             except kubernetes_validate.SchemaNotFoundError as exc:
                 pytest.fail(f"{where}: {exc.message} (a new CRD kind? add it to CRD_KINDS)")
             checked.add(manifest["kind"])
-    assert checked >= {"Deployment", "Service", "ConfigMap", "Secret", "PodDisruptionBudget"}
+    assert checked >= {
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "Secret",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    }
 
 
 def test_crd_kinds_really_have_no_bundled_schema() -> None:

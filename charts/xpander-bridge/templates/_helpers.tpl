@@ -116,3 +116,27 @@ before SIGKILL: the timeout plus shutdownGraceMarginSeconds.
 {{- define "xpander-bridge.coordinationPartitions" -}}
 {{- dig "coordination" "partitions" 24 .Values.config | int }}
 {{- end }}
+
+{{/*
+One egress rule of the NetworkPolicy from its values (dict "name" "rule"):
+`to` (peers; none: any address) and `ports` (none: every port). A rule with
+neither would admit all egress, which no one means by leaving both empty:
+refused, with the way to say it on purpose.
+*/}}
+{{- define "xpander-bridge.networkPolicy.egressRule" -}}
+{{- $rule := .rule }}
+{{- if and (empty $rule.to) (empty $rule.ports) }}
+{{- fail (printf "networkPolicy.egress.%s has neither `to` nor `ports`, which would allow all egress; give one of them, or set networkPolicy.enabled=false" .name) }}
+{{- end }}
+{{- if $rule.to }}
+- to:
+    {{- toYaml $rule.to | nindent 4 }}
+  {{- with $rule.ports }}
+  ports:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- else }}
+- ports:
+    {{- toYaml $rule.ports | nindent 4 }}
+{{- end }}
+{{- end }}
