@@ -2,9 +2,11 @@
 #
 #   docker build -t REGISTRY/xpander-bridge:0.1.0 .
 #
-# builder: builds the wheel from the repository root (the same `pip wheel .` as
-# anywhere else) and installs it, with its dependencies, into /opt/venv.
-# runtime: python:3.11-slim plus that venv, run as an unprivileged user.
+# builder: installs the runtime dependencies from requirements.lock, every file
+# checked against its sha256 (--require-hashes), into /opt/venv; then builds the
+# wheel from the repository root (the same `pip wheel .` as anywhere else) and
+# installs it with --no-deps, so nothing reaches the venv unhashed.
+# runtime: the same base image plus that venv, run as an unprivileged user.
 # No HEALTHCHECK: Kubernetes probes /livez and /readyz (see charts/xpander-bridge).
 
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -14,12 +16,22 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
+# The dependencies first, from the lock alone: this layer is reused until the
+# lock changes. Wheels only: building an sdist would fetch its build tools
+# unhashed. (The bridge's own build below does fetch setuptools and wheel that
+# way; they stay in pip's throwaway build environment, not in /opt/venv.)
+COPY requirements.lock ./
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: \
+       -r requirements.lock
 # Only what the wheel is built from (.dockerignore keeps the rest out).
 COPY pyproject.toml README.md ./
 COPY bridge ./bridge
+# pip check: a dependency added to pyproject.toml but missing from the lock
+# fails the build here, not the bridge at its first import.
 RUN pip wheel --no-cache-dir --no-deps . -w /dist \
-    && python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir /dist/xpander_bridge-*.whl
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps /dist/xpander_bridge-*.whl \
+    && /opt/venv/bin/pip check
 
 FROM ${PYTHON_IMAGE}
 ARG VERSION=0.1.0
