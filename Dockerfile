@@ -8,7 +8,16 @@
 # installs it with --no-deps, so nothing reaches the venv unhashed.
 # runtime: the same base image plus that venv, run as an unprivileged user.
 # No HEALTHCHECK: Kubernetes probes /livez and /readyz (see charts/xpander-bridge).
-
+#
+# The base image of both stages. The tag alone moves with every Debian and
+# Python patch release, so a release pins it by digest, resolved on a machine
+# with registry access (docs/OPERATIONS.md, "The image"):
+#
+#   docker buildx imagetools inspect python:3.11-slim   # the top "Digest:" line
+#   docker build --build-arg PYTHON_IMAGE=python:3.11-slim@sha256:<that digest> ...
+#
+# That digest is the multi-architecture index's, so amd64 and arm64 builds pin
+# alike. The tag stays in the reference for the reader; Docker goes by the digest.
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS builder

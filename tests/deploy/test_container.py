@@ -1,4 +1,5 @@
-"""The Dockerfile: hadolint-clean; the dependencies installed from
+"""The Dockerfile: hadolint-clean; one base image argument for both stages,
+which a release pins by digest; the dependencies installed from
 requirements.lock with their hashes; and the wheel it installs is the one
 ``pip wheel .`` builds from the repository root.
 
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tomllib
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
@@ -24,11 +26,16 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from deploy.helpers import CHART, ROOT, run
+from deploy.helpers import CHART, OPERATIONS, ROOT, run
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 LOCK = "requirements.lock"
+
+#: The base image: python:3.11-slim, pinned by a release to the digest of its index.
+BASE_IMAGE = re.compile(r"python:3\.11-slim(?:@sha256:[0-9a-f]{64})?")
+#: A digest for the tests only: the form a release passes, not a real image.
+SOME_DIGEST = "sha256:" + "0123456789abcdef" * 4
 
 
 @dataclass
@@ -41,8 +48,9 @@ class Stage:
         return [arg for ins, arg in self.instructions if ins == instruction]
 
 
-def parse_dockerfile(text: str) -> list[Stage]:
-    """Stages with their instructions; continuations joined, ARGs before FROM resolved."""
+def parse_dockerfile(text: str, build_args: Mapping[str, str] | None = None) -> list[Stage]:
+    """Stages with their instructions; continuations joined, ARGs before FROM
+    resolved (``build_args`` overriding their defaults, as ``--build-arg`` does)."""
     logical: list[str] = []
     pending = ""
     for raw in text.splitlines():
@@ -68,7 +76,7 @@ def parse_dockerfile(text: str) -> list[Stage]:
             stages.append(Stage(base, name))
         elif not stages and instruction == "ARG":
             key, _, default = argument.partition("=")
-            global_args[key] = default
+            global_args[key] = (build_args or {}).get(key, default)
         else:
             stages[-1].instructions.append((instruction, argument))
     return stages
@@ -119,7 +127,7 @@ def test_runtime_image() -> None:
     stages = _stages()
     assert [s.name for s in stages] == ["builder", None]
     runtime = stages[-1]
-    assert runtime.base == "python:3.11-slim"
+    assert BASE_IMAGE.fullmatch(runtime.base), runtime.base
     assert json.loads(runtime.all("ENTRYPOINT")[-1]) == ["xpander-bridge"]
     assert json.loads(runtime.all("CMD")[-1]) == ["run"]
     assert not any(s.all("HEALTHCHECK") for s in stages), "Kubernetes probes do that"
@@ -141,7 +149,40 @@ def test_runtime_image() -> None:
     assert runtime.all("COPY") == ["--from=builder /opt/venv /opt/venv"]
 
 
-# --- the dependencies, from the lock ------------------------------------------------
+# --- the base image, pinned by a release -------------------------------------------
+
+
+def test_both_stages_build_on_the_one_base_image_argument() -> None:
+    text = DOCKERFILE.read_text()
+    instructions = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    # Declared before the first FROM (only such an ARG can be used in FROM) ...
+    first_from = next(i for i, line in enumerate(instructions) if line.upper().startswith("FROM "))
+    declared = [line for line in instructions[:first_from] if line.startswith("ARG PYTHON_IMAGE=")]
+    assert len(declared) == 1, "one global ARG PYTHON_IMAGE=... before the first FROM"
+    default = declared[0].partition("=")[2]
+    assert BASE_IMAGE.fullmatch(default), f"PYTHON_IMAGE defaults to {default}"
+    # ... and every stage is built on it, so they cannot drift apart.
+    froms = [line.split()[1] for line in instructions if line.upper().startswith("FROM ")]
+    assert froms == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}"]
+
+    assert [s.base for s in _stages()] == [default, default]
+    pinned = f"python:3.11-slim@{SOME_DIGEST}"
+    stages = parse_dockerfile(text, build_args={"PYTHON_IMAGE": pinned})
+    assert [s.base for s in stages] == [pinned, pinned]
+
+
+def test_how_a_release_pins_the_base_image_is_written_down() -> None:
+    # No registry is reachable from the tests, so the digest itself cannot be
+    # checked here: the steps that get it must at least be where a release
+    # looks for them, in the Dockerfile and in docs/OPERATIONS.md.
+    for document in (DOCKERFILE, OPERATIONS):
+        text = document.read_text()
+        assert "docker buildx imagetools inspect python:3.11-slim" in text, document.name
+        assert "--build-arg PYTHON_IMAGE=python:3.11-slim@sha256:" in text, document.name
 
 
 def test_lock_is_for_the_python_of_the_image() -> None:
@@ -150,6 +191,9 @@ def test_lock_is_for_the_python_of_the_image() -> None:
     assert minor is not None
     header = (ROOT / LOCK).read_text()
     assert f"autogenerated by pip-compile with Python {minor.group(1)}\n" in header
+
+
+# --- the dependencies, from the lock ------------------------------------------------
 
 
 def _commands(run_line: str) -> list[list[str]]:
