@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup tools test unit lint typecheck emulator demo clean bench bench-quick
+.PHONY: help setup tools test unit lint typecheck emulator demo clean bench bench-quick soak
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -53,6 +53,9 @@ bench: $(BENCH_STAMP)  ## bridge vs official client vs lean ceiling, all scenari
 
 bench-quick: $(BENCH_STAMP)  ## the same, smaller: under two minutes
 	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)
+
+soak: $(STAMP)  ## ten minutes of mixed faults at load, then: nothing lost (not in `make test`)
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(BIN)/pytest -q -s -p no:cacheprovider tests/app/test_soak.py
 
 clean:  ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -43,6 +43,8 @@ __all__ = ["StreamOutcome", "TaskStreamer"]
 
 log = logging.getLogger(__name__)
 
+#: the Last-Event-ID that asks a server for a stream from its first event
+FROM_START = "0"
 #: after task_finished, how long the server may take to end the body before
 #: the connection is closed instead of reused (see EventStream.finish)
 _END_GRACE_S = 1.0
@@ -97,6 +99,13 @@ class TaskStreamer:
         self._ctx = context
         # A task resumed from a checkpoint: reconnect where it stopped.
         self._last_event_id: str | None = task.acked_sse_id
+        # A task followed with no checkpoint asks for its stream from the start
+        # (``Last-Event-ID: 0``) on its first connection: if another replica
+        # read it before dying, or the bridge was down when it started, a server
+        # that keeps history sends what nobody published yet, numbered in the
+        # same order (same event_id and sequence as any copy already in Kafka).
+        # A server without ids ignores it.
+        self._from_start = not task.resumed
         self._server_retry_ms: int | None = None
         self._replay = ReplayFilter(task, context.metrics)
         self._loop = asyncio.get_running_loop()
@@ -152,7 +161,11 @@ class TaskStreamer:
         ctx = self._ctx
         task = self.task
         decoder = SSEDecoder(self._last_event_id, max_frame_bytes=ctx.max_frame_bytes)
-        async with ctx.client.task_events(task.task_id, self._last_event_id) as stream:
+        asked = self._last_event_id
+        if asked is None and self._from_start:
+            asked = FROM_START
+        self._from_start = False
+        async with ctx.client.task_events(task.task_id, asked) as stream:
             attempt.connected = True
             ctx.health.reachable()
             check = self._check(stream) if reconnect else None
