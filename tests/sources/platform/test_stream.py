@@ -326,3 +326,19 @@ async def test_a_quiet_running_task_is_checked_and_left_streaming() -> None:
         assert not streamer.done() and rig.run_of(task["id"]).connections == 1
         streamer.cancel()
         await asyncio.gather(streamer, return_exceptions=True)
+
+
+async def test_a_task_without_a_checkpoint_gets_its_stream_from_the_start(rig: Rig) -> None:
+    # The task ran before anyone here listened (its owner died before its first
+    # checkpoint, or the bridge was down): a server that keeps history and
+    # honours Last-Event-ID sends it all on the first connection.
+    rig.emulator.update_stream(start_on_subscribe=False)
+    task = rig.emulator.create_task(events=12, outcome="completed", profile=AT_ONCE)
+    await wait_until(lambda: rig.run_of(task["id"]).finished, "the task to run unobserved")
+    state = rig.state_for(task)
+
+    assert await stream(rig, state) is StreamOutcome.FINISHED
+
+    assert rig.streamed(task["id"]) == rig.emitted(task["id"])
+    envelopes = rig.published.envelopes(task["id"])
+    assert [e["sequence"] for e in envelopes] == list(range(1, 13))
