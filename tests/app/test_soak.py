@@ -155,5 +155,7 @@ async def test_soak_loses_nothing(
     }
     print("SOAK", orjson.dumps(summary, option=orjson.OPT_NON_STR_KEYS).decode())
     assert lost == 0
-    assert reasons["frame_too_large"] == len(huge)
-    assert reasons["invalid_json"] + reasons["not_an_event"] == malformed
+    # At least once, the DLQ too: a bad frame read again after a reconnect
+    # (the server resends it with the events after the last id) comes twice.
+    assert reasons["frame_too_large"] >= len(huge)
+    assert reasons["invalid_json"] + reasons["not_an_event"] >= malformed
