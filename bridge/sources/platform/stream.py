@@ -100,12 +100,13 @@ class TaskStreamer:
         # A task resumed from a checkpoint: reconnect where it stopped.
         self._last_event_id: str | None = task.acked_sse_id
         # A task followed with no checkpoint asks for its stream from the start
-        # (``Last-Event-ID: 0``) on its first connection: if another replica
+        # (``Last-Event-ID: 0``) until it has read an event: if another replica
         # read it before dying, or the bridge was down when it started, a server
         # that keeps history sends what nobody published yet, numbered in the
         # same order (same event_id and sequence as any copy already in Kafka).
+        # Until an event is read, not just for the first attempt: a first
+        # connection that fails (a busy host, a 503) must not lose the start.
         # A server without ids ignores it.
-        self._from_start = not task.resumed
         self._server_retry_ms: int | None = None
         self._replay = ReplayFilter(task, context.metrics)
         self._loop = asyncio.get_running_loop()
@@ -162,9 +163,8 @@ class TaskStreamer:
         task = self.task
         decoder = SSEDecoder(self._last_event_id, max_frame_bytes=ctx.max_frame_bytes)
         asked = self._last_event_id
-        if asked is None and self._from_start:
+        if asked is None and task.sequence == 0 and task.first_event_id is None:
             asked = FROM_START
-        self._from_start = False
         async with ctx.client.task_events(task.task_id, asked) as stream:
             attempt.connected = True
             ctx.health.reachable()

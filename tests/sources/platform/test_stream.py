@@ -342,3 +342,17 @@ async def test_a_task_without_a_checkpoint_gets_its_stream_from_the_start(rig: R
     assert rig.streamed(task["id"]) == rig.emitted(task["id"])
     envelopes = rig.published.envelopes(task["id"])
     assert [e["sequence"] for e in envelopes] == list(range(1, 13))
+
+
+async def test_the_start_is_asked_for_again_when_the_first_connection_fails(rig: Rig) -> None:
+    # A busy host or a 503 on the first try must not cost the task's start.
+    rig.emulator.update_stream(start_on_subscribe=False)
+    rig.emulator.set_faults(http=[HttpFaultRule(endpoints=["stream"], status=503, next_n=2)])
+    steady = TaskProfile(event_interval_s=0.05, interval_jitter=0.0, pause_share=0.0)
+    task = rig.emulator.create_task(events=20, outcome="completed", profile=steady)
+    await wait_until(lambda: len(rig.emitted(task["id"])) >= 3, "events sent unobserved")
+    state = rig.state_for(task)
+
+    assert await stream(rig, state) is StreamOutcome.FINISHED
+
+    assert rig.streamed(task["id"]) == rig.emitted(task["id"])
