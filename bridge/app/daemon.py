@@ -36,6 +36,7 @@ from bridge.core.record import OutRecord
 from bridge.core.retry import RetryPolicy
 from bridge.errors import AuthError, ConfigError, UnavailableError
 from bridge.gc_policy import GcPolicy
+from bridge.kafka.options import KAFKA_RETRY
 from bridge.observability.health import Health
 from bridge.observability.http import HealthServer
 from bridge.observability.logging import register_secret
@@ -57,8 +58,6 @@ __all__ = ["Bridge", "ShutdownReport"]
 
 log = logging.getLogger(__name__)
 
-#: Kafka unreachable at start-up: waited for (not ready meanwhile), backing off to 15 s.
-_CONNECT_RETRY = RetryPolicy(0.5, 15.0)
 #: Most a cancelled internal task may take to stop before it is named in the log.
 _CANCEL_GRACE_S = 5.0
 
@@ -199,13 +198,13 @@ class Bridge:
         """Until Kafka answers: a broker that is down at start-up is waited for
         (not ready meanwhile); a setting it cannot honour (``ConfigError``) stops the start."""
         self.health.set("kafka", False, "connecting")
-        backoff = _CONNECT_RETRY.backoff()
+        backoff = KAFKA_RETRY.backoff()
         while True:
             try:
                 await self.sink.connect()
             except UnavailableError as exc:
                 self.health.set("kafka", False, str(exc))
-                delay = await _CONNECT_RETRY.wait(backoff)
+                delay = await KAFKA_RETRY.wait(backoff)
                 log.warning(
                     "Kafka not reachable yet; retried",
                     extra={"error": str(exc), "waited_s": round(delay, 2)},

@@ -24,17 +24,14 @@ from bridge.coordination.ownership import Ownership
 from bridge.coordination.partitioning import partition_for
 from bridge.core.checkpoint import Checkpoint
 from bridge.core.record import Publish
-from bridge.core.retry import RetryPolicy
 from bridge.core.task import TaskState
 from bridge.errors import UnavailableError
+from bridge.kafka.options import KAFKA_RETRY
 from bridge.observability.health import Health
 
 __all__ = ["Handover", "ReplicaClaims", "StreamOwner"]
 
 log = logging.getLogger(__name__)
-
-#: a checkpoint load that fails is tried again, backing off to 15 s
-_LOAD_RETRY = RetryPolicy(0.5, 15.0)
 
 
 class StreamOwner(Protocol):
@@ -87,7 +84,7 @@ class Handover:
         """The checkpoints of these partitions, however long Kafka takes: owning
         partitions whose checkpoints are unknown would restart their tasks from
         scratch, so the assignment waits (not ready meanwhile)."""
-        backoff = _LOAD_RETRY.backoff()
+        backoff = KAFKA_RETRY.backoff()
         while True:
             try:
                 return await load_checkpoints(
@@ -99,7 +96,7 @@ class Handover:
                     "checkpoints could not be loaded; retrying",
                     extra={"partitions": len(partitions), "error": str(exc)},
                 )
-                await _LOAD_RETRY.wait(backoff)
+                await KAFKA_RETRY.wait(backoff)
 
     async def revoked(self, partitions: list[int]) -> None:
         moving = set(partitions)

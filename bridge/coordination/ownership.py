@@ -24,18 +24,15 @@ from aiokafka.errors import KafkaError
 
 from bridge.config import CoordinationConfig, KafkaConfig
 from bridge.coordination.partitioning import partition_for
-from bridge.core.retry import RetryPolicy
 from bridge.kafka.group import RebalanceListener, group_options, join_group
+from bridge.kafka.options import KAFKA_RETRY
 from bridge.observability.metrics import Metrics
 
 __all__ = ["Ownership"]
 
 log = logging.getLogger(__name__)
 
-PartitionsCallback = Callable[[list[int]], Awaitable[None]]
-
-#: a failing poll (the broker away) is retried without end
-_POLL_RETRY = RetryPolicy(1.0, 15.0)
+PartitionNumbersCallback = Callable[[list[int]], Awaitable[None]]
 
 
 class Ownership:
@@ -45,8 +42,8 @@ class Ownership:
         config: CoordinationConfig,
         metrics: Metrics,
         *,
-        on_assigned: PartitionsCallback,
-        on_revoked: PartitionsCallback,
+        on_assigned: PartitionNumbersCallback,
+        on_revoked: PartitionNumbersCallback,
     ) -> None:
         self._kafka = kafka
         self._config = config
@@ -85,7 +82,7 @@ class Ownership:
         await self._connect()
         consumer = self._consumer
         assert consumer is not None
-        backoff = _POLL_RETRY.backoff()
+        backoff = KAFKA_RETRY.backoff()
         while True:
             try:
                 # The records are not needed; polling keeps the membership alive.
@@ -93,7 +90,7 @@ class Ownership:
                 backoff.reset()
             except KafkaError as exc:
                 log.warning("coordination consumer error; retrying", extra={"error": str(exc)})
-                await _POLL_RETRY.wait(backoff)
+                await KAFKA_RETRY.wait(backoff)
 
     async def _connect(self) -> None:
         config = self._config

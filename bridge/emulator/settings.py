@@ -14,7 +14,7 @@ Groups:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -47,19 +47,7 @@ EndpointKind = Literal[
 #: The endpoint kinds faults and delays can target ("*" matches every kind).
 #: ``list`` is both listings; ``list_tasks`` (by agent) and ``list_user_tasks``
 #: (by user) name one of them.
-ENDPOINT_KINDS: tuple[str, ...] = (
-    "list",
-    "list_tasks",
-    "list_user_tasks",
-    "get",
-    "create",
-    "update",
-    "stop",
-    "activity",
-    "report",
-    "metrics",
-    "stream",
-)
+ENDPOINT_KINDS: tuple[str, ...] = tuple(k for k in get_args(EndpointKind) if k != "*")
 
 #: Relative weights of the body events of a streaming task. ``tool_call`` is a
 #: ``tool_call_request`` + ``tool_call_result`` pair; ``context_status`` is a type

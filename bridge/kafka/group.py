@@ -13,15 +13,11 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
 from bridge.config import KafkaConfig
-from bridge.core.retry import RetryPolicy
-from bridge.kafka.options import client_options
+from bridge.kafka.options import KAFKA_RETRY, client_options
 
-__all__ = ["JOIN_RETRY", "PartitionsCallback", "RebalanceListener", "group_options", "join_group"]
+__all__ = ["PartitionsCallback", "RebalanceListener", "group_options", "join_group"]
 
 log = logging.getLogger(__name__)
-
-#: Kafka unreachable while joining: retried without end, backing off to 15 s.
-JOIN_RETRY = RetryPolicy(0.5, 15.0)
 
 PartitionsCallback = Callable[[list[TopicPartition]], Awaitable[None]]
 
@@ -72,7 +68,7 @@ async def join_group(
     """Start a freshly made (and subscribed) consumer, retrying with back-off
     while Kafka is unreachable. A consumer is never leaked: one that fails or
     is cancelled while joining (a shutdown) is stopped."""
-    backoff = JOIN_RETRY.backoff()
+    backoff = KAFKA_RETRY.backoff()
     while True:
         consumer = make()
         try:

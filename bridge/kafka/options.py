@@ -9,8 +9,13 @@ from typing import Any
 from aiokafka.helpers import create_ssl_context
 
 from bridge.config import KafkaConfig
+from bridge.core.retry import RetryPolicy
 
-__all__ = ["client_options"]
+__all__ = ["KAFKA_RETRY", "client_options"]
+
+#: Kafka away (connect, group join, fetch, checkpoint load): retried without
+#: end, backing off to 15 s. One curve for every client the bridge makes.
+KAFKA_RETRY = RetryPolicy(0.5, 15.0)
 
 
 def client_options(config: KafkaConfig) -> dict[str, Any]:

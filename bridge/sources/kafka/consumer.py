@@ -32,8 +32,8 @@ from aiokafka.errors import KafkaError
 
 from bridge.config import KafkaConfig, ReportsConfig
 from bridge.core.acks import OrderedAcks
-from bridge.core.retry import RetryPolicy
 from bridge.kafka.group import RebalanceListener, group_options, join_group
+from bridge.kafka.options import KAFKA_RETRY
 from bridge.observability.metrics import Metrics
 
 __all__ = ["Message", "MessageHandler", "PartitionedConsumer"]
@@ -43,9 +43,6 @@ log = logging.getLogger(__name__)
 Message: TypeAlias = "ConsumerRecord[bytes, bytes]"
 #: Handles one message; when it returns, the message is done.
 MessageHandler = Callable[[Message], Awaitable[None]]
-
-#: a failing fetch (the broker away) is retried without end
-_FETCH_RETRY = RetryPolicy(1.0, 15.0)
 
 
 @dataclass(eq=False)
@@ -101,7 +98,7 @@ class PartitionedConsumer:
 
     async def run(self) -> None:
         consumer = await self._connect()
-        backoff = _FETCH_RETRY.backoff()
+        backoff = KAFKA_RETRY.backoff()
         while not self._stopping:
             self._apply_halt(consumer)
             try:
@@ -109,7 +106,7 @@ class PartitionedConsumer:
             except KafkaError as exc:
                 self._state(False, f"consumer error: {type(exc).__name__}")
                 log.warning("consumer error; retrying", extra={"error": str(exc)})
-                await _FETCH_RETRY.wait(backoff)
+                await KAFKA_RETRY.wait(backoff)
                 continue
             backoff.reset()
             for tp, messages in batch.items():
