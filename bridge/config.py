@@ -272,6 +272,46 @@ class KafkaConfig(Section):
     request_timeout_ms: int = Field(
         default=30_000, ge=1000, description="Broker request deadline before a batch is retried."
     )
+    transactions: bool = Field(
+        default=True,
+        description=(
+            "Exactly-once: envelopes and the checkpoints that cover them are committed "
+            "together in Kafka transactions (consumers read with isolation.level="
+            "read_committed). false for brokers without transactions: at-least-once then."
+        ),
+    )
+    transactional_id: str | None = Field(
+        default=None,
+        description=(
+            "The producer's transactional.id; default '<client_id>-<coordination.instance_id "
+            "or host name>'. Stable per replica slot and unique among replicas: a restarted "
+            "replica fences its predecessor's unfinished transaction."
+        ),
+    )
+    transaction_interval_ms: int = Field(
+        default=100,
+        ge=1,
+        le=60_000,
+        description=(
+            "Most time a transaction stays open collecting records before it commits: the "
+            "latency read_committed consumers pay, against a commit per transaction."
+        ),
+    )
+    transaction_max_records: int = Field(
+        default=5000,
+        ge=1,
+        description="Records after which a transaction commits even before its interval.",
+    )
+    transaction_timeout_ms: int = Field(
+        default=10_000,
+        ge=1000,
+        le=900_000,
+        description=(
+            "transaction.timeout.ms: how long the broker keeps the transaction of a replica "
+            "that died open (read_committed consumers of its partitions wait that long) "
+            "before aborting it."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check_security(self) -> KafkaConfig:

@@ -8,7 +8,8 @@ Every error a component raises is one of these; third-party exceptions
     ├── ConfigError                 bad configuration: exit 2, never retried
     ├── RetryableError              the same input may succeed later: back off, retry, never drop
     │   ├── UnavailableError        connect/read failure, 5xx, broker down
-    │   │   └── RequestTimeoutError a request or stream went silent past its deadline
+    │   │   ├── RequestTimeoutError a request or stream went silent past its deadline
+    │   │   └── TransactionAbortedError  a Kafka transaction must be aborted and redone
     │   ├── RateLimitedError        429; carries ``retry_after`` seconds when the server sent one
     │   └── StreamInterrupted       an SSE stream ended or went idle before ``task_finished``
     ├── RejectedError               this input will never succeed: dead-letter it, move on
@@ -16,10 +17,12 @@ Every error a component raises is one of these; third-party exceptions
     │   ├── PlatformRejectedError   a 4xx other than 401/403/404/408/429
     │   ├── NotFoundError           404: the task or agent is gone
     │   └── RecordTooLargeError     over the broker's message size limit
-    └── RefusedError                every request of this kind is refused (the bridge is
-        │                           misconfigured, not the message): halt the affected
-        │                           direction, report not-ready, retry slowly
-        └── AuthError               401/403, or Kafka's authorization failures
+    ├── RefusedError                every request of this kind is refused (the bridge is
+    │   │                           misconfigured, not the message): halt the affected
+    │   │                           direction, report not-ready, retry slowly
+    │   └── AuthError               401/403, or Kafka's authorization failures
+    └── FencedError                 Kafka fenced the transactional producer: another
+                                    process took this replica's place; stop, never retry
 
 ``retryable`` on each class is what the runner reads; nothing else decides.
 """
@@ -30,6 +33,7 @@ __all__ = [
     "AuthError",
     "BridgeError",
     "ConfigError",
+    "FencedError",
     "InvalidDataError",
     "NotFoundError",
     "PlatformRejectedError",
@@ -40,6 +44,7 @@ __all__ = [
     "RequestTimeoutError",
     "RetryableError",
     "StreamInterrupted",
+    "TransactionAbortedError",
     "UnavailableError",
     "error_for_status",
 ]
@@ -83,6 +88,11 @@ class RequestTimeoutError(UnavailableError):
     """A request or an idle stream passed its deadline."""
 
 
+class TransactionAbortedError(UnavailableError):
+    """The open Kafka transaction failed as a whole (the broker aborted it, or a
+    record in it failed): abort it and send its records again in a new one."""
+
+
 class RateLimitedError(RetryableError):
     """429 Too Many Requests."""
 
@@ -119,6 +129,12 @@ class RefusedError(BridgeError):
 class AuthError(RefusedError):
     """401/403, or Kafka's authorization failures: the credentials are wrong for
     every request, not just this one."""
+
+
+class FencedError(BridgeError):
+    """The transactional producer was fenced (or failed fatally): a newer producer
+    with the same ``transactional.id`` took over, so this replica is a zombie.
+    Nothing it sends can commit any more; the bridge stops rather than retry."""
 
 
 def error_for_status(status: int, message: str, *, retry_after: float | None = None) -> BridgeError:

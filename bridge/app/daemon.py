@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from bridge.observability.metrics import Metrics
 from bridge.pipeline.delivery import DeliveryLoop
 from bridge.pipeline.queue import RecordQueue
 from bridge.pipeline.readiness import KafkaReadiness
+from bridge.pipeline.transactions import TransactionalDelivery
 from bridge.platform.client import PlatformClient
 from bridge.sinks.kafka.dead_letters import DeadLetterSink
 from bridge.sinks.kafka.producer import KafkaSink
@@ -124,7 +126,18 @@ class Bridge:
         self.health = Health(self.metrics)
         self.queue = RecordQueue(config.pipeline.queue_capacity, config.pipeline.queue_max_bytes)
         self.metrics.queue_capacity.set(config.pipeline.queue_capacity)
-        self.sink = KafkaSink(config.kafka, config.topics, config.coordination)
+        self.instance_id = config.coordination.instance_id or socket.gethostname()
+        kafka = config.kafka
+        self.sink = KafkaSink(
+            kafka,
+            config.topics,
+            config.coordination,
+            transactional_id=(
+                (kafka.transactional_id or f"{kafka.client_id}-{self.instance_id}")
+                if kafka.transactions
+                else None
+            ),
+        )
         self.http: HealthServer | None = None
         self.delivery: DeliveryLoop | None = None
         self.discovery: Discovery | None = None
@@ -138,6 +151,7 @@ class Bridge:
         #: records handed to the queue; at a clean stop, all of them were delivered
         self.records_enqueued = 0
         self._stopped = asyncio.Event()
+        self._publishing = asyncio.Lock()
         #: internal tasks that did not stop when cancelled
         self._stuck: list[str] = []
         for secret in (config.platform.api_key, config.kafka.sasl_password):
@@ -166,9 +180,7 @@ class Bridge:
         self.gc_policy.install()
         self._spawn("gc", self.gc_policy.run())
         await self._connect_kafka()
-        self.delivery = DeliveryLoop(
-            self.queue, self.sink, self.metrics, max_record_bytes=config.kafka.max_request_bytes
-        )
+        self.delivery = self._delivery_loop()
         self._spawn("delivery", self.delivery.run())
         readiness = KafkaReadiness(
             self.sink,
@@ -193,6 +205,27 @@ class Bridge:
                 "instance": self.ownership.instance_id if self.ownership else None,
             },
         )
+
+    def _delivery_loop(self) -> DeliveryLoop:
+        kafka = self.config.kafka
+        if not kafka.transactions:
+            return DeliveryLoop(
+                self.queue, self.sink, self.metrics, max_record_bytes=kafka.max_request_bytes
+            )
+        return TransactionalDelivery(
+            self.queue,
+            self.sink,
+            self.metrics,
+            interval_s=kafka.transaction_interval_ms / 1000,
+            max_records=kafka.transaction_max_records,
+            linger_s=kafka.linger_ms / 1000,
+            covering=self._covering,
+            max_record_bytes=kafka.max_request_bytes,
+        )
+
+    def _covering(self) -> list[OutRecord]:
+        """The open transaction's checkpoints (none without coordination)."""
+        return self.checkpointer.covering() if self.checkpointer is not None else []
 
     async def _connect_kafka(self) -> None:
         """Until Kafka answers: a broker that is down at start-up is waited for
@@ -226,7 +259,7 @@ class Bridge:
             config.kafka,
             self.metrics,
             publish_connected=config.streams.publish_connected,
-            on_delivered=checkpointer.delivered if checkpointer is not None else None,
+            on_written=checkpointer.written if checkpointer is not None else None,
         )
 
     def _start_platform_source(self) -> None:
@@ -236,7 +269,12 @@ class Bridge:
         client = self._platform_client()
         coordinated = config.coordination.enabled
         if coordinated:
-            self.checkpointer = Checkpointer(config.coordination, self._publish, self.metrics)
+            self.checkpointer = Checkpointer(
+                config.coordination,
+                self._publish,
+                self.metrics,
+                transactional=config.kafka.transactions,
+            )
         readiness = _PlatformReadiness(self.health)
         streams = config.streams
         context = WorkerContext(
@@ -330,13 +368,19 @@ class Bridge:
         self._spawn("reports", self.reports.run())
 
     async def _publish(self, records: list[OutRecord]) -> None:
+        """Into the queue, one call's records side by side (a transaction must
+        not end inside one envelope's records): callers take turns, so a call
+        waiting for room is not interleaved with another's."""
         queue = self.queue
         self.records_enqueued += len(records)
-        for record in records:
-            try:
-                queue.put_nowait(record)
-            except asyncio.QueueFull:
-                await queue.put(record)  # back-pressure: the stream stops reading here
+        for record in records[:-1]:
+            record.joined = True
+        async with self._publishing:
+            for record in records:
+                try:
+                    queue.put_nowait(record)
+                except asyncio.QueueFull:
+                    await queue.put(record)  # back-pressure: the stream stops reading here
 
     def _spawn(self, name: str, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine, name=name)

@@ -37,8 +37,20 @@ _SLICE = 128
 
 
 class Checkpointer:
-    def __init__(self, config: CoordinationConfig, publish: Publish, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: CoordinationConfig,
+        publish: Publish,
+        metrics: Metrics,
+        *,
+        transactional: bool = False,
+    ) -> None:
         self._config = config
+        #: envelopes and checkpoints share transactions: ``covering`` gives each
+        #: transaction the checkpoints of its envelopes (nothing is urgent then)
+        self._transactional = transactional
+        #: tasks with envelopes in the open transaction
+        self._covered: dict[str, TaskState] = {}
         self._publish = publish
         self._metrics = metrics
         self._tasks: dict[str, TaskState] = {}
@@ -83,15 +95,28 @@ class Checkpointer:
         for task_id in task_ids:
             self._tasks.pop(task_id, None)
 
-    def delivered(self, task: TaskState, sequence: int) -> None:
-        """An envelope of ``task`` is in Kafka. A task's first checkpoint and its
+    def written(self, task: TaskState, sequence: int) -> None:
+        """An envelope of ``task`` is in Kafka (committed, or in the open transaction). A task's first checkpoint and its
         final one are written at once, not at the next interval: a task with no
         checkpoint at all is the one a crash would make the next owner start
         from scratch (sequence from 1 again)."""
+        if self._transactional:
+            self._covered[task.task_id] = task
+            return
         self._dirty[task.task_id] = task
         if task.checkpointed == 0 or task.finished:
             self._urgent_tasks[task.task_id] = task
             self._urgent.set()
+
+    def covering(self) -> list[OutRecord]:
+        """The checkpoints covering exactly the envelopes written into the open
+        transaction (their ``on_written`` ran): committed with them, so a
+        checkpoint never leads or lags what consumers can read."""
+        covered, self._covered = self._covered, {}
+        watched = self._tasks
+        for task_id in covered:
+            self._dirty.pop(task_id, None)  # the periodic round need not write it again
+        return [r for t in covered.values() if t.task_id in watched and (r := self._record(t))]
 
     async def run(self) -> None:
         loop = self._loop

@@ -1,9 +1,17 @@
 """The unit that travels from a source to a sink, with its acknowledgement.
 
 The value is already serialized: the transform encodes once, the sink only
-copies bytes. ``on_delivered`` is called exactly once by the delivery loop when
-the broker acknowledged the record (or, for a dead-lettered one, when the DLQ
-record was acknowledged). Retries never call it: a retried record is not done.
+copies bytes. Two callbacks, each called exactly once by the delivery loop:
+
+- ``on_written``: the broker has the record, possibly inside a transaction not
+  yet committed. A task's acknowledged position moves here, so the checkpoint
+  that covers the record can ride in the same transaction.
+- ``on_delivered``: the record is durable and visible to read_committed
+  consumers (its transaction committed; without transactions, the same moment
+  as ``on_written``). Whatever depends on the record being safe (an input
+  offset committed after it, a caller waiting) hangs here.
+
+Retries never call them: a retried record is not done.
 """
 
 from __future__ import annotations
@@ -36,6 +44,12 @@ class OutRecord:
     attempts: int = field(default=0)
     #: an explicit partition (co-partitioned coordination topics); else by key
     partition: int | None = None
+    on_written: Callable[[OutRecord], None] | None = None
+    #: the next record in the queue belongs to the same unit (one envelope's
+    #: records): a transaction never ends between them
+    joined: bool = False
+    #: ``on_written`` has run (a transaction redone after an abort must not rerun it)
+    written: bool = False
 
 
 def completion(records: list[OutRecord]) -> asyncio.Future[None]:

@@ -1,27 +1,24 @@
-"""aiokafka's exceptions as bridge errors: the one boundary where they are
-translated (``bridge.errors`` draws the tree). Too large or malformed is
-permanent for that record; an authorization failure or another error the
-client calls non-retriable refuses every send (the delivery halts); the rest
-(timeouts, connections, leaders moving) is retryable."""
+"""librdkafka's errors as bridge errors: the one boundary where they are
+translated (``bridge.errors`` draws the tree).
+
+- too large, malformed: permanent for that record (it is held);
+- authorization, a setting the cluster refuses: every send is refused (the
+  delivery halts until it passes);
+- fenced, or any error librdkafka calls fatal: the producer is finished
+  (another replica took its ``transactional.id``, or the idempotence state is
+  broken); the bridge stops;
+- the rest (timeouts, connections, leaders moving, a transaction to abort and
+  redo): retryable.
+"""
 
 from __future__ import annotations
 
-from aiokafka.errors import (
-    ClusterAuthorizationFailedError,
-    CorruptRecordException,
-    InvalidMessageError,
-    InvalidTimestampError,
-    KafkaError,
-    KafkaTimeoutError,
-    MessageSizeTooLargeError,
-    RecordTooLargeError,
-    TopicAuthorizationFailedError,
-    UnsupportedForMessageFormatError,
-)
+from confluent_kafka import KafkaError, KafkaException
 
 from bridge.errors import (
     AuthError,
     BridgeError,
+    FencedError,
     InvalidDataError,
     RefusedError,
     RequestTimeoutError,
@@ -29,31 +26,73 @@ from bridge.errors import (
 )
 from bridge.errors import RecordTooLargeError as RecordTooLarge
 
+__all__ = ["kafka_error", "translate_send_error"]
+
+_TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
+_TIMEOUTS = frozenset(
+    {KafkaError._MSG_TIMED_OUT, KafkaError.REQUEST_TIMED_OUT, KafkaError._TIMED_OUT}
+)
+_AUTH = frozenset(
+    {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError._AUTHENTICATION,
+    }
+)
 #: refused for this record only: it is held, its task's checkpoint waits on it
-_RECORD_REFUSALS = (
-    CorruptRecordException,
-    InvalidMessageError,
-    InvalidTimestampError,
-    UnsupportedForMessageFormatError,
+_RECORD_REFUSALS = frozenset(
+    {
+        KafkaError.INVALID_TIMESTAMP,
+        KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_MSG,
+    }
+)
+#: a setting the cluster cannot honour: every send refused alike
+_SETTING_REFUSALS = frozenset(
+    {
+        KafkaError.INVALID_REQUIRED_ACKS,
+        KafkaError.POLICY_VIOLATION,
+        KafkaError.INVALID_TRANSACTION_TIMEOUT,
+        KafkaError.UNSUPPORTED_VERSION,
+        KafkaError._NOT_IMPLEMENTED,
+    }
+)
+_FENCED = frozenset(
+    {KafkaError.PRODUCER_FENCED, KafkaError._FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 )
 
-__all__ = ["translate_send_error"]
+
+def kafka_error(exc: BaseException) -> KafkaError | None:
+    """The ``KafkaError`` a confluent-kafka exception carries, if any."""
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0]
+    return None
 
 
-def translate_send_error(exc: BaseException) -> BridgeError:  # noqa: PLR0911  (one return per kind of answer reads as a table)
-    """A failed send (or a failed delivery future) as the error the runner acts on."""
-    if isinstance(exc, BridgeError):
-        return exc
-    if isinstance(exc, MessageSizeTooLargeError | RecordTooLargeError):
-        return RecordTooLarge(f"record over the broker's size limit: {exc}")
-    if isinstance(exc, KafkaTimeoutError):
-        return RequestTimeoutError("Kafka did not acknowledge in time")
-    if isinstance(exc, TopicAuthorizationFailedError | ClusterAuthorizationFailedError):
-        return AuthError(f"Kafka refuses the bridge's writes: {type(exc).__name__}")
-    if isinstance(exc, _RECORD_REFUSALS):
-        return InvalidDataError(f"Kafka refused the record: {type(exc).__name__}")
-    if isinstance(exc, KafkaError) and not exc.retriable:
-        return RefusedError(f"Kafka refused the send: {type(exc).__name__}")
-    if isinstance(exc, KafkaError):
-        return UnavailableError(f"Kafka send failed: {type(exc).__name__}")
-    return UnavailableError(f"Kafka send failed: {type(exc).__name__}: {exc}")
+def translate_send_error(error: BaseException | KafkaError) -> BridgeError:  # noqa: PLR0911  (one return per kind of answer reads as a table)
+    """A failed send, delivery report or transaction call as the error the runner acts on."""
+    if isinstance(error, BridgeError):
+        return error
+    if isinstance(error, BaseException):
+        carried = kafka_error(error)
+        if carried is None:
+            return UnavailableError(f"Kafka send failed: {type(error).__name__}: {error}")
+        error = carried
+    code = error.code()
+    name = error.name()
+    if code in _FENCED or error.fatal():
+        return FencedError(f"the Kafka producer is fenced or failed fatally: {name}: {error.str()}")
+    if code in _TOO_LARGE:
+        return RecordTooLarge(f"record over the broker's size limit: {name}")
+    if code in _TIMEOUTS:
+        return RequestTimeoutError(f"Kafka did not acknowledge in time: {name}")
+    if code in _AUTH:
+        return AuthError(f"Kafka refuses the bridge's writes: {name}")
+    if code in _RECORD_REFUSALS:
+        return InvalidDataError(f"Kafka refused the record: {name}")
+    if code in _SETTING_REFUSALS:
+        return RefusedError(f"Kafka refused the send: {name}: {error.str()}")
+    return UnavailableError(f"Kafka send failed: {name}: {error.str()}")

@@ -76,6 +76,8 @@ def producer_config(
         options["transactional.id"] = transactional_id
         if transaction_timeout_ms is not None:
             options["transaction.timeout.ms"] = transaction_timeout_ms
+            # librdkafka insists: a request may not outlive the transaction it is in
+            options["socket.timeout.ms"] = min(options["socket.timeout.ms"], transaction_timeout_ms)
     return options
 
 

@@ -180,35 +180,38 @@ class DeliveryLoop:
     def _refused(self, record: OutRecord, error: BridgeError) -> None:
         """Kafka refuses this record (held) or every send (halted): nothing is
         acknowledged, so no checkpoint or offset moves past it."""
-        halt = self._policy.verdict(error) is Verdict.HALT
-        reason = (
-            PublishErrorReason.TOO_LARGE
-            if isinstance(error, RecordTooLargeError)
-            else PublishErrorReason.REFUSED
-        )
-        self._metrics.publish_errors(reason).inc()
-        if halt:
-            if self._open.is_set():
-                log.error(
-                    "Kafka refuses the bridge's sends: delivery HALTED (nothing is dropped; "
-                    "it resumes by itself once Kafka accepts them)",
-                    extra={"topic": record.topic, "error": str(error)},
-                )
-            self._open.clear()
+        if self._policy.verdict(error) is Verdict.HALT:
+            self._halt(record, error)
         else:
-            self._held.add(record)
-            log.error(
-                "Kafka refuses a record for good: it is held, and its task's checkpoint "
-                "waits on it; if too large, lower kafka.max_request_bytes to the broker's "
-                "message.max.bytes",
-                extra={
-                    "topic": record.topic,
-                    "bytes": len(record.value or b""),
-                    "error": str(error),
-                },
-            )
-        self._metrics.records_held.set(len(self._held))
+            self._refused_for_good(record, error)
         self._later(record, self._held_retry_s)
+
+    def _halt(self, record: OutRecord, error: BridgeError) -> None:
+        self._metrics.publish_errors(PublishErrorReason.REFUSED).inc()
+        if self._open.is_set():
+            log.error(
+                "Kafka refuses the bridge's sends: delivery HALTED (nothing is dropped; "
+                "it resumes by itself once Kafka accepts them)",
+                extra={"topic": record.topic, "error": str(error)},
+            )
+        self._open.clear()
+
+    def _refused_for_good(self, record: OutRecord, error: BridgeError) -> None:
+        too_large = isinstance(error, RecordTooLargeError)
+        reason = PublishErrorReason.TOO_LARGE if too_large else PublishErrorReason.REFUSED
+        self._metrics.publish_errors(reason).inc()
+        self._held.add(record)
+        log.error(
+            "Kafka refuses a record for good: it is held, and its task's checkpoint "
+            "waits on it; if too large, lower kafka.max_request_bytes to the broker's "
+            "message.max.bytes",
+            extra={
+                "topic": record.topic,
+                "bytes": len(record.value or b""),
+                "error": str(error),
+            },
+        )
+        self._metrics.records_held.set(len(self._held))
 
     def _later(self, record: OutRecord, delay_s: float | None) -> None:
         task = self._loop.create_task(self._retry(record, delay_s))
@@ -238,15 +241,23 @@ class DeliveryLoop:
         else:
             self._published(record.topic, record.event_type).inc()
             metrics.publish_latency.observe(self._loop.time() - record.received_at)
+        self._written(record)
         if record.on_delivered is not None:
             record.on_delivered(record)
         self._finish_one()
 
-    def _note_failure(self, record: OutRecord, error: BaseException) -> None:
+    @staticmethod
+    def _written(record: OutRecord) -> None:
+        if not record.written:
+            record.written = True
+            if record.on_written is not None:
+                record.on_written(record)
+
+    def _note_failure(self, record: OutRecord | None, error: BaseException) -> None:
         if not self._failing:
             log.warning(
                 "Kafka send failed; retrying until it succeeds",
-                extra={"topic": record.topic, "error": str(error)},
+                extra={"topic": record.topic if record else None, "error": str(error)},
             )
         self._failing = True
         reason = (

@@ -127,7 +127,7 @@ class Normalizer:
         kafka: KafkaConfig,
         metrics: Metrics,
         *,
-        on_delivered: Callable[[TaskState, int], None] | None = None,
+        on_written: Callable[[TaskState, int], None] | None = None,
         clock: Callable[[], str] = _iso_now,
         publish_connected: bool = False,
     ) -> None:
@@ -143,7 +143,7 @@ class Normalizer:
             self._routes.setdefault("connected", None)
         self._limit = max(4096, kafka.max_request_bytes - _RECORD_OVERHEAD)
         self._metrics = metrics
-        self._on_delivered = on_delivered
+        self._on_written = on_written
         self._clock = clock
         self._ce_types: dict[str, bytes] = {}
         self._received = metrics.sse_events_received
@@ -363,19 +363,20 @@ class Normalizer:
         ]
 
     def _join_acks(self, task: TaskState, sequence: int, records: list[OutRecord]) -> None:
-        """The event counts as delivered when every one of its records is."""
+        """The event counts as written when every one of its records is (its
+        task's position moves then; see ``bridge.core.record``)."""
         remaining = len(records)
 
-        def part_delivered(_: OutRecord) -> None:
+        def part_written(_: OutRecord) -> None:
             nonlocal remaining
             remaining -= 1
             if remaining == 0:
                 task.delivered(sequence)
-                if self._on_delivered is not None:
-                    self._on_delivered(task, sequence)
+                if self._on_written is not None:
+                    self._on_written(task, sequence)
 
         for record in records:
-            record.on_delivered = part_delivered
+            record.on_written = part_written
 
     def _truncate(
         self,

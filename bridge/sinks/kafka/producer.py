@@ -1,111 +1,174 @@
-"""The Kafka sink: connect (start the producer, make sure the topics exist),
-write (hand one record to the producer, get a future for the broker's ack),
-close (flush, stop). It never retries on its own account: a failed send comes
-back as a typed error and the delivery loop decides.
+"""The Kafka sink: connect (start the producer, make sure the topics exist,
+take the transactional id), write (hand one record to the producer, get a
+future for its delivery report), commit or abort a transaction, close (flush,
+stop). It never retries on its own account: a failure comes back as a typed
+error and the delivery loop decides.
 
-aiokafka keeps one batch in flight per partition, so records of one task
-(one key, one partition) reach the broker in the order they were sent.
+librdkafka keeps records of one partition in order, retries included (the
+idempotent producer, on by default), so records of one task (one key, one
+partition) reach the broker in the order they were written.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+from confluent_kafka import KafkaException
 
 from bridge.config import CoordinationConfig, KafkaConfig, TopicsConfig
 from bridge.core.record import OutRecord
-from bridge.errors import BridgeError, ConfigError, UnavailableError
-from bridge.kafka.errors import translate_send_error
-from bridge.kafka.options import client_options
+from bridge.errors import (
+    BridgeError,
+    ConfigError,
+    FencedError,
+    TransactionAbortedError,
+    UnavailableError,
+)
+from bridge.kafka.errors import kafka_error, translate_send_error
+from bridge.kafka.producer import AsyncProducer, needs_abort
+from bridge.kafka.rdkafka import producer_config
 from bridge.kafka.topics import ensure_topics
 
 __all__ = ["KafkaSink"]
 
+#: what a broker without transactions answers InitProducerId with
+_NO_TRANSACTIONS = ("NOT_IMPLEMENTED", "UNSUPPORTED_VERSION", "INVALID_TRANSACTION_TIMEOUT")
+
 
 class KafkaSink:
-    """One producer for every topic the bridge writes."""
+    """One producer for every topic the bridge writes; transactional when given
+    a ``transactional_id``."""
 
     def __init__(
         self,
         kafka: KafkaConfig,
         topics: TopicsConfig,
         coordination: CoordinationConfig | None = None,
+        *,
+        transactional_id: str | None = None,
     ) -> None:
         self._kafka = kafka
         self._topics = topics
         self._coordination = coordination
-        self._producer: AIOKafkaProducer | None = None
+        self.transactional_id = transactional_id
+        self._producer: AsyncProducer | None = None
         self._closed = False
 
     @property
     def connected(self) -> bool:
         return self._producer is not None and not self._closed
 
+    @property
+    def transactional(self) -> bool:
+        return self.transactional_id is not None
+
+    @property
+    def _timeout_s(self) -> float:
+        return self._kafka.request_timeout_ms / 1000
+
     async def connect(self) -> None:
-        """Start the producer and ensure the topics. Raises ``ConfigError`` for a
-        setting the cluster cannot honour, ``UnavailableError`` when unreachable."""
+        """Start the producer, take the transactional id (fencing any earlier
+        holder), ensure the topics. Raises ``ConfigError`` for a setting the
+        cluster cannot honour, ``UnavailableError`` when unreachable."""
         config = self._kafka
-        producer = AIOKafkaProducer(
-            **client_options(config),
-            acks="all" if config.acks == "all" else int(config.acks),
-            enable_idempotence=config.enable_idempotence,
-            compression_type=None if config.compression_type == "none" else config.compression_type,
-            linger_ms=config.linger_ms,
-            max_batch_size=config.max_batch_bytes,
-            max_request_size=config.max_request_bytes,
+        producer = AsyncProducer(
+            producer_config(
+                config,
+                transactional_id=self.transactional_id,
+                transaction_timeout_ms=config.transaction_timeout_ms,
+            )
         )
         try:
-            await producer.start()
-        except KafkaConnectionError as exc:
-            await producer.stop()
-            raise UnavailableError(f"cannot reach Kafka at {config.bootstrap_servers}") from exc
-        except KafkaError as exc:
-            await producer.stop()
-            if config.enable_idempotence:
-                raise ConfigError(
-                    "kafka.enable_idempotence is true but the broker refused an idempotent "
-                    f"producer ({type(exc).__name__}); use a broker that supports it or set "
-                    "XPANDER_BRIDGE_KAFKA__ENABLE_IDEMPOTENCE=false",
-                    field="kafka.enable_idempotence",
-                ) from exc
-            raise UnavailableError(f"Kafka producer failed to start: {exc}") from exc
-        self._producer = producer
-        try:
+            await self._reach(producer)
+            if self.transactional_id is not None:
+                await self._init_transactions(producer)
             await ensure_topics(self._kafka, self._topics, self._coordination)
         except BaseException:
-            await producer.stop()
-            self._producer = None
+            await asyncio.shield(producer.close(0))
             raise
+        self._producer = producer
 
-    async def write(self, record: OutRecord) -> asyncio.Future[Any]:
-        """Hand the record to the producer; the future resolves on the broker's ack.
-
-        Waits while the producer's buffer is full: that wait is the back-pressure
-        that reaches the streams through the bounded queue.
-        """
-        if self._producer is None:
-            raise UnavailableError("the Kafka sink is not connected")
+    async def _reach(self, producer: AsyncProducer) -> None:
         try:
-            future: asyncio.Future[Any] = await self._producer.send(
-                record.topic,
-                value=record.value,
-                key=record.key,
-                headers=record.headers,
-                partition=record.partition,
-            )
-        except (KafkaError, KafkaTimeoutError) as exc:
+            await producer.list_topics(self._timeout_s)
+        except KafkaException as exc:
+            raise UnavailableError(
+                f"cannot reach Kafka at {','.join(self._kafka.bootstrap_servers)}: {exc}"
+            ) from exc
+
+    async def _init_transactions(self, producer: AsyncProducer) -> None:
+        try:
+            await producer.init_transactions(self._timeout_s)
+        except KafkaException as exc:
+            error = kafka_error(exc)
+            name = error.name() if error is not None else type(exc).__name__
+            if error is not None and (error.retriable() or name.lstrip("_") == "TIMED_OUT"):
+                raise UnavailableError(f"Kafka transactions not ready: {name}") from exc
+            if any(marker in name for marker in _NO_TRANSACTIONS):
+                raise ConfigError(
+                    f"kafka.transactions is true but the broker refused a transactional "
+                    f"producer ({name}); use a broker with transactions or set "
+                    "XPANDER_BRIDGE_KAFKA__TRANSACTIONS=false",
+                    field="kafka.transactions",
+                ) from exc
             raise translate_send_error(exc) from exc
-        return future
+
+    def _connected(self) -> AsyncProducer:
+        if self._producer is None or self._closed:
+            raise UnavailableError("the Kafka sink is not connected")
+        return self._producer
+
+    async def write(self, record: OutRecord) -> asyncio.Future[None]:
+        """Hand the record to the producer; the future resolves on its delivery
+        report. Waits while librdkafka's queue is full: that wait is the
+        back-pressure that reaches the streams through the bounded queue."""
+        producer = self._connected()
+        try:
+            return await producer.produce(
+                record.topic, record.value, record.key, record.headers, record.partition
+            )
+        except KafkaException as exc:
+            raise translate_send_error(exc) from exc
+
+    # --- transactions (only with a transactional id) ------------------------------
+
+    def begin(self) -> None:
+        try:
+            self._connected().begin_transaction()
+        except KafkaException as exc:
+            raise translate_send_error(exc) from exc
+
+    async def commit(self) -> None:
+        """Commit the open transaction. Raises ``FencedError`` (give up),
+        ``TransactionAbortedError`` (abort, then redo the transaction), or another
+        bridge error after which the same commit may be tried again."""
+        try:
+            await self._connected().commit_transaction(self._timeout_s)
+        except KafkaException as exc:
+            raise self._transaction_error(exc) from exc
+
+    async def abort(self) -> None:
+        """Abort the open transaction (its records are never visible to
+        read_committed consumers). Raises ``FencedError``, or a bridge error
+        after which the abort may be tried again."""
+        try:
+            await self._connected().abort_transaction(self._timeout_s)
+        except KafkaException as exc:
+            raise self._transaction_error(exc) from exc
+
+    @staticmethod
+    def _transaction_error(exc: KafkaException) -> BridgeError:
+        error = translate_send_error(exc)
+        if needs_abort(exc) and not isinstance(error, FencedError):
+            return TransactionAbortedError(str(error))
+        return error
 
     @staticmethod
     def classify(error: BaseException) -> BridgeError:
-        """A failed delivery future's error, as the bridge error the runner acts on."""
+        """A failed delivery report, as the bridge error the runner acts on."""
         return translate_send_error(error)
 
     async def aclose(self) -> None:
         if self._producer is not None and not self._closed:
             self._closed = True
-            await self._producer.stop()
+            await self._producer.close(self._timeout_s)
