@@ -96,10 +96,12 @@ class Checkpointer:
             self._tasks.pop(task_id, None)
 
     def written(self, task: TaskState, sequence: int) -> None:
-        """An envelope of ``task`` is in Kafka (committed, or in the open transaction). A task's first checkpoint and its
+        """An envelope of ``task`` is in Kafka (committed, or in the open
+        transaction). Without transactions, a task's first checkpoint and its
         final one are written at once, not at the next interval: a task with no
         checkpoint at all is the one a crash would make the next owner start
-        from scratch (sequence from 1 again)."""
+        from scratch (sequence from 1 again). With them, the transaction
+        carries every checkpoint of its envelopes (``covering``)."""
         if self._transactional:
             self._covered[task.task_id] = task
             return

@@ -19,14 +19,14 @@ import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from bridge.core.record import Headers
 from bridge.kafka.errors import kafka_error
 
-__all__ = ["AsyncProducer", "needs_abort", "retriable"]
+__all__ = ["AsyncProducer", "Delivered", "needs_abort", "retriable"]
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,21 @@ _POLL_S = 0.05
 _QUEUE_FULL_WAIT_S = 0.002
 
 
+class Delivered(NamedTuple):
+    """Where a record landed (its delivery report)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
 class AsyncProducer:
     """One librdkafka producer driven from asyncio. Make it inside the loop."""
 
     def __init__(self, options: dict[str, Any]) -> None:
         self._loop = asyncio.get_running_loop()
         self._producer = Producer(options)
-        self._reports: list[tuple[asyncio.Future[None], KafkaError | None]] = []
+        self._reports: list[tuple[asyncio.Future[Delivered], KafkaError | None, Message]] = []
         self._reports_lock = threading.Lock()
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="kafka-producer-poll", daemon=True)
@@ -62,14 +70,14 @@ class AsyncProducer:
         key: bytes | None,
         headers: Headers,
         partition: int | None = None,
-    ) -> asyncio.Future[None]:
+    ) -> asyncio.Future[Delivered]:
         """Queue one record; the future resolves on its delivery report (raising
         the ``KafkaException`` librdkafka reported). A record refused at once
         (too large, unknown partition) raises here."""
-        future: asyncio.Future[None] = self._loop.create_future()
+        future: asyncio.Future[Delivered] = self._loop.create_future()
 
-        def report(error: KafkaError | None, _: Message) -> None:
-            self._report(future, error)
+        def report(error: KafkaError | None, message: Message) -> None:
+            self._report(future, error, message)
 
         # (the stub's header type has str values too, and list is invariant)
         headers_ = cast("list[tuple[str, str | bytes | None]]", headers)
@@ -88,22 +96,28 @@ class AsyncProducer:
                 continue
             return future
 
-    def _report(self, future: asyncio.Future[None], error: KafkaError | None) -> None:
+    def _report(
+        self, future: asyncio.Future[Delivered], error: KafkaError | None, message: Message
+    ) -> None:
         # On a librdkafka thread (the poller, or one flushing in a transaction call).
         with self._reports_lock:
             first = not self._reports
-            self._reports.append((future, error))
+            self._reports.append((future, error, message))
         if first:
             self._loop.call_soon_threadsafe(self._resolve)
 
     def _resolve(self) -> None:
         with self._reports_lock:
             reports, self._reports = self._reports, []
-        for future, error in reports:
+        for future, error, message in reports:
             if future.done():
                 continue
             if error is None:
-                future.set_result(None)
+                future.set_result(
+                    Delivered(
+                        message.topic() or "", message.partition() or 0, message.offset() or 0
+                    )
+                )
             else:
                 future.set_exception(KafkaException(error))
 

@@ -64,10 +64,10 @@ def producer_config(
             "enable.idempotence": config.enable_idempotence or transactional_id is not None,
             "compression.type": config.compression_type,
             "linger.ms": config.linger_ms,
-            "batch.size": config.max_batch_bytes,
+            "batch.size": min(config.max_batch_bytes, config.max_request_bytes),
             # librdkafka's request size cap; a record over it fails with
             # MSG_SIZE_TOO_LARGE before it is sent (the delivery loop's oversized path)
-            "message.max.bytes": max(config.max_request_bytes, config.max_batch_bytes) + 65_536,
+            "message.max.bytes": config.max_request_bytes,
             "request.timeout.ms": config.request_timeout_ms,
             "partitioner": _PARTITIONER,
         }

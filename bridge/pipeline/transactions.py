@@ -57,6 +57,14 @@ class TransactionalSink(RecordSink, Protocol):
 
     async def abort(self) -> None: ...
 
+    async def reset(self) -> None:
+        """A new producer in place of one whose transaction cannot be ended."""
+        ...
+
+
+#: failed aborts in a row after which the producer is replaced
+_ABORTS_BEFORE_RESET = 3
+
 
 class _Failed(Exception):
     """Some records of the transaction were not written: (record, error) pairs."""
@@ -217,12 +225,18 @@ class TransactionalDelivery(DeliveryLoop):
             return
 
     async def _abort(self, backoff: Backoff) -> None:
+        failed = 0
         while True:
             try:
-                await self._transactions.abort()
+                if failed < _ABORTS_BEFORE_RESET:
+                    await self._transactions.abort()
+                else:
+                    log.warning("the transaction cannot be aborted; replacing the Kafka producer")
+                    await self._transactions.reset()
             except FencedError as exc:
                 self._fenced(exc)
             except BridgeError as exc:
+                failed += 1
                 self._note_failure(None, exc)
                 await self._policy.wait(backoff)
                 continue

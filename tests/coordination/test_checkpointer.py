@@ -80,7 +80,7 @@ async def test_run_stops_when_cancelled_even_while_woken_constantly() -> None:
         task = task_with(acked=0, total=0)
         runner = asyncio.create_task(checkpointer.run())
         for _ in range(3):
-            checkpointer.delivered(task, 1)
+            checkpointer.written(task, 1)
             # The scenario, not a wait: one turn of the loop per wake-up, so the
             # cancellation below can land as an event fires (the regression).
             await asyncio.sleep(0)
@@ -102,13 +102,13 @@ async def test_a_first_checkpoint_is_written_at_once_and_alone() -> None:
     runner = asyncio.get_running_loop().create_task(checkpointer.run())
     try:
         older.delivered(2)
-        checkpointer.delivered(older, 2)  # progress: due at the next round, in 30 s
+        checkpointer.written(older, 2)  # progress: due at the next round, in 30 s
         new = TaskState("t-2", "a-1", "o-1")
         new.sequence = 1
         new.track(PendingEnvelope(1, "1", "e1", "executing", True))
         new.delivered(1)
         checkpointer.watch(new)
-        checkpointer.delivered(new, 1)  # first checkpoint: now
+        checkpointer.written(new, 1)  # first checkpoint: now
         await eventually(
             lambda: len(sink.records) > 1,
             timeout_s=1,

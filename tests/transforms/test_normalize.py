@@ -35,7 +35,7 @@ def make(**topics: Any) -> tuple[Normalizer, TaskState, Metrics]:
         TopicsConfig(**topics),
         KafkaConfig(max_request_bytes=20_000),
         metrics,
-        on_delivered=lambda task, seq: delivered.append(seq),
+        on_written=lambda task, seq: delivered.append(seq),
     )
     return normalizer, TaskState("t-1", "a-1", "o-1"), metrics
 

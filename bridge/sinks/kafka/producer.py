@@ -25,7 +25,7 @@ from bridge.errors import (
     UnavailableError,
 )
 from bridge.kafka.errors import kafka_error, translate_send_error
-from bridge.kafka.producer import AsyncProducer, needs_abort
+from bridge.kafka.producer import AsyncProducer, Delivered, needs_abort
 from bridge.kafka.rdkafka import producer_config
 from bridge.kafka.topics import ensure_topics
 
@@ -118,7 +118,7 @@ class KafkaSink:
             raise UnavailableError("the Kafka sink is not connected")
         return self._producer
 
-    async def write(self, record: OutRecord) -> asyncio.Future[None]:
+    async def write(self, record: OutRecord) -> asyncio.Future[Delivered]:
         """Hand the record to the producer; the future resolves on its delivery
         report. Waits while librdkafka's queue is full: that wait is the
         back-pressure that reaches the streams through the bounded queue."""
@@ -155,6 +155,30 @@ class KafkaSink:
             await self._connected().abort_transaction(self._timeout_s)
         except KafkaException as exc:
             raise self._transaction_error(exc) from exc
+
+    async def reset(self) -> None:
+        """Replace the producer by a new one with the same transactional id: the
+        way out when a transaction can be neither committed nor aborted (a
+        broker that cannot bump the producer's epoch after a sequence gap leaves
+        librdkafka retrying for ever). Whatever the old one held was never
+        committed; the new one's InitProducerId aborts it for good."""
+        old, self._producer = self._producer, None
+        if old is not None:
+            await asyncio.shield(old.close(0))
+        producer = AsyncProducer(
+            producer_config(
+                self._kafka,
+                transactional_id=self.transactional_id,
+                transaction_timeout_ms=self._kafka.transaction_timeout_ms,
+            )
+        )
+        try:
+            await self._reach(producer)
+            await self._init_transactions(producer)
+        except BaseException:
+            await asyncio.shield(producer.close(0))
+            raise
+        self._producer = producer
 
     @staticmethod
     def _transaction_error(exc: KafkaException) -> BridgeError:

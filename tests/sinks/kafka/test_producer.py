@@ -9,28 +9,24 @@ from collections.abc import AsyncIterator, Callable
 from typing import NamedTuple
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import (
-    KafkaConnectionError,
-    KafkaTimeoutError,
-    MessageSizeTooLargeError,
-    NotLeaderForPartitionError,
-    RequestTimedOutError,
-)
-from aiokafka.errors import RecordTooLargeError as AiokafkaRecordTooLarge
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource
 from support.kafka import KafkaService, consume
 
 from bridge.config import CoordinationConfig, KafkaConfig, RouteRule, TopicsConfig
 from bridge.core.record import OutRecord
 from bridge.errors import (
+    AuthError,
     BridgeError,
     ConfigError,
+    FencedError,
+    InvalidDataError,
     RecordTooLargeError,
     RequestTimeoutError,
+    TransactionAbortedError,
     UnavailableError,
 )
-from bridge.kafka.embedded import EmbeddedBroker
+from bridge.kafka.producer import AsyncProducer
 from bridge.sinks.kafka.producer import KafkaSink
 
 pytestmark = pytest.mark.timeout(60)
@@ -93,27 +89,22 @@ def record(
 
 async def described(bootstrap_servers: str, names: list[str]) -> dict[str, tuple[int, str | None]]:
     """Per topic: its partition count and its ``cleanup.policy`` (``None`` when unset)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
-    try:
-        partitions = {
-            t["topic"]: len(t["partitions"])
-            for t in await admin.describe_topics(names)
-            if t["error_code"] == 0
-        }
-        responses = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
-        )
-    finally:
-        await admin.close()
-    policies: dict[str, str | None] = dict.fromkeys(names)
-    for response in responses:
-        for error_code, _, _, name, entries in response.resources:
-            assert error_code == 0, name
-            for entry in entries:
-                if entry[0] == "cleanup.policy":
-                    policies[name] = entry[1]
-    return {name: (partitions.get(name, 0), policies[name]) for name in names}
+
+    def describe() -> dict[str, tuple[int, str | None]]:
+        admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+        metadata = admin.list_topics(timeout=10).topics
+        found: dict[str, tuple[int, str | None]] = {}
+        for name in names:
+            if name not in metadata or metadata[name].error is not None:
+                found[name] = (0, None)
+                continue
+            resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+            entries = admin.describe_configs([resource])[resource].result(timeout=10)
+            policy = entries.get("cleanup.policy")
+            found[name] = (len(metadata[name].partitions), policy.value if policy else None)
+        return found
+
+    return await asyncio.to_thread(describe)
 
 
 async def test_connect_creates_every_topic_with_compaction_where_configured(
@@ -202,34 +193,107 @@ async def test_connect_to_an_unreachable_address_raises_unavailable() -> None:
     await sink.aclose()
 
 
-@pytest.fixture
-async def tansu_bootstrap(kafka: KafkaService) -> AsyncIterator[str]:
-    """A broker without InitProducerId for aiokafka: the session's when it is tansu."""
-    if kafka.broker == "tansu":
-        yield kafka.bootstrap_servers
-        return
-    async with EmbeddedBroker() as broker:
-        yield broker.bootstrap_servers
+class RefusingProducer(AsyncProducer):
+    """librdkafka's answer of a broker without transactions, at the one call that
+    gets it (no broker here lacks them: tansu has them through librdkafka)."""
+
+    def __init__(self, error: int) -> None:  # no client: nothing to connect
+        self._error = error
+
+    async def init_transactions(self, timeout_s: float) -> None:
+        raise KafkaException(KafkaError(self._error))
 
 
-async def test_idempotence_on_a_broker_without_it_is_a_config_error(
-    tansu_bootstrap: str, new_topic: Callable[[str], str]
-) -> None:
+@pytest.mark.parametrize("code", [KafkaError._NOT_IMPLEMENTED, KafkaError.UNSUPPORTED_VERSION])
+async def test_transactions_on_a_broker_without_them_is_a_config_error(code: int) -> None:
     sink = KafkaSink(
-        kafka_config(tansu_bootstrap, enable_idempotence=True), topics_config(new_topic)
+        kafka_config("127.0.0.1:9"),
+        TopicsConfig(events="e", state="s", dlq="d"),
+        transactional_id="t",
     )
     with pytest.raises(ConfigError) as raised:
-        await sink.connect()
-    assert raised.value.field == "kafka.enable_idempotence"
-    assert "kafka.enable_idempotence" in str(raised.value)
-    assert "ENABLE_IDEMPOTENCE=false" in str(raised.value), "says how to fix it"
-    assert not sink.connected
+        await sink._init_transactions(RefusingProducer(code))
+    assert raised.value.field == "kafka.transactions"
+    assert "XPANDER_BRIDGE_KAFKA__TRANSACTIONS=false" in str(raised.value), "says how to fix it"
 
 
-@pytest.mark.requires_kafka("idempotence")
-async def test_idempotent_sink_writes_on_a_broker_with_it(
+def read_committed(bootstrap_servers: str, topic: str, seconds: float) -> list[bytes | None]:
+    """Every record a read_committed consumer sees in ``seconds`` (partition 0)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": "test-read-committed",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    seen: list[bytes | None] = []
+    try:
+        for message in consumer.consume(1000, seconds):
+            if message.error() is None:
+                seen.append(message.value())
+    finally:
+        consumer.close()
+    return seen
+
+
+async def test_a_transaction_is_invisible_to_read_committed_until_it_commits(
     kafka: KafkaService, new_topic: Callable[[str], str]
 ) -> None:
+    topics = topics_config(new_topic, partitions=1)
+    sink = KafkaSink(
+        kafka_config(kafka.bootstrap_servers), topics, transactional_id=new_topic("txn")
+    )
+    await sink.connect()
+    try:
+        sink.begin()
+        await asyncio.wait_for(await sink.write(record(topics.events, b"first", key=b"k")), 10)
+        await sink.commit()
+        sink.begin()
+        await asyncio.wait_for(await sink.write(record(topics.events, b"open", key=b"k")), 10)
+        # written to the log, not committed: a read_committed reader stops before it
+        assert await asyncio.to_thread(
+            read_committed, kafka.bootstrap_servers, topics.events, 2
+        ) == [b"first"]
+        await sink.commit()
+        seen = await asyncio.to_thread(read_committed, kafka.bootstrap_servers, topics.events, 2)
+        assert seen == [b"first", b"open"]
+    finally:
+        await sink.aclose()
+
+
+async def test_a_second_producer_with_the_same_transactional_id_fences_the_first(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    topics = topics_config(new_topic, partitions=1)
+    slot = new_topic("slot")
+    zombie = KafkaSink(kafka_config(kafka.bootstrap_servers), topics, transactional_id=slot)
+    successor = KafkaSink(kafka_config(kafka.bootstrap_servers), topics, transactional_id=slot)
+    await zombie.connect()
+    try:
+        zombie.begin()
+        await asyncio.wait_for(await zombie.write(record(topics.events, b"before", key=b"k")), 10)
+        await successor.connect()  # takes the id: the zombie's epoch is over
+        successor.begin()
+        await asyncio.wait_for(await successor.write(record(topics.events, b"new", key=b"k")), 10)
+        await successor.commit()
+        late = await zombie.write(record(topics.events, b"after", key=b"k"))
+        (outcome,) = await asyncio.wait_for(asyncio.gather(late, return_exceptions=True), 10)
+        if isinstance(outcome, BaseException):  # the broker refused the write itself
+            assert isinstance(KafkaSink.classify(outcome), FencedError)
+        else:
+            with pytest.raises(FencedError):
+                await zombie.commit()
+        seen = await asyncio.to_thread(read_committed, kafka.bootstrap_servers, topics.events, 2)
+        assert b"new" in seen
+        assert b"after" not in seen, "a fenced producer's records never become visible"
+    finally:
+        await zombie.aclose()
+        await successor.aclose()
+
+
+async def test_idempotent_sink_writes(kafka: KafkaService, new_topic: Callable[[str], str]) -> None:
     topics = topics_config(new_topic)
     sink = KafkaSink(kafka_config(kafka.bootstrap_servers, enable_idempotence=True), topics)
     await sink.connect()
@@ -317,23 +381,34 @@ async def test_a_record_over_the_request_limit_is_refused_as_too_large(
 
 
 @pytest.mark.parametrize(
-    ("error", "expected"),
+    ("code", "expected"),
     [
-        (MessageSizeTooLargeError(), RecordTooLargeError),
-        (AiokafkaRecordTooLarge(), RecordTooLargeError),
-        (KafkaTimeoutError(), RequestTimeoutError),
-        (NotLeaderForPartitionError(), UnavailableError),
-        (RequestTimedOutError(), UnavailableError),
-        (KafkaConnectionError("gone"), UnavailableError),
-        (ConnectionResetError("reset"), UnavailableError),
+        (KafkaError.MSG_SIZE_TOO_LARGE, RecordTooLargeError),
+        (KafkaError._MSG_TIMED_OUT, RequestTimeoutError),
+        (KafkaError.REQUEST_TIMED_OUT, RequestTimeoutError),
+        (KafkaError.NOT_LEADER_FOR_PARTITION, UnavailableError),
+        (KafkaError._TRANSPORT, UnavailableError),
+        (KafkaError.TOPIC_AUTHORIZATION_FAILED, AuthError),
+        (KafkaError.INVALID_RECORD, InvalidDataError),
+        (KafkaError.PRODUCER_FENCED, FencedError),
+        (KafkaError._FENCED, FencedError),
     ],
-    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else None,
+    ids=lambda value: KafkaError(value).name() if isinstance(value, int) else None,
 )
-def test_classify_maps_client_errors(error: BaseException, expected: type[BridgeError]) -> None:
-    classified = KafkaSink.classify(error)
+def test_classify_maps_client_errors(code: int, expected: type[BridgeError]) -> None:
+    classified = KafkaSink.classify(KafkaException(KafkaError(code)))
     assert type(classified) is expected
-    # The delivery loop retries what is retryable and gives up only on "too large".
-    assert classified.retryable == (expected is not RecordTooLargeError)
+    assert classified.retryable == issubclass(expected, UnavailableError)
+
+
+def test_a_transaction_to_redo_is_told_apart_from_a_commit_to_retry() -> None:
+    abortable = KafkaError(KafkaError._TIMED_OUT, txn_requires_abort=True)
+    retriable = KafkaError(KafkaError._TIMED_OUT, retriable=True)
+    assert isinstance(
+        KafkaSink._transaction_error(KafkaException(abortable)), TransactionAbortedError
+    )
+    again = KafkaSink._transaction_error(KafkaException(retriable))
+    assert again.retryable and not isinstance(again, TransactionAbortedError)
 
 
 def test_classify_keeps_a_bridge_error_as_it_is() -> None:
