@@ -10,7 +10,8 @@ from typing import NamedTuple
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource
 from support.kafka import KafkaService, consume
 
 from bridge.config import CoordinationConfig, KafkaConfig, RouteRule, TopicsConfig
