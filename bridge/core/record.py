@@ -22,7 +22,15 @@ from dataclasses import dataclass, field
 
 from bridge.observability.metrics import DeadLetterReason
 
-__all__ = ["Headers", "OutRecord", "Publish", "completion", "publish_acked"]
+__all__ = [
+    "Headers",
+    "OutRecord",
+    "Publish",
+    "acknowledge",
+    "completion",
+    "mark_written",
+    "publish_acked",
+]
 
 Headers = list[tuple[str, bytes]]
 
@@ -50,6 +58,22 @@ class OutRecord:
     joined: bool = False
     #: ``on_written`` has run (a transaction redone after an abort must not rerun it)
     written: bool = False
+
+
+def mark_written(record: OutRecord) -> None:
+    """The broker has the record: run ``on_written``, once whatever happens next."""
+    if not record.written:
+        record.written = True
+        if record.on_written is not None:
+            record.on_written(record)
+
+
+def acknowledge(record: OutRecord) -> None:
+    """The record is durable: ``on_written`` (if it has not run) then
+    ``on_delivered``, the order the delivery loops keep."""
+    mark_written(record)
+    if record.on_delivered is not None:
+        record.on_delivered(record)
 
 
 def completion(records: list[OutRecord]) -> asyncio.Future[None]:

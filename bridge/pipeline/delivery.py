@@ -29,9 +29,9 @@ import functools
 import logging
 from typing import Any, Protocol
 
-from bridge.core.record import OutRecord
+from bridge.core.record import OutRecord, acknowledge
 from bridge.core.retry import RetryPolicy, Verdict
-from bridge.errors import BridgeError, RecordTooLargeError, RequestTimeoutError
+from bridge.errors import BridgeError, FencedError, RecordTooLargeError, RequestTimeoutError
 from bridge.observability.metrics import Metrics, PublishErrorReason
 
 __all__ = ["DeliveryLoop", "RecordSink"]
@@ -89,6 +89,10 @@ class DeliveryLoop:
         self._held: set[OutRecord] = set()
         self._published = metrics.envelopes_published
         self._failing = False
+        #: the producer failed for good (fenced, or a fatal idempotence error):
+        #: ``run`` raises it, and the bridge stops rather than hold every record
+        self._fatal: FencedError | None = None
+        self._runner: asyncio.Task[Any] | None = None
         #: records acknowledged by Kafka
         self.delivered = 0
         self._last_progress = self._loop.time()
@@ -117,7 +121,17 @@ class DeliveryLoop:
         return self._in_flight > 0 and self._loop.time() - self._last_progress > threshold_s
 
     async def run(self) -> None:
-        """Forever: take a record, write it. Cancel to stop (after ``drain``)."""
+        """Forever: take a record, write it. Cancel to stop (after ``drain``).
+        Raises ``FencedError`` when the producer failed for good."""
+        self._runner = asyncio.current_task()
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            if self._fatal is not None:  # cancelled by ``_refused``, not by a stop
+                raise self._fatal from None
+            raise
+
+    async def _run(self) -> None:
         queue = self._queue
         while True:
             # (queue_depth is sampled once a second by the readiness watcher,
@@ -180,6 +194,14 @@ class DeliveryLoop:
     def _refused(self, record: OutRecord, error: BridgeError) -> None:
         """Kafka refuses this record (held) or every send (halted): nothing is
         acknowledged, so no checkpoint or offset moves past it."""
+        if isinstance(error, FencedError):
+            log.error(
+                "the Kafka producer failed for good; the bridge stops", extra={"error": str(error)}
+            )
+            self._fatal = error
+            if self._runner is not None:
+                self._runner.cancel()  # ``run`` turns it into this error
+            return
         if self._policy.verdict(error) is Verdict.HALT:
             self._halt(record, error)
         else:
@@ -241,17 +263,8 @@ class DeliveryLoop:
         else:
             self._published(record.topic, record.event_type).inc()
             metrics.publish_latency.observe(self._loop.time() - record.received_at)
-        self._written(record)
-        if record.on_delivered is not None:
-            record.on_delivered(record)
+        acknowledge(record)
         self._finish_one()
-
-    @staticmethod
-    def _written(record: OutRecord) -> None:
-        if not record.written:
-            record.written = True
-            if record.on_written is not None:
-                record.on_written(record)
 
     def _note_failure(self, record: OutRecord | None, error: BaseException) -> None:
         if not self._failing:

@@ -36,7 +36,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, NoReturn, Protocol
 
-from bridge.core.record import OutRecord
+from bridge.core.record import OutRecord, mark_written
 from bridge.core.retry import Backoff, RetryPolicy, Verdict
 from bridge.errors import BridgeError, FencedError, TransactionAbortedError
 from bridge.observability.metrics import Metrics
@@ -172,7 +172,7 @@ class TransactionalDelivery(DeliveryLoop):
                 if not covered:
                     covered = True
                     for record in records:
-                        self._written(record)
+                        mark_written(record)
                     extra = self._covering() if self._covering is not None else []
                     if extra:
                         # checkpoints are in flight like any record, so drain waits for them

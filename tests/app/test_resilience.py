@@ -21,15 +21,13 @@ from support.e2e import (
     expected_events,
     run_bridge,
 )
-from support.kafka import KafkaOutage, KafkaService, consume, tansu_service
+from support.kafka import KafkaOutage, KafkaService, consume
 from support.metrics import sample
 from support.waiting import eventually
 
 from bridge.app import Bridge
 from bridge.emulator.server import Emulator
 from bridge.emulator.settings import EmulatorSettings, ScenarioSettings, TaskProfile
-from bridge.errors import ConfigError
-from bridge.kafka.embedded import EmbeddedBroker
 
 
 def scenario(tasks: int, events: int, interval: float) -> ScenarioSettings:
@@ -159,21 +157,3 @@ async def test_sigterm_mid_run_exits_0_with_everything_read_in_kafka(
         for task_id, events in by_task([r for r in records if r.topic == topics[0]]).items():
             ids = [e["sse_id"] for e in events if e["type"] != "connected"]
             assert ids == [e.id for e in emu.events(task_id)][: len(ids)]
-
-
-@pytest.mark.timeout(30)
-async def test_idempotence_on_a_broker_without_it_is_a_clear_config_error(
-    new_topic: Callable[[str], str],
-) -> None:
-    async with EmbeddedBroker() as broker, Emulator() as emu:
-        embedded = tansu_service(broker.bootstrap_servers, "embedded-tansu")
-        config = bridge_config(emu, embedded, new_topic)
-        config = config.model_copy(
-            update={"kafka": config.kafka.model_copy(update={"enable_idempotence": True})}
-        )
-        bridge = Bridge(config)
-        with pytest.raises(ConfigError) as caught:
-            await bridge.start()
-        await bridge.shutdown()
-        assert "kafka.enable_idempotence" in str(caught.value)
-        assert "XPANDER_BRIDGE_KAFKA__ENABLE_IDEMPOTENCE=false" in str(caught.value)

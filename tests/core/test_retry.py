@@ -55,6 +55,7 @@ VERDICTS: dict[type[BaseException], Verdict] = {
     errors.RetryableError: Verdict.RETRY,
     errors.UnavailableError: Verdict.RETRY,
     errors.RequestTimeoutError: Verdict.RETRY,
+    errors.TransactionAbortedError: Verdict.RETRY,
     errors.RateLimitedError: Verdict.RETRY,
     errors.StreamInterrupted: Verdict.RETRY,
     errors.RejectedError: Verdict.REJECT,
@@ -64,6 +65,8 @@ VERDICTS: dict[type[BaseException], Verdict] = {
     errors.RecordTooLargeError: Verdict.REJECT,
     errors.AuthError: Verdict.HALT,
     errors.RefusedError: Verdict.HALT,
+    # never retried; the delivery loops stop on it before asking the policy
+    errors.FencedError: Verdict.REJECT,
 }
 
 

@@ -11,7 +11,13 @@ from support.metrics import sample
 
 from bridge.core.record import OutRecord
 from bridge.core.retry import RetryPolicy
-from bridge.errors import AuthError, BridgeError, RecordTooLargeError, UnavailableError
+from bridge.errors import (
+    AuthError,
+    BridgeError,
+    FencedError,
+    RecordTooLargeError,
+    UnavailableError,
+)
 from bridge.observability.metrics import Metrics
 from bridge.pipeline.delivery import DeliveryLoop
 
@@ -187,3 +193,15 @@ async def test_stalled_when_records_wait_without_progress() -> None:
     await asyncio.sleep(0.1)
     assert loop.stalled(0.05)
     runner.cancel()
+
+
+async def test_a_producer_that_failed_for_good_stops_the_loop() -> None:
+    queue: asyncio.Queue[OutRecord] = asyncio.Queue()
+    acks: list[bytes] = []
+    sink = FlakySink(failures=1, failure=FencedError("fatal idempotence error"))
+    loop = DeliveryLoop(queue, sink, Metrics(), retry=RetryPolicy(0.001, 0.01))
+    await queue.put(record(b"a", acks))
+    await queue.put(record(b"b", acks))
+    with pytest.raises(FencedError):
+        await asyncio.wait_for(loop.run(), 5)
+    assert b"a" not in acks and loop.held == 0  # not held for ever: the bridge stops

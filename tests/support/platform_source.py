@@ -20,7 +20,7 @@ import orjson
 
 from bridge.config import KafkaConfig, PlatformConfig, StreamsConfig, TopicsConfig
 from bridge.core.checkpoint import Checkpoint
-from bridge.core.record import OutRecord
+from bridge.core.record import OutRecord, acknowledge
 from bridge.core.retry import RetryPolicy
 from bridge.core.task import TaskState
 from bridge.emulator.server import Emulator
@@ -74,8 +74,7 @@ class Published:
     async def __call__(self, records: list[OutRecord]) -> None:
         self.records.extend(records)
         for record in records:
-            if record.on_delivered is not None:
-                record.on_delivered(record)
+            acknowledge(record)
 
     def envelopes(self, task_id: str | None = None) -> list[dict[str, Any]]:
         """The envelopes on the events topic (the state topic repeats lifecycle ones)."""

@@ -4,7 +4,7 @@ with ``hold``, only when the test calls ``ack()``."""
 
 from __future__ import annotations
 
-from bridge.core.record import OutRecord
+from bridge.core.record import OutRecord, mark_written
 
 __all__ = ["RecordingPublish"]
 
@@ -22,6 +22,7 @@ class RecordingPublish:
     def ack(self) -> None:
         """Acknowledge everything handed over so far, each record once."""
         for record in self.records:
+            mark_written(record)  # once: it remembers
             callback, record.on_delivered = record.on_delivered, None
             if callback is not None:
                 callback(record)
