@@ -158,6 +158,7 @@ def write_chart(report: dict[str, Any], path: Path) -> None:
     colours = {
         "bridge": "#2a7ab9",
         "bridge-solo": "#7fb3e0",
+        "bridge-alo": "#1b4f7a",
         "lean": "#8fbf5a",
         "official": "#d9822b",
     }
