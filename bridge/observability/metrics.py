@@ -79,6 +79,13 @@ class DeadLetterReason(StrEnum):
     PLATFORM_REJECTED = "platform_rejected"
 
 
+class TransactionOutcome(StrEnum):
+    """``transactions_total{outcome}``: how a Kafka transaction ended."""
+
+    COMMITTED = "committed"
+    ABORTED = "aborted"  #: its records are written again in the next one
+
+
 class PublishErrorReason(StrEnum):
     """``publish_errors_total{reason}``: a failed Kafka send, by cause."""
 
@@ -392,6 +399,16 @@ class Metrics:
                 registry=r,
             ),
             PublishErrorReason,
+        )
+        self.transactions = ByLabel(
+            Counter(
+                "xpander_bridge_transactions_total",
+                "Kafka transactions (kafka.transactions), by outcome. An aborted one is "
+                "redone: its records are written again, nothing is lost.",
+                ["outcome"],
+                registry=r,
+            ),
+            TransactionOutcome,
         )
         self.publish_latency = Histogram(
             "xpander_bridge_publish_latency_seconds",

@@ -39,7 +39,7 @@ from typing import Any, NoReturn, Protocol
 from bridge.core.record import OutRecord, mark_written
 from bridge.core.retry import Backoff, RetryPolicy, Verdict
 from bridge.errors import BridgeError, FencedError, TransactionAbortedError
-from bridge.observability.metrics import Metrics
+from bridge.observability.metrics import Metrics, TransactionOutcome
 from bridge.pipeline.delivery import _HELD_RETRY_S, DELIVERY_RETRY, DeliveryLoop, RecordSink
 
 __all__ = ["TransactionalDelivery", "TransactionalSink"]
@@ -182,11 +182,13 @@ class TransactionalDelivery(DeliveryLoop):
                 await self._commit(backoff)
             except _Failed as failed:
                 await self._abort(backoff)
+                self._metrics.transactions(TransactionOutcome.ABORTED).inc()
                 records = await self._sort_out(records, failed.failures, backoff)
                 continue
             break
         if records:
             self.committed += 1
+            self._metrics.transactions(TransactionOutcome.COMMITTED).inc()
         for record in records:
             self._delivered(record)
 

@@ -191,10 +191,13 @@ async def test_an_aborted_commit_redoes_the_same_transaction_once() -> None:
     sink, trace, queue = TransactionLog(), Trace(), asyncio.Queue[OutRecord]()
     sink.commit_errors = [TransactionAbortedError("coordinator aborted it")]
     checkpoint = trace.record(b"checkpoint")
-    loop = delivery(sink, queue, covering=[checkpoint])
+    metrics = Metrics()
+    loop = delivery(sink, queue, covering=[checkpoint], metrics=metrics)
     await deliver(loop, queue, trace.record(b"a"), trace.record(b"b"))
     assert sink.aborted == [[b"a", b"b", b"checkpoint"]]
     assert sink.committed == [[b"a", b"b", b"checkpoint"]]
+    assert sample(metrics, "xpander_bridge_transactions_total", outcome="aborted") == 1
+    assert sample(metrics, "xpander_bridge_transactions_total", outcome="committed") == 1
     # callbacks ran once each: a redone transaction is not a second delivery
     assert trace.of("written") == [b"a", b"b", b"checkpoint"]
     assert trace.of("delivered") == [b"a", b"b", b"checkpoint"]
