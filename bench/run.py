@@ -218,6 +218,12 @@ def contender_command(
                 "XPANDER_BRIDGE_TOPICS__EVENTS": topic,
                 "XPANDER_BRIDGE_TOPICS__STATE": f"{topic}.state",
                 "XPANDER_BRIDGE_TOPICS__DLQ": f"{topic}.dlq",
+                # each run its own group and checkpoints: the emulator's task ids
+                # repeat from run to run (seeded), and a checkpoint of an earlier
+                # contender's run would make this one resume them as finished
+                "XPANDER_BRIDGE_COORDINATION__TASKS_TOPIC": f"{topic}.tasks",
+                "XPANDER_BRIDGE_COORDINATION__CHECKPOINTS_TOPIC": f"{topic}.checkpoints",
+                "XPANDER_BRIDGE_COORDINATION__GROUP_ID": f"{topic}.owners",
                 "XPANDER_BRIDGE_HTTP_PORT": "0",  # several runs on one machine
             }
         )

@@ -47,7 +47,8 @@ def demo_config(emu: Emulator, bootstrap_servers: str, http_port: int) -> Bridge
                 "organization_id": emu.organization_id,
             },
             "discovery": {"agent_ids": list(emu.settings.agent_ids), "interval_s": 1.0},
-            "kafka": {"bootstrap_servers": [bootstrap_servers], "enable_idempotence": False},
+            # idempotent and transactional (the defaults): the embedded broker has both
+            "kafka": {"bootstrap_servers": [bootstrap_servers]},
             "http": {"host": "127.0.0.1", "port": http_port},
             "logging": {"format": "text", "level": "WARNING"},
         }

@@ -56,8 +56,6 @@ def bridge_config(
         "streams": {"reconnect_initial_s": 0.05, "reconnect_max_s": 0.5, "idle_timeout_s": 5},
         "kafka": {
             "bootstrap_servers": broker.bootstrap_servers.split(","),
-            # The outage broker is the embedded one, which has no idempotence.
-            "enable_idempotence": getattr(broker, "supports_idempotence", False),
             "linger_ms": 2,
         },
         "topics": {
