@@ -16,14 +16,31 @@ import time
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from bridge.app import Bridge
 from bridge.config import BridgeConfig
 from bridge.kafka.embedded import EmbeddedBroker
 
 AGENT = "agent-emulator-1"
+
+
+def fill(bootstrap_servers: str, partitions: int, count: int) -> None:
+    """The reports topic with ``count`` reports, before the bridge starts."""
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    for future in admin.create_topics([NewTopic("bench.reports", partitions, 1)]).values():
+        future.result(10)
+    producer = Producer({"bootstrap.servers": bootstrap_servers, "linger.ms": 5})
+    for i in range(count):
+        while True:
+            try:
+                producer.produce("bench.reports", message(i), str(i % 64).encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(30)
 
 
 def message(i: int) -> bytes:
@@ -91,16 +108,7 @@ async def main(count: int, partitions: int, in_flight: int) -> None:
                     break
                 except httpx.TransportError:
                     await asyncio.sleep(0.05)
-            admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
-            await admin.start()
-            await admin.create_topics([NewTopic("bench.reports", partitions, 1)])
-            await admin.close()
-            producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=5)
-            await producer.start()
-            for i in range(count):
-                await producer.send("bench.reports", message(i), key=str(i % 64).encode())
-            await producer.flush()
-            await producer.stop()
+            await asyncio.to_thread(fill, broker.bootstrap_servers, partitions, count)
             config = BridgeConfig.model_validate(
                 {
                     "platform": {
@@ -111,7 +119,6 @@ async def main(count: int, partitions: int, in_flight: int) -> None:
                     "streams": {"enabled": False},
                     "kafka": {
                         "bootstrap_servers": [broker.bootstrap_servers],
-                        "enable_idempotence": False,
                     },
                     "reports": {
                         "reports_topic": "bench.reports",

@@ -1,7 +1,7 @@
 """The one exception tree of the bridge.
 
 Every error a component raises is one of these; third-party exceptions
-(httpx, aiokafka, pydantic) are translated at the edge that calls them, with
+(aiohttp, librdkafka, pydantic) are translated at the edge that calls them, with
 ``raise ... from exc`` so the cause stays in the traceback.
 
     BridgeError

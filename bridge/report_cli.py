@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
+from confluent_kafka import KafkaException
 
 from bridge.config import load_config
-from bridge.errors import ConfigError, InvalidDataError
-from bridge.kafka.options import client_options
+from bridge.errors import ConfigError, InvalidDataError, UnavailableError
+from bridge.kafka.producer import AsyncProducer
+from bridge.kafka.rdkafka import producer_config
 from bridge.transforms.reports import ReportKind, parse_message
 
 __all__ = ["configure_parser", "run"]
@@ -83,12 +84,15 @@ async def _send(args: argparse.Namespace) -> int:
     key = (message.get("agent_id") or "").encode() or None
     # The bridge's own validation, before sending (coordinates are placeholders).
     parse_message(kind, value, key, topic=topic, partition=0, offset=0)
-    producer = AIOKafkaProducer(**client_options(config.kafka), acks="all")
-    await producer.start()
+    producer = AsyncProducer(producer_config(config.kafka))
+    timeout_s = config.kafka.request_timeout_ms / 1000
     try:
-        sent = await producer.send_and_wait(topic, value=value, key=key)
+        delivery = await producer.produce(topic, value, key, [])
+        sent = await asyncio.wait_for(delivery, timeout_s)
+    except (KafkaException, TimeoutError) as exc:
+        raise UnavailableError(f"not sent to {topic}: {exc}") from exc
     finally:
-        await producer.stop()
+        await producer.close(timeout_s)
     print(f"sent to {sent.topic} partition {sent.partition} offset {sent.offset}")
     return 0
 

@@ -1,6 +1,7 @@
 """The lean ceiling: the least code that reads every task's stream with
-httpx-sse and produces each event's bytes with aiokafka. No normalization, no
-envelope, no headers, no retries: what the bridge costs is measured against it.
+httpx-sse and produces each event's bytes with librdkafka (the bridge's client),
+fire and forget. No normalization, no envelope, no headers, no retries, no
+transactions: what the bridge costs is measured against it.
 
     python -m bench.contenders.lean --base-url URL --api-key K --org ORG \
         --agents a,b --bootstrap HOST:PORT --topic T
@@ -12,19 +13,31 @@ import argparse
 import asyncio
 
 import httpx
-from aiokafka import AIOKafkaProducer
+from confluent_kafka import Producer
 from httpx_sse import aconnect_sse
 
 TERMINAL = {"completed", "failed", "error", "stopped"}
 
 
 async def follow(
-    client: httpx.AsyncClient, producer: AIOKafkaProducer, url: str, topic: str, key: bytes
+    client: httpx.AsyncClient, producer: Producer, url: str, topic: str, key: bytes
 ) -> None:
     async with aconnect_sse(client, "GET", url) as source:
         async for event in source.aiter_sse():
             if event.data:
-                await producer.send(topic, event.data.encode(), key=key)
+                while True:
+                    try:
+                        producer.produce(topic, event.data.encode(), key)
+                        break
+                    except BufferError:  # librdkafka's queue is full: let it drain
+                        await asyncio.sleep(0.001)
+
+
+async def serve_reports(producer: Producer) -> None:
+    """Delivery reports (none are looked at) keep librdkafka's queue moving."""
+    while True:
+        producer.poll(0)
+        await asyncio.sleep(0.01)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -34,10 +47,16 @@ async def main(args: argparse.Namespace) -> None:
     # so one pool of thousands of streams is O(n^2): one pool per 128 streams
     verify = httpx.create_ssl_context()
     pools: list[httpx.AsyncClient] = []
-    producer = AIOKafkaProducer(
-        bootstrap_servers=args.bootstrap, acks="all", linger_ms=5, max_batch_size=262_144
+    producer = Producer(
+        {
+            "bootstrap.servers": args.bootstrap,
+            "acks": "all",
+            "linger.ms": 5,
+            "batch.size": 262_144,
+            "partitioner": "murmur2_random",
+        }
     )
-    await producer.start()
+    reports = asyncio.create_task(serve_reports(producer))
     following: dict[str, asyncio.Task[None]] = {}
     async with httpx.AsyncClient(headers=headers, timeout=None) as client:
         while True:
@@ -60,6 +79,8 @@ async def main(args: argparse.Namespace) -> None:
                         follow(pools[-1], producer, url, args.topic, task_id.encode())
                     )
             await asyncio.sleep(5.0)
+            if reports.done():
+                reports.result()
 
 
 def parse() -> argparse.Namespace:

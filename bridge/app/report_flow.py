@@ -17,6 +17,7 @@ from collections import OrderedDict
 from typing import Any
 
 from bridge.config import BridgeConfig
+from bridge.core.message import InMessage
 from bridge.core.record import Publish, publish_acked
 from bridge.core.task import TaskState
 from bridge.envelope import EventSource
@@ -24,7 +25,6 @@ from bridge.errors import InvalidDataError, RejectedError
 from bridge.observability.metrics import DeadLetterReason, Metrics, ReportKind, ReportOutcome
 from bridge.sinks.kafka.dead_letters import DeadLetterSink
 from bridge.sinks.platform.recorder import Recorder
-from bridge.sources.kafka.consumer import Message
 from bridge.transforms.normalize import Normalizer
 from bridge.transforms.reports import ParsedMessage, parse_message
 
@@ -61,7 +61,7 @@ class ReportFlow:
     def topics(self) -> list[str]:
         return list(self._kinds)
 
-    async def __call__(self, message: Message) -> None:
+    async def __call__(self, message: InMessage) -> None:
         kind = self._kinds[message.topic]
         started = self._loop.time()
         self._metrics.reports_consumed(kind).inc()
@@ -69,7 +69,7 @@ class ReportFlow:
         self._metrics.reports_recorded(kind, outcome).inc()
         self._metrics.report_record_latency.observe(self._loop.time() - started)
 
-    async def _handle(self, kind: ReportKind, message: Message) -> ReportOutcome:
+    async def _handle(self, kind: ReportKind, message: InMessage) -> ReportOutcome:
         try:
             parsed = parse_message(
                 kind,

@@ -4,18 +4,23 @@ keyed by task id, and read back here when partitions are assigned.
 The checkpoints topic has as many partitions as the coordination topic and
 each checkpoint is written to ``partition_for(task_id)``: the replica that owns
 partition *p* of one reads partition *p* of the other to resume its tasks.
+
+Read committed, to the last stable offset: a checkpoint in a transaction that
+is still open (its replica died mid-transaction) or was aborted covers
+envelopes no consumer will ever see, so it is not a place to resume from.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from bridge.config import KafkaConfig
 from bridge.core.checkpoint import Checkpoint
 from bridge.errors import UnavailableError
-from bridge.kafka.options import client_options
+from bridge.kafka.rdkafka import consumer_config
 
 __all__ = ["load_checkpoints"]
 
@@ -23,53 +28,50 @@ __all__ = ["load_checkpoints"]
 async def load_checkpoints(
     kafka: KafkaConfig, topic: str, partitions: list[int], *, timeout_s: float = 30.0
 ) -> dict[str, Checkpoint]:
-    """Read the given partitions of the checkpoints topic to their end.
-
-    The end is the high watermark the fetch responses report (``end_offsets``
-    is not trusted: some Kafka-compatible brokers answer it wrongly).
-    """
+    """Read the given partitions of the checkpoints topic to their (stable) end."""
     if not partitions:
         return {}
-    consumer = AIOKafkaConsumer(
-        **client_options(kafka),
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        # Reading to the end, not waiting for news: the broker's default long
-        # poll (500 ms) held every assignment's start-up for nothing when a
-        # partition was empty.
-        fetch_max_wait_ms=20,
-    )
+    return await asyncio.to_thread(_load, kafka, topic, partitions, timeout_s)
+
+
+def _load(
+    kafka: KafkaConfig, topic: str, partitions: list[int], timeout_s: float
+) -> dict[str, Checkpoint]:
+    options = consumer_config(kafka, read_committed=True)
+    # The end of a partition, for a read_committed consumer, is its last
+    # stable offset; librdkafka says so with one EOF event per partition.
+    options["enable.partition.eof"] = True
+    # Reading to the end, not waiting for news: the broker's default long
+    # poll held every assignment's start-up for nothing when a partition was empty.
+    options["fetch.wait.max.ms"] = 20
+    consumer = Consumer(options)
     found: dict[str, Checkpoint] = {}
     try:
-        await consumer.start()
-        assigned = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        pending = set(assigned)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        pending = set(partitions)
+        deadline = time.monotonic() + timeout_s
         while pending:
-            if loop.time() > deadline:
+            if time.monotonic() > deadline:
                 raise UnavailableError(
-                    f"checkpoints of partitions {sorted(tp.partition for tp in pending)} "
-                    f"not read within {timeout_s}s"
+                    f"checkpoints of partitions {sorted(pending)} not read within {timeout_s}s"
                 )
-            batch = await consumer.getmany(timeout_ms=50, max_records=5000)
-            for records in batch.values():
-                for record in records:
-                    key = (record.key or b"").decode("utf-8", "replace")
-                    if record.value is None:
-                        found.pop(key, None)  # tombstone
+            for message in consumer.consume(5000, 0.1):
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(message.partition() or 0)
                         continue
-                    checkpoint = Checkpoint.decode(record.value)
-                    if checkpoint is not None:
-                        found[checkpoint.task_id] = checkpoint
-            for tp in list(pending):
-                # Known only once a fetch answered for the partition: until
-                # then, an empty answer does not mean "nothing there".
-                highwater = consumer.highwater(tp)
-                if highwater is not None and await consumer.position(tp) >= highwater:
-                    pending.discard(tp)
+                    raise UnavailableError(f"reading checkpoints: {error.name()}")
+                key = (message.key() or b"").decode("utf-8", "replace")
+                value = message.value()
+                if value is None:
+                    found.pop(key, None)  # tombstone
+                    continue
+                checkpoint = Checkpoint.decode(value)
+                if checkpoint is not None:
+                    found[checkpoint.task_id] = checkpoint
+    except KafkaException as exc:
+        raise UnavailableError(f"reading checkpoints: {exc}") from exc
     finally:
-        await asyncio.shield(consumer.stop())
+        consumer.close()
     return found

@@ -15,8 +15,6 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from aiokafka.errors import KafkaError
-
 from bridge.config import CoordinationConfig, KafkaConfig
 from bridge.coordination.checkpointer import Checkpointer
 from bridge.coordination.checkpoints import load_checkpoints
@@ -90,7 +88,7 @@ class Handover:
                 return await load_checkpoints(
                     self._kafka, self._config.checkpoints_topic, partitions
                 )
-            except (UnavailableError, KafkaError) as exc:
+            except UnavailableError as exc:
                 self._health.set("coordination", False, f"loading checkpoints: {exc}")
                 log.warning(
                     "checkpoints could not be loaded; retrying",

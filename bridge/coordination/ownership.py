@@ -6,11 +6,12 @@ that topic's partitions *is* the ownership: a task belongs to the replica that
 holds ``partition_for(task_id)``. Kafka's group coordinator detects dead
 members (session timeout) and rebalances; no consensus of our own.
 
-aiokafka implements only the eager rebalance protocol, so on a rebalance every
-member gives up its partitions (``on_revoked``: stop those streams, write their
-checkpoints) before the new assignment arrives (``on_assigned``: read the
-checkpoints, resume). The consumer reads the topic's records only to stay in
-the group; they are informational (which replica streams which task).
+The group runs the cooperative protocol (``bridge.kafka.group``): on a
+rebalance only the partitions that change owner are revoked (``on_revoked``:
+stop those streams, write their checkpoints) and then assigned to their new
+owner (``on_assigned``: read the checkpoints, resume); every other stream
+keeps flowing. The consumer reads the topic's records only to stay in the
+group; they are informational (which replica streams which task).
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from confluent_kafka import KafkaException, TopicPartition
 
 from bridge.config import CoordinationConfig, KafkaConfig
 from bridge.coordination.partitioning import partition_for
-from bridge.kafka.group import RebalanceListener, group_options, join_group
+from bridge.kafka.group import GroupMember, group_config
 from bridge.kafka.options import KAFKA_RETRY
 from bridge.observability.metrics import Metrics
 
@@ -51,7 +51,8 @@ class Ownership:
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
         self._owned: frozenset[int] = frozenset()
-        self._consumer: AIOKafkaConsumer | None = None
+        self._member: GroupMember | None = None
+        self._closing = False
         self.instance_id = config.instance_id or socket.gethostname()
 
     @property
@@ -70,6 +71,8 @@ class Ownership:
         log.info("coordination partitions assigned", extra={"partitions": sorted(partitions)})
 
     async def revoked(self, revoked: list[TopicPartition]) -> None:
+        if self._closing:
+            return  # leaving at shutdown: the streams were stopped and checkpointed already
         partitions = [tp.partition for tp in revoked]
         # Stop claiming the tasks first, so discovery does not restart them.
         self._owned = frozenset(self._owned - set(partitions))
@@ -79,48 +82,42 @@ class Ownership:
             log.info("coordination partitions revoked", extra={"partitions": sorted(partitions)})
 
     async def run(self) -> None:
-        await self._connect()
-        consumer = self._consumer
-        assert consumer is not None
+        member = self._connect()
+        await member.subscribe()
         backoff = KAFKA_RETRY.backoff()
         while True:
             try:
-                # The records are not needed; polling keeps the membership alive.
-                await consumer.getmany(timeout_ms=1000, max_records=500)
+                # The records are not needed; consuming keeps the membership alive
+                # (and runs the rebalance callbacks).
+                await member.consume(500, 1.0)
                 backoff.reset()
-            except KafkaError as exc:
+            except KafkaException as exc:
                 log.warning("coordination consumer error; retrying", extra={"error": str(exc)})
                 await KAFKA_RETRY.wait(backoff)
 
-    async def _connect(self) -> None:
+    def _connect(self) -> GroupMember:
         config = self._config
-
-        def make() -> AIOKafkaConsumer:
-            consumer = AIOKafkaConsumer(
-                **group_options(
-                    self._kafka,
-                    group_id=config.group_id,
-                    session_timeout_ms=config.session_timeout_ms,
-                    heartbeat_interval_ms=config.heartbeat_interval_ms,
-                    # Named per replica: the group's description shows who owns what.
-                    client_id=f"{self._kafka.client_id}-{self.instance_id}",
-                ),
-                auto_offset_reset="latest",
-                # A revoke waits for in-flight acks and writes checkpoints
-                # (seconds): the group must wait for it rather than evict us.
-                rebalance_timeout_ms=max(60_000, config.session_timeout_ms),
-            )
-            consumer.subscribe(
-                [config.tasks_topic],
-                listener=RebalanceListener(on_revoked=self.revoked, on_assigned=self.assigned),
-            )
-            return consumer
-
-        self._consumer = await join_group(make, "coordination")
+        options = group_config(
+            self._kafka,
+            group_id=config.group_id,
+            session_timeout_ms=config.session_timeout_ms,
+            heartbeat_interval_ms=config.heartbeat_interval_ms,
+            # Named per replica: the group's description shows who owns what.
+            client_id=f"{self._kafka.client_id}-{self.instance_id}",
+            # A revoke waits for in-flight acks and writes checkpoints
+            # (seconds): the group must wait for it rather than evict us.
+            rebalance_timeout_ms=max(60_000, config.session_timeout_ms),
+            offset_reset="latest",
+        )
+        self._member = GroupMember(
+            options, [config.tasks_topic], on_assigned=self.assigned, on_revoked=self.revoked
+        )
+        return self._member
 
     async def aclose(self) -> None:
         """Leave the group (the caller has already stopped and checkpointed the streams)."""
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
+        member, self._member = self._member, None
+        if member is not None:
+            self._closing = True
             self._owned = frozenset()
-            await consumer.stop()
+            await member.close()

@@ -1,90 +1,150 @@
 """Consumer groups, once for every group the bridge runs (report consumers,
-task owners): joining with retries owned here, not by each component, and
-the one rebalance listener that turns aiokafka's callbacks into ours."""
+task owners), on librdkafka through confluent-kafka's asyncio consumer.
+
+Every group uses the cooperative protocol (KIP-429, ``cooperative-sticky``):
+a rebalance revokes only the partitions that change owner, so the others keep
+flowing. The callbacks are coroutines run on the event loop while librdkafka
+waits for them: a revoke can stop work and write what must be written before
+the group moves on. ``on_lost`` (the member was evicted: its session expired)
+is a revoke that can no longer commit anything.
+
+librdkafka connects, joins and rejoins by itself, retrying for ever; an
+unreachable cluster surfaces as errors reported through ``on_error``.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaConnectionError
+from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka.aio import AIOConsumer
 
 from bridge.config import KafkaConfig
-from bridge.kafka.options import KAFKA_RETRY, client_options
+from bridge.core.message import InMessage
+from bridge.kafka.rdkafka import consumer_config
 
-__all__ = ["PartitionsCallback", "RebalanceListener", "group_options", "join_group"]
+__all__ = ["GroupMember", "PartitionsCallback", "group_config", "in_message"]
 
 log = logging.getLogger(__name__)
 
 PartitionsCallback = Callable[[list[TopicPartition]], Awaitable[None]]
 
+#: errors that mean "Kafka is not reachable", for readiness
+_UNREACHABLE = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE})
 
-def group_options(
+
+def group_config(
     kafka: KafkaConfig,
     *,
     group_id: str,
     session_timeout_ms: int,
     heartbeat_interval_ms: int,
     client_id: str | None = None,
+    rebalance_timeout_ms: int = 300_000,
+    offset_reset: str = "earliest",
 ) -> dict[str, Any]:
-    """A group member's options. Auto-commit is never on: the bridge commits
-    an offset only once what the message led to was acknowledged."""
-    options = client_options(kafka)
-    if client_id is not None:
-        options["client_id"] = client_id
+    """A member's options. Auto-commit is never on: the bridge commits an
+    offset only once what the message led to was acknowledged."""
+    options = consumer_config(
+        kafka, group_id=group_id, client_id=client_id, offset_reset=offset_reset
+    )
     options.update(
-        group_id=group_id,
-        enable_auto_commit=False,
-        session_timeout_ms=session_timeout_ms,
-        heartbeat_interval_ms=heartbeat_interval_ms,
+        {
+            "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": session_timeout_ms,
+            "heartbeat.interval.ms": heartbeat_interval_ms,
+            # librdkafka's rebalance timeout: how long a revoke may take (it
+            # waits for acks and writes checkpoints) before the member is dropped
+            "max.poll.interval.ms": rebalance_timeout_ms,
+        }
     )
     return options
 
 
-class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Forwards revocations and assignments; aiokafka awaits both, so the group
-    waits while a revoke stops work and writes what must be written."""
+def in_message(message: Message) -> InMessage:
+    timestamp = message.timestamp()
+    return InMessage(
+        topic=message.topic() or "",
+        partition=message.partition() or 0,
+        offset=message.offset() or 0,
+        key=message.key(),
+        value=message.value(),
+        headers=_headers(message),
+        timestamp=timestamp[1] if timestamp[0] else 0,
+    )
 
-    def __init__(self, *, on_revoked: PartitionsCallback, on_assigned: PartitionsCallback) -> None:
-        self._on_revoked = on_revoked
+
+def _headers(message: Message) -> list[tuple[str, bytes]]:
+    """A consumed message's headers (librdkafka gives a list of pairs; the
+    stub also allows a dict and str values, which a consumer never gets)."""
+    raw = message.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return [(k, v.encode() if isinstance(v, str) else (v or b"")) for k, v in pairs]
+
+
+class GroupMember:
+    """One subscribed consumer of a group. Make and use it inside the event loop."""
+
+    def __init__(
+        self,
+        options: dict[str, Any],
+        topics: list[str],
+        *,
+        on_assigned: PartitionsCallback,
+        on_revoked: PartitionsCallback,
+        on_lost: PartitionsCallback | None = None,
+        on_error: Callable[[str, bool], None] | None = None,
+    ) -> None:
+        self._topics = topics
         self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
+        self._on_lost = on_lost or on_revoked
+        self._on_error = on_error
+        options = dict(options)
+        options["error_cb"] = self._error
+        self.consumer = AIOConsumer(options, max_workers=4)
+        self._closed = False
 
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self._on_revoked(list(revoked))
+    async def _error(self, error: KafkaError) -> None:
+        unreachable = error.code() in _UNREACHABLE
+        log.warning(
+            "Kafka consumer error",
+            extra={"error": error.name(), "detail": error.str(), "fatal": error.fatal()},
+        )
+        if self._on_error is not None:
+            self._on_error(error.name(), unreachable)
 
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self._on_assigned(list(assigned))
+    async def subscribe(self) -> None:
+        async def assigned(_: AIOConsumer, partitions: list[TopicPartition]) -> None:
+            await self._on_assigned(list(partitions))
 
+        async def revoked(_: AIOConsumer, partitions: list[TopicPartition]) -> None:
+            await self._on_revoked(list(partitions))
 
-async def join_group(
-    make: Callable[[], AIOKafkaConsumer],
-    what: str,
-    *,
-    on_unreachable: Callable[[], None] | None = None,
-) -> AIOKafkaConsumer:
-    """Start a freshly made (and subscribed) consumer, retrying with back-off
-    while Kafka is unreachable. A consumer is never leaked: one that fails or
-    is cancelled while joining (a shutdown) is stopped."""
-    backoff = KAFKA_RETRY.backoff()
-    while True:
-        consumer = make()
-        try:
-            await consumer.start()
-        except KafkaConnectionError as exc:
-            await consumer.stop()
-            if on_unreachable is not None:
-                on_unreachable()
-            delay = backoff.next_delay()
-            log.warning(
-                "consumer cannot reach Kafka; retrying",
-                extra={"consumer": what, "error": str(exc), "retry_in_s": round(delay, 2)},
-            )
-            await asyncio.sleep(delay)
-            continue
-        except BaseException:
-            await asyncio.shield(consumer.stop())
-            raise
-        return consumer
+        async def lost(_: AIOConsumer, partitions: list[TopicPartition]) -> None:
+            await self._on_lost(list(partitions))
+
+        await self.consumer.subscribe(
+            self._topics, on_assign=assigned, on_revoke=revoked, on_lost=lost
+        )
+
+    async def consume(self, max_messages: int, timeout_s: float) -> list[Message]:
+        """A batch of messages (rebalance callbacks run inside this call);
+        per-message errors are logged and left out."""
+        messages: list[Message] = await self.consumer.consume(max_messages, timeout_s)
+        good = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                good.append(message)
+            elif error.code() != KafkaError._PARTITION_EOF:
+                log.warning("Kafka consumer error", extra={"error": error.name()})
+        return good
+
+    async def close(self) -> None:
+        """Leave the group (a last revoke runs) and release the client."""
+        if not self._closed:
+            self._closed = True
+            await self.consumer.close()

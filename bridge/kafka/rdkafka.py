@@ -20,7 +20,8 @@ __all__ = ["RDKAFKA_LOGGER", "client_config", "consumer_config", "producer_confi
 RDKAFKA_LOGGER = logging.getLogger("bridge.kafka.librdkafka")
 
 #: Java's default partitioner (murmur2 of the key): records of a task land in
-#: the partition they did under aiokafka and under any Java producer.
+#: the partition they did under aiokafka (before 2026-12) and under any Java
+#: producer (``bridge.coordination.partitioning`` computes the same).
 _PARTITIONER = "murmur2_random"
 
 

@@ -4,14 +4,15 @@ checkpoint topics). Another replica creating them first is fine."""
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from bridge.config import CoordinationConfig, KafkaConfig, TopicsConfig
 from bridge.errors import ConfigError, UnavailableError
-from bridge.kafka.options import client_options
+from bridge.kafka.rdkafka import client_config
 
 __all__ = ["ensure_topics"]
 
@@ -41,35 +42,45 @@ async def ensure_topics(
     for rule in topics.routes:
         if rule.topic:
             wanted.setdefault(rule.topic, {})
-    admin = AIOKafkaAdminClient(**client_options(kafka))
+    await asyncio.to_thread(_create_missing, kafka, topics, wanted, partitions)
+
+
+def _create_missing(
+    kafka: KafkaConfig,
+    topics: TopicsConfig,
+    wanted: dict[str, dict[str, str]],
+    partitions: dict[str, int],
+) -> None:
+    admin = AdminClient(client_config(kafka))
+    timeout_s = kafka.request_timeout_ms / 1000
     try:
-        await admin.start()
-    except KafkaError as exc:
-        await admin.close()
-        raise UnavailableError(f"cannot reach Kafka at {kafka.bootstrap_servers}") from exc
-    try:
-        existing = set(await admin.list_topics())
-        missing = [name for name in wanted if name not in existing]
-        if not missing:
-            return
-        if not topics.create:
-            raise ConfigError(
-                f"topics {', '.join(missing)} do not exist and topics.create is false",
-                field="topics.create",
-            )
-        new = [
-            NewTopic(
-                name,
-                num_partitions=partitions.get(name, topics.partitions),
-                replication_factor=topics.replication_factor,
-                # aiokafka's NewTopic insists on an assignment map when a count
-                # is -1 (broker default, KIP-464); an empty map assigns nothing.
-                replica_assignments={} if topics.replication_factor == -1 else None,
-                topic_configs=wanted[name],
-            )
-            for name in missing
-        ]
-        with contextlib.suppress(TopicAlreadyExistsError):  # another replica was first
-            await admin.create_topics(new)
-    finally:
-        await admin.close()
+        existing = set(admin.list_topics(timeout=timeout_s).topics)
+    except KafkaException as exc:
+        raise UnavailableError(
+            f"cannot reach Kafka at {','.join(kafka.bootstrap_servers)}: {exc}"
+        ) from exc
+    missing = [name for name in wanted if name not in existing]
+    if not missing:
+        return
+    if not topics.create:
+        raise ConfigError(
+            f"topics {', '.join(missing)} do not exist and topics.create is false",
+            field="topics.create",
+        )
+    new = [
+        NewTopic(
+            name,
+            num_partitions=partitions.get(name, topics.partitions),
+            replication_factor=topics.replication_factor,  # -1: the broker's default
+            config=wanted[name],
+        )
+        for name in missing
+    ]
+    for name, future in admin.create_topics(new, request_timeout=timeout_s).items():
+        try:
+            future.result(timeout_s)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue  # another replica was first
+            raise UnavailableError(f"creating topic {name}: {exc}") from exc

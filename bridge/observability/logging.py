@@ -85,5 +85,5 @@ def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> Non
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Libraries log their own retries at INFO; ours say what matters.
-    for noisy in ("aiokafka", "httpx", "httpcore", "aiohttp.access"):
+    for noisy in ("bridge.kafka.librdkafka", "httpx", "httpcore", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -56,9 +56,7 @@ STREAM_IDS = ["server-ids", "no-ids-full-replay"]
 
 async def committed(kafka: KafkaService, topics: list[str], seconds: float) -> list[ConsumedRecord]:
     """Everything a read_committed consumer sees in ``seconds``."""
-    return await consume(
-        kafka.bootstrap_servers, topics, max_wait=seconds, isolation_level="read_committed"
-    )
+    return await consume(kafka.bootstrap_servers, topics, max_wait=seconds)
 
 
 def assert_consistent(records: list[ConsumedRecord], config: BridgeConfig) -> int:
@@ -122,20 +120,11 @@ async def test_after_sigkill_the_committed_checkpoints_match_the_committed_envel
         print(f"\nrepeats after the kill (read uncommitted): {repeats}")
 
 
-def exactly_once_broker(kafka: KafkaService) -> None:
-    if kafka.broker == "tansu":
-        pytest.skip(
-            "needs a broker that hides aborted transactions from read_committed consumers; "
-            "tansu shows them (no aborted-transaction index in Fetch). Set "
-            "KAFKA_BOOTSTRAP_SERVERS to an Apache Kafka or run a Docker engine."
-        )
-
-
+@pytest.mark.requires_kafka("aborted_transactions")
 @pytest.mark.parametrize("stream", STREAMS, ids=STREAM_IDS)
 async def test_sigkill_and_restart_a_read_committed_consumer_sees_each_event_once(
     kafka: KafkaService, new_topic: Callable[[str], str], tmp_path: Path, stream: StreamSettings
 ) -> None:
-    exactly_once_broker(kafka)
     async with Emulator(EmulatorSettings(stream=stream, seed=29)) as emu:
         config = scale_config(emu, kafka, new_topic)
         await prepare(kafka, config)
@@ -174,10 +163,10 @@ async def finished_everywhere(kafka: KafkaService, config: BridgeConfig, tasks: 
     return sum(1 for r in records if b'"type":"task_finished"' in (r.value or b"")) >= tasks
 
 
+@pytest.mark.requires_kafka("aborted_transactions")
 async def test_one_of_three_killed_a_read_committed_consumer_sees_each_event_once(
     kafka: KafkaService, new_topic: Callable[[str], str], tmp_path: Path
 ) -> None:
-    exactly_once_broker(kafka)
     async with Emulator(EmulatorSettings(seed=43)) as emu:
         config = scale_config(emu, kafka, new_topic)
         await prepare(kafka, config)

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from support.e2e import bridge_config, config_env, consume_until, run_bridge
 from support.kafka import KafkaService, OutRecord, consume, create_topics, produce
 from support.metrics import sample
@@ -100,22 +100,23 @@ async def send(
 
 async def committed(kafka: KafkaService, config: BridgeConfig) -> int:
     """The group's committed offsets summed over the reports topic's partitions."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap_servers,
-        group_id=config.reports.group_id,
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        total = 0
-        for partition in range(2):
-            offset = await consumer.committed(
-                TopicPartition(config.reports.reports_topic, partition)
-            )
-            total += offset or 0
-        return total
-    finally:
-        await consumer.stop()
+
+    def read() -> int:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": kafka.bootstrap_servers,
+                "group.id": config.reports.group_id,
+                "enable.auto.commit": False,
+            }
+        )
+        try:
+            topic = config.reports.reports_topic
+            offsets = consumer.committed([TopicPartition(topic, p) for p in range(2)], 10)
+            return sum(max(0, tp.offset) for tp in offsets)
+        finally:
+            consumer.close()
+
+    return await asyncio.to_thread(read)
 
 
 async def test_reports_and_metrics_are_recorded_field_by_field(

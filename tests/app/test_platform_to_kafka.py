@@ -7,8 +7,6 @@ from collections.abc import Callable
 
 import orjson
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from support.e2e import (
     all_finished,
     bridge_config,
@@ -19,7 +17,7 @@ from support.e2e import (
     discovery_ready,
     expected_events,
 )
-from support.kafka import KafkaService
+from support.kafka import KafkaService, described
 from support.metrics import sample
 from support.waiting import eventually
 
@@ -226,20 +224,7 @@ async def test_topics_are_created_with_compaction_for_the_state_topic(
     async with Emulator() as emu:
         config = bridge_config(emu, kafka, new_topic)
         async with Bridge(config):
-            admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
-            await admin.start()
-            try:
-                topics = set(await admin.list_topics())
-                assert {config.topics.events, config.topics.state, config.topics.dlq} <= topics
-                described = await admin.describe_configs(
-                    [ConfigResource(ConfigResourceType.TOPIC, config.topics.state)]
-                )
-            finally:
-                await admin.close()
-            entries = {
-                entry[0]: entry[1]
-                for response in described
-                for resource in response.resources
-                for entry in resource[4]
-            }
-            assert entries.get("cleanup.policy") == "compact"
+            topics = [config.topics.events, config.topics.state, config.topics.dlq]
+            found = await described(kafka.bootstrap_servers, topics)
+            assert all(partitions > 0 for partitions, _ in found.values()), found
+            assert found[config.topics.state][1] == "compact"

@@ -12,12 +12,12 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import ConsumerRecord
 from support.publishing import RecordingPublish
 from support.waiting import eventually
 
 from bridge.app.report_flow import ReportFlow
 from bridge.config import BridgeConfig
+from bridge.core.message import InMessage
 from bridge.core.record import OutRecord
 from bridge.emulator import Emulator
 from bridge.emulator.settings import EmulatorSettings, FaultSettings, HttpFaultRule
@@ -64,7 +64,6 @@ async def rig(*rules: HttpFaultRule) -> AsyncIterator[Rig]:
                     "organization_id": emu.organization_id,
                     "request_timeout_s": 5,
                 },
-                "kafka": {"enable_idempotence": False},
                 "topics": {"events": EVENTS, "state": STATE, "dlq": DLQ},
                 "reports": {
                     "reports_topic": REPORTS,
@@ -96,21 +95,9 @@ def message(
     offset: int = 0,
     partition: int = 0,
     headers: list[tuple[str, bytes]] | None = None,
-) -> ConsumerRecord[bytes, bytes]:
+) -> InMessage:
     raw = value if isinstance(value, bytes) or value is None else orjson.dumps(value)
-    return ConsumerRecord(
-        topic=topic,
-        partition=partition,
-        offset=offset,
-        timestamp=0,
-        timestamp_type=0,
-        key=key,
-        value=raw,
-        checksum=None,
-        serialized_key_size=len(key or b""),
-        serialized_value_size=len(raw or b""),
-        headers=headers or [],
-    )
+    return InMessage(topic, partition, offset, key, raw, headers or [])
 
 
 def report(task_id: str | None = "ext-1", **fields: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
-from aiokafka import TopicPartition
+from confluent_kafka import TopicPartition
 from support.kafka import KafkaService, OutRecord, create_topics, produce
 from support.publishing import RecordingPublish
 from support.waiting import eventually
@@ -117,9 +117,7 @@ async def make_rig(
         partitions=PARTITIONS,
         configs={"cleanup.policy": "compact"},
     )
-    kafka_config = KafkaConfig(
-        bootstrap_servers=kafka.bootstrap_servers.split(","), enable_idempotence=False
-    )
+    kafka_config = KafkaConfig(bootstrap_servers=kafka.bootstrap_servers.split(","))
     metrics = Metrics()
     publish, owner, health, relist = (
         RecordingPublish(),

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from support.kafka import KafkaService, OutRecord, consume, create_topics, produce
 
 from bridge.errors import ConfigError, UnavailableError
@@ -61,10 +62,9 @@ async def test_consume_returns_what_arrived_when_count_is_not_reached(
     assert [r.value for r in received] == [b"only-one"]
 
 
-@pytest.mark.requires_kafka("idempotence")
 async def test_idempotent_producer_delivers(kafka: KafkaService, topic: str) -> None:
     await create_topics(kafka.bootstrap_servers, topic)
-    await produce(kafka.bootstrap_servers, topic, [b"once"], enable_idempotence=True)
+    await produce(kafka.bootstrap_servers, topic, [b"once"])  # (idempotent by default)
 
     assert [r.value for r in await consume(kafka.bootstrap_servers, topic, count=1)] == [b"once"]
 
@@ -101,12 +101,7 @@ async def test_async_context_manager_starts_and_stops() -> None:
     async with EmbeddedBroker() as broker:
         pid = broker.pid
         assert pid is not None
-        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
-        await producer.start()
-        try:
-            await producer.send_and_wait("smoke", b"x")
-        finally:
-            await producer.stop()
+        await produce(broker.bootstrap_servers, "smoke", [b"x"])
     assert not broker.running
     assert broker.pid is None
     assert not _process_alive(pid)
@@ -196,18 +191,36 @@ async def test_group_settings_give_a_quick_join_and_commits_stick(
 ) -> None:
     await create_topics(kafka.bootstrap_servers, topic)
     await produce(kafka.bootstrap_servers, topic, [b"a", b"b"])
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=kafka.bootstrap_servers,
-        group_id=topic,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **kafka.group_settings,
-    )
-    await consumer.start()
-    try:
-        first = await asyncio.wait_for(consumer.getone(), 10)
-        await consumer.commit({TopicPartition(topic, first.partition): first.offset + 1})
-        assert await consumer.committed(TopicPartition(topic, 0)) == 1
-    finally:
-        await consumer.stop()
+    settings = kafka.group_settings
+
+    def join_consume_commit() -> int:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": kafka.bootstrap_servers,
+                "group.id": topic,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "partition.assignment.strategy": "cooperative-sticky",
+                "session.timeout.ms": settings["session_timeout_ms"],
+                "heartbeat.interval.ms": settings["heartbeat_interval_ms"],
+            }
+        )
+        consumer.subscribe([topic])
+        try:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                first = consumer.poll(0.2)
+                if first is not None and first.error() is None:
+                    consumer.commit(
+                        offsets=[
+                            TopicPartition(topic, first.partition() or 0, (first.offset() or 0) + 1)
+                        ],
+                        asynchronous=False,
+                    )
+                    (committed,) = consumer.committed([TopicPartition(topic, 0)], 10)
+                    return committed.offset
+            raise TimeoutError("no message within 15 s of subscribing")
+        finally:
+            consumer.close()
+
+    assert await asyncio.to_thread(join_consume_commit) == 1

@@ -47,7 +47,10 @@ def _restore_logging() -> Iterator[None]:
     """configure_logging() changes the root logger; give the next test it back."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    noisy = {name: logging.getLogger(name).level for name in ("aiokafka", "httpx", "httpcore")}
+    noisy = {
+        name: logging.getLogger(name).level
+        for name in ("bridge.kafka.librdkafka", "httpx", "httpcore")
+    }
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
@@ -139,7 +142,7 @@ def test_auto_writes_json_when_not_a_terminal() -> None:
 def test_library_chatter_is_held_to_warnings_even_at_debug() -> None:
     out = io.StringIO()
     configure_logging("DEBUG", "json", out)
-    logging.getLogger("aiokafka.conn").info("connected to broker")
+    logging.getLogger("bridge.kafka.librdkafka").info("FAIL Disconnected (after 0ms)")
     logging.getLogger("httpx").info("HTTP Request: GET ...")
     logging.getLogger("bridge.sources").debug("ours at debug")
     assert [e["message"] for e in json_lines(out.getvalue())] == ["ours at debug"]

@@ -128,9 +128,17 @@ async def consume_until(
     topic: str,
     done: Callable[[list[ConsumedRecord]], bool],
     max_wait: float = 30.0,
+    *,
+    read_committed: bool = True,
 ) -> list[ConsumedRecord]:
     """Read the topic from the start until ``done(records)``; fail after ``max_wait``."""
-    records = await consume(kafka.bootstrap_servers, [topic], max_wait=max_wait, until=done)
+    records = await consume(
+        kafka.bootstrap_servers,
+        [topic],
+        max_wait=max_wait,
+        until=done,
+        read_committed=read_committed,
+    )
     if not done(records):
         grouped = by_task(records)
         summary = {

@@ -31,11 +31,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, NamedTuple
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.structs import RecordMetadata
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource
+from confluent_kafka.cimpl import NewTopic
 
 from bridge.kafka.embedded import EmbeddedBroker
+from bridge.kafka.group import in_message
 
 from .tcp_proxy import TcpProxy
 
@@ -46,8 +48,10 @@ __all__ = [
     "KafkaOutage",
     "KafkaService",
     "OutRecord",
+    "RecordMetadata",
     "consume",
     "create_topics",
+    "described",
     "docker_engine_available",
     "kafka_service",
     "produce",
@@ -71,10 +75,14 @@ class KafkaService:
     kind: KafkaKind
     #: Which implementation answers: the capability flags below follow from it.
     broker: Literal["apache-kafka", "tansu"] = "apache-kafka"
-    #: ``enable_idempotence=True`` producers work (tansu: aiokafka's InitProducerId fails).
+    #: Idempotent producers work (tansu too, through librdkafka).
     supports_idempotence: bool = True
-    #: Transactional producers work (tansu: same InitProducerId failure).
+    #: Transactional producers commit, abort and fence (tansu too, through librdkafka).
     supports_transactions: bool = True
+    #: read_committed consumers skip the records of aborted transactions, and an
+    #: open transaction of a dead producer is aborted after its timeout (tansu
+    #: does neither: no aborted-transaction index in Fetch, no expiry).
+    hides_aborted_transactions: bool = True
     #: ``cleanup.policy=compact`` / ``retention.ms`` are acted on, not only stored.
     supports_compaction: bool = True
     #: The broker rejects records over ``message.max.bytes`` / topic ``max.message.bytes``.
@@ -117,6 +125,7 @@ CAPABILITIES: dict[str, str] = {
     "apache_kafka": "is_apache_kafka",
     "idempotence": "supports_idempotence",
     "transactions": "supports_transactions",
+    "aborted_transactions": "hides_aborted_transactions",
     "compaction": "supports_compaction",
     "max_message_bytes": "enforces_max_message_bytes",
     "alter_topics": "supports_alter_topics",
@@ -126,13 +135,12 @@ CAPABILITIES: dict[str, str] = {
 
 
 def tansu_service(bootstrap_servers: str, kind: KafkaKind) -> KafkaService:
-    """Capabilities of tansu 0.6.0 with aiokafka, as probed in docs/notes/tansu.md."""
+    """Capabilities of tansu 0.6.0 with librdkafka, as probed in docs/notes/tansu.md."""
     return KafkaService(
         bootstrap_servers=bootstrap_servers,
         kind=kind,
         broker="tansu",
-        supports_idempotence=False,
-        supports_transactions=False,
+        hides_aborted_transactions=False,
         supports_compaction=False,
         enforces_max_message_bytes=False,
         supports_alter_topics=False,
@@ -243,31 +251,57 @@ async def create_topics(
     Waiting matters on Apache Kafka, where CreateTopics returns before every
     broker's metadata has the topic; producing in that window fails.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
-    try:
-        async with asyncio.timeout(_DEADLINE):
-            new = [
-                NewTopic(name, partitions, 1, topic_configs=dict(configs or {})) for name in names
-            ]
-            response = await admin.create_topics(new)
-            failed = [(t, code, msg) for t, code, msg in response.topic_errors if code != 0]
-            if failed:
-                raise RuntimeError(f"CreateTopics failed: {failed}")
-            # Polls the broker: there is no event to wait on.
-            while not await _all_have_leaders(admin, names, partitions):  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-    finally:
-        await admin.close()
+    await asyncio.to_thread(_create_topics, bootstrap_servers, names, partitions, configs)
 
 
-async def _all_have_leaders(admin: AIOKafkaAdminClient, names: Sequence[str], n: int) -> bool:
-    described = await admin.describe_topics(list(names))
-    return len(described) == len(names) and all(
-        t["error_code"] == 0
-        and len(t["partitions"]) == n
-        and all(p["leader"] >= 0 for p in t["partitions"])
-        for t in described
+def _create_topics(
+    bootstrap_servers: str,
+    names: Sequence[str],
+    partitions: int,
+    configs: Mapping[str, str] | None,
+) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    new = [NewTopic(name, partitions, 1, config=dict(configs or {})) for name in names]
+    for name, future in admin.create_topics(new, request_timeout=_DEADLINE).items():
+        try:
+            future.result(_DEADLINE)
+        except KafkaException as exc:
+            raise RuntimeError(f"CreateTopics failed for {name}: {exc}") from exc
+    deadline = time.monotonic() + _DEADLINE
+    while not _all_have_leaders(admin, names, partitions):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics {list(names)} have no leaders after {_DEADLINE} s")
+        time.sleep(0.05)
+
+
+async def described(bootstrap_servers: str, names: list[str]) -> dict[str, tuple[int, str | None]]:
+    """Per topic: its partition count and its ``cleanup.policy`` (``None`` when unset)."""
+
+    def describe() -> dict[str, tuple[int, str | None]]:
+        admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+        metadata = admin.list_topics(timeout=10).topics
+        found: dict[str, tuple[int, str | None]] = {}
+        for name in names:
+            if name not in metadata or metadata[name].error is not None:
+                found[name] = (0, None)
+                continue
+            resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+            entries = admin.describe_configs([resource])[resource].result(timeout=10)
+            policy = entries.get("cleanup.policy")
+            found[name] = (len(metadata[name].partitions), policy.value if policy else None)
+        return found
+
+    return await asyncio.to_thread(describe)
+
+
+def _all_have_leaders(admin: AdminClient, names: Sequence[str], n: int) -> bool:
+    topics = admin.list_topics(timeout=_DEADLINE).topics
+    return all(
+        name in topics
+        and topics[name].error is None
+        and len(topics[name].partitions) == n
+        and all(p.leader >= 0 for p in topics[name].partitions.values())
+        for name in names
     )
 
 
@@ -286,8 +320,17 @@ class OutRecord:
 
 
 @dataclass(frozen=True)
+class RecordMetadata:
+    """Where a produced record landed."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
 class ConsumedRecord:
-    """What a test asserts on: everything a consumer saw, none of aiokafka's types."""
+    """What a test asserts on: everything a consumer saw, none of the client's types."""
 
     topic: str
     partition: int
@@ -314,27 +357,48 @@ async def produce(
     records: Iterable[OutRecord | bytes],
     **producer_config: Any,
 ) -> list[RecordMetadata]:
-    """Produce *records* in order with ``acks=all`` and return their metadata once all are acked."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", **producer_config)
-    await producer.start()
-    try:
-        async with asyncio.timeout(_DEADLINE):
-            pending = []
-            for item in records:
-                record = item if isinstance(item, OutRecord) else OutRecord(value=item)
-                pending.append(
-                    await producer.send(
-                        topic,
-                        value=record.value,
-                        key=record.key,
-                        headers=list(record.headers) or None,
-                        partition=record.partition,
-                        timestamp_ms=record.timestamp_ms,
-                    )
+    """Produce *records* in order with ``acks=all`` (idempotent) and return their
+    metadata once all are acked. Extra settings are librdkafka's names."""
+    items = [item if isinstance(item, OutRecord) else OutRecord(value=item) for item in records]
+    return await asyncio.to_thread(_produce, bootstrap_servers, topic, items, producer_config)
+
+
+def _produce(
+    bootstrap_servers: str, topic: str, records: list[OutRecord], extra: dict[str, Any]
+) -> list[RecordMetadata]:
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "acks": "all",
+            "enable.idempotence": True,
+            "partitioner": "murmur2_random",
+            **extra,
+        }
+    )
+    landed: list[RecordMetadata | None] = [None] * len(records)
+    errors: list[str] = []
+    for index, record in enumerate(records):
+
+        def delivered(error: Any, message: Any, index: int = index) -> None:
+            if error is not None:
+                errors.append(str(error))
+            else:
+                landed[index] = RecordMetadata(
+                    message.topic(), message.partition(), message.offset()
                 )
-            return list(await asyncio.gather(*pending))
-    finally:
-        await producer.stop()
+
+        kwargs: dict[str, Any] = {"on_delivery": delivered}
+        if record.partition is not None:
+            kwargs["partition"] = record.partition
+        if record.timestamp_ms is not None:
+            kwargs["timestamp"] = record.timestamp_ms
+        if record.headers:
+            kwargs["headers"] = list(record.headers)
+        producer.produce(topic, record.value, record.key, **kwargs)
+    left = producer.flush(_DEADLINE)
+    if left or errors:
+        raise TimeoutError(f"produce to {topic}: {left} unacknowledged, errors {errors}")
+    return [m for m in landed if m is not None]
 
 
 async def consume(
@@ -344,67 +408,89 @@ async def consume(
     count: int | None = None,
     max_wait: float = 10.0,
     until: Callable[[list[ConsumedRecord]], bool] | None = None,
+    read_committed: bool = True,
     **consumer_config: Any,
 ) -> list[ConsumedRecord]:
     """Read all partitions of *topics* from the start until *count* records, until
     ``until(records)`` holds, or for *max_wait* s, whichever comes first.
 
-    No consumer group: partitions are assigned directly, so there is no group
-    join to wait for (seconds on tansu) and no committed offset to leak into
+    Reads committed records only, as the bridge's consumers are told to
+    (``read_committed=False`` also sees open and aborted transactions: needed
+    on tansu after a replica died mid-transaction, since tansu never expires
+    its transaction). No consumer group: partitions are assigned directly, so
+    there is no group join to wait for and no committed offset to leak into
     the next test. Returns what arrived, possibly fewer than *count*: the
     caller's assertion says what was expected. With ``count=None`` it reads
     for all of *max_wait*, for asserting that nothing more arrives.
     """
     names = [topics] if isinstance(topics, str) else list(topics)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **consumer_config,
+    return await asyncio.to_thread(
+        _consume, bootstrap_servers, names, count, max_wait, until, read_committed, consumer_config
     )
-    await consumer.start()
+
+
+def _consume(
+    bootstrap_servers: str,
+    names: list[str],
+    count: int | None,
+    max_wait: float,
+    until: Callable[[list[ConsumedRecord]], bool] | None,
+    read_committed: bool,
+    extra: dict[str, Any],
+) -> list[ConsumedRecord]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": f"test-reader-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+            "fetch.wait.max.ms": 50,
+            **extra,
+        }
+    )
     out: list[ConsumedRecord] = []
     deadline = time.monotonic() + max_wait
     try:
-        partitions = await _partitions_of(consumer, names, deadline)
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
+        consumer.assign(_partitions_of(consumer, names, deadline))
         while (count is None or len(out) < count) and not (until is not None and until(out)):
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            batch = await consumer.getmany(timeout_ms=max(1, int(min(left, 0.5) * 1000)))
-            for messages in batch.values():
-                out.extend(
+            for m in consumer.consume(10_000, min(left, 0.5)):
+                if m.error() is not None:
+                    continue
+                message = in_message(m)
+                out.append(
                     ConsumedRecord(
-                        topic=m.topic,
-                        partition=m.partition,
-                        offset=m.offset,
-                        timestamp=m.timestamp,
-                        key=m.key,
-                        value=m.value,
-                        headers=tuple(m.headers),
+                        topic=message.topic,
+                        partition=message.partition,
+                        offset=message.offset,
+                        timestamp=message.timestamp,
+                        key=message.key,
+                        value=message.value,
+                        headers=tuple(message.headers),
                     )
-                    for m in messages
                 )
     finally:
-        await consumer.stop()
+        consumer.close()
     return out
 
 
-async def _partitions_of(
-    consumer: AIOKafkaConsumer, names: Sequence[str], deadline: float
+def _partitions_of(
+    consumer: Consumer, names: Sequence[str], deadline: float
 ) -> list[TopicPartition]:
-    """Every partition of *names*, waiting for metadata that does not list them yet."""
+    """Every partition of *names* from the start, waiting for metadata that does
+    not list them yet."""
     while True:
-        # All-topics metadata (what consumer.topics() fetches) does not auto-create
-        # a missing topic, unlike a request naming it; the public topics() drops
-        # the partition lists, hence the client's method.
-        cluster = await consumer._client.fetch_all_metadata()
-        found = {name: cluster.partitions_for_topic(name) for name in names}
-        if all(found.values()):
-            return [TopicPartition(n, p) for n, ps in found.items() for p in sorted(ps or ())]
+        topics = consumer.list_topics(timeout=5).topics
+        found = {
+            name: sorted(topics[name].partitions)
+            for name in names
+            if name in topics and topics[name].error is None and topics[name].partitions
+        }
+        if len(found) == len(names):
+            return [TopicPartition(n, p, OFFSET_BEGINNING) for n, ps in found.items() for p in ps]
         if time.monotonic() > deadline:
-            missing = [n for n, ps in found.items() if not ps]
+            missing = [n for n in names if n not in found]
             raise TimeoutError(f"no partitions for topics {missing} in metadata")
-        await asyncio.sleep(0.05)
+        time.sleep(0.05)

@@ -6,8 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from confluent_kafka import KafkaException, Producer
 
 from support.kafka import KafkaOutage, consume, create_topics
 from support.tcp_proxy import TcpProxy
@@ -91,31 +90,34 @@ async def test_kafka_producer_survives_an_outage_without_losing_records(
 ) -> None:
     bootstrap_servers, proxy = kafka_outage
     await create_topics(bootstrap_servers, topic)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers,
-        acks="all",
-        request_timeout_ms=1500,
-        retry_backoff_ms=50,
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "acks": "all",
+            "enable.idempotence": True,
+            "socket.timeout.ms": 1500,
+            "retry.backoff.ms": 50,
+        }
     )
-    await producer.start()
-    try:
-        await producer.send_and_wait(topic, b"before", key=b"k")
+    reports: list[tuple[bytes | None, object]] = []
 
-        proxy.pause()
-        # While the broker is unreachable a send neither succeeds nor loses the
-        # record: it fails (request timeout) or stays pending.
-        during = asyncio.ensure_future(producer.send_and_wait(topic, b"during", key=b"k"))
-        done, _ = await asyncio.wait({during}, timeout=1.0)
-        if done:
-            with pytest.raises(KafkaError):
-                during.result()
-            during = asyncio.ensure_future(producer.send_and_wait(topic, b"during", key=b"k"))
+    def send(value: bytes) -> None:
+        producer.produce(
+            topic, value, b"k", on_delivery=lambda err, msg: reports.append((msg.value(), err))
+        )
 
-        proxy.resume()
-        await asyncio.wait_for(during, 10)
-        await asyncio.wait_for(producer.send_and_wait(topic, b"after", key=b"k"), 10)
-    finally:
-        await producer.stop()
+    send(b"before")
+    assert await asyncio.to_thread(producer.flush, 10) == 0
+    proxy.pause()
+    # While the broker is unreachable the record neither succeeds nor is lost:
+    # the idempotent producer keeps it and retries (no report yet).
+    send(b"during")
+    await asyncio.to_thread(producer.flush, 1.0)
+    assert (b"during", None) not in reports
+    proxy.resume()
+    send(b"after")
+    assert await asyncio.to_thread(producer.flush, 15) == 0
+    assert reports == [(b"before", None), (b"during", None), (b"after", None)]
 
     received = await consume(bootstrap_servers, topic, count=3, max_wait=5)
     assert [r.value for r in received] == [b"before", b"during", b"after"]
@@ -130,7 +132,6 @@ async def test_kafka_clients_only_ever_talk_through_the_proxy(
     proxy.pause()
 
     # Bootstrap fails too: the broker's own port is never advertised.
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, request_timeout_ms=1000)
-    with pytest.raises(KafkaError):
-        await producer.start()
-    await producer.stop()
+    producer = Producer({"bootstrap.servers": bootstrap_servers, "socket.timeout.ms": 1000})
+    with pytest.raises(KafkaException):
+        await asyncio.to_thread(producer.list_topics, None, 2.0)

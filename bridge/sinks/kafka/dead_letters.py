@@ -8,9 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiokafka import ConsumerRecord
-
 from bridge.core.dead_letter import dead_letter
+from bridge.core.message import InMessage
 from bridge.core.record import Publish, publish_acked
 from bridge.observability.metrics import DeadLetterReason
 
@@ -26,7 +25,7 @@ class DeadLetterSink:
 
     async def write(
         self,
-        message: ConsumerRecord[bytes, bytes],
+        message: InMessage,
         reason: DeadLetterReason,
         error: str,
         status: int | None,
@@ -55,6 +54,6 @@ class DeadLetterSink:
                 "original_offset": message.offset,
                 "status": status,
             },
-            original_headers=list(message.headers or ()),
+            original_headers=list(message.headers),
         )
         await publish_acked(self._publish, [record])

@@ -27,12 +27,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
+from confluent_kafka import KafkaException, TopicPartition
 
 from bridge.config import KafkaConfig, ReportsConfig
 from bridge.core.acks import OrderedAcks
-from bridge.kafka.group import RebalanceListener, group_options, join_group
+from bridge.core.message import InMessage
+from bridge.kafka.group import GroupMember, group_config, in_message
 from bridge.kafka.options import KAFKA_RETRY
 from bridge.observability.metrics import Metrics
 
@@ -40,14 +40,16 @@ __all__ = ["Message", "MessageHandler", "PartitionedConsumer"]
 
 log = logging.getLogger(__name__)
 
-Message: TypeAlias = "ConsumerRecord[bytes, bytes]"
+Message: TypeAlias = InMessage
 #: Handles one message; when it returns, the message is done.
 MessageHandler = Callable[[Message], Awaitable[None]]
+#: a partition, as a dict key (librdkafka's TopicPartition carries an offset too)
+_Key: TypeAlias = tuple[str, int]
 
 
 @dataclass(eq=False)
 class _Partition:
-    tp: TopicPartition
+    key: _Key
     acks: OrderedAcks | None = None
     backlog: deque[Message] = field(default_factory=deque)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -85,9 +87,15 @@ class PartitionedConsumer:
         self._metrics = metrics
         self._halted = halted
         self._on_state = on_state
-        self._partitions: dict[TopicPartition, _Partition] = {}
-        self._consumer: AIOKafkaConsumer | None = None
+        self._partitions: dict[_Key, _Partition] = {}
+        self._member: GroupMember | None = None
+        #: what each partition should be (paused or not), applied once per fetch round
+        self._want_paused: dict[_Key, bool] = {}
+        self._paused: set[_Key] = set()
         self._stopping = False
+        #: the fetch loop is running / has ended (``stop`` closes the consumer after it)
+        self._running = asyncio.Event()
+        self._ran = asyncio.Event()
         self._paused_all = False
         self._loop = asyncio.get_running_loop()
         # The first periodic commit comes one interval after the start, not at
@@ -97,31 +105,41 @@ class PartitionedConsumer:
     # --- lifecycle ------------------------------------------------------------
 
     async def run(self) -> None:
-        consumer = await self._connect()
+        self._running.set()
+        try:
+            await self._run()
+        finally:
+            self._running.clear()
+            self._ran.set()
+
+    async def _run(self) -> None:
+        member = self._connect()
+        await member.subscribe()
         backoff = KAFKA_RETRY.backoff()
         while not self._stopping:
-            self._apply_halt(consumer)
             try:
-                batch = await consumer.getmany(timeout_ms=200, max_records=1000)
-            except KafkaError as exc:
-                self._state(False, f"consumer error: {type(exc).__name__}")
+                await self._apply_pauses(member)
+                messages = await member.consume(1000, 0.2)
+            except KafkaException as exc:
+                self._state(False, f"consumer error: {exc}")
                 log.warning("consumer error; retrying", extra={"error": str(exc)})
                 await KAFKA_RETRY.wait(backoff)
                 continue
             backoff.reset()
-            for tp, messages in batch.items():
-                partition = self._partitions.get(tp)
+            for raw in messages:
+                message = in_message(raw)
+                partition = self._partitions.get((message.topic, message.partition))
                 if partition is not None and not partition.revoked:
-                    partition.backlog.extend(messages)
+                    partition.backlog.append(message)
             for partition in list(self._partitions.values()):
                 self._dispatch(partition)
             try:
                 await self._commit(force=False)
-            except KafkaError as exc:
+            except KafkaException as exc:
                 # Not fatal: what is done stays done and is committed next time
                 # (a rebalance meanwhile only means redelivery, handled by ids).
                 log.warning("offset commit failed; retrying", extra={"error": str(exc)})
-            self._update_lag()
+            await self._update_lag(member)
             if not self._halted():
                 self._state(True, "")
 
@@ -139,47 +157,53 @@ class PartitionedConsumer:
                     extra={"abandoned": len(pending)},
                 )
                 await asyncio.gather(*pending, return_exceptions=True)
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            with contextlib.suppress(KafkaError):
-                await self._commit_offsets(consumer, list(self._partitions.values()))
-            await consumer.stop()
+        if self._running.is_set():
+            # The fetch loop finishes its round (a fetch waits 0.2 s at most)
+            # before the consumer under it is closed.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ran.wait(), 5)
+        member = self._member
+        if member is not None:
+            with contextlib.suppress(KafkaException):
+                await self._commit_offsets(list(self._partitions.values()))
+            self._member = None
+            await member.close()  # leaves the group: its final revoke finds nothing to do
 
-    async def _connect(self) -> AIOKafkaConsumer:
+    def _connect(self) -> GroupMember:
         settings = self._settings
-        listener = RebalanceListener(on_revoked=self._revoke, on_assigned=self._assign)
-
-        def make() -> AIOKafkaConsumer:
-            consumer = AIOKafkaConsumer(
-                **group_options(
-                    self._kafka,
-                    group_id=settings.group_id,
-                    session_timeout_ms=settings.session_timeout_ms,
-                    heartbeat_interval_ms=settings.heartbeat_interval_ms,
-                ),
-                auto_offset_reset="earliest",
-                max_poll_interval_ms=300_000,
-            )
-            consumer.subscribe(self._topics, listener=listener)
-            return consumer
-
-        self._consumer = await join_group(
-            make, "reports", on_unreachable=lambda: self._state(False, "Kafka not reachable")
+        self._member = GroupMember(
+            group_config(
+                self._kafka,
+                group_id=settings.group_id,
+                session_timeout_ms=settings.session_timeout_ms,
+                heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            ),
+            self._topics,
+            on_assigned=self._assign,
+            on_revoked=self._revoke,
+            on_error=self._consumer_error,
         )
-        return self._consumer
+        return self._member
+
+    def _consumer_error(self, name: str, unreachable: bool) -> None:
+        if unreachable:
+            self._state(False, "Kafka not reachable")
 
     # --- rebalance ------------------------------------------------------------
 
     async def _assign(self, assigned: list[TopicPartition]) -> None:
         for tp in assigned:
-            if tp not in self._partitions:
-                self._partitions[tp] = _Partition(tp)
-        if self._paused_all and self._consumer is not None:
-            self._consumer.pause(*assigned)  # halted: new partitions wait too
+            key = (tp.topic, tp.partition)
+            if key not in self._partitions:
+                self._partitions[key] = _Partition(key)
+            self._paused.discard(key)  # a new assignment starts unpaused
+            if self._paused_all:
+                self._want_paused[key] = True  # halted: new partitions wait too
         log.info("partitions assigned", extra={"partitions": _names(assigned)})
 
     async def _revoke(self, revoked: list[TopicPartition]) -> None:
-        leaving = [self._partitions[tp] for tp in revoked if tp in self._partitions]
+        keys = [(tp.topic, tp.partition) for tp in revoked]
+        leaving = [self._partitions[key] for key in keys if key in self._partitions]
         for partition in leaving:
             partition.revoked = True
             partition.backlog.clear()
@@ -189,12 +213,14 @@ class PartitionedConsumer:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        if self._consumer is not None:
-            with contextlib.suppress(KafkaError):
-                await self._commit_offsets(self._consumer, leaving)
+        with contextlib.suppress(KafkaException):
+            await self._commit_offsets(leaving)
         for partition in leaving:
-            self._partitions.pop(partition.tp, None)
-            self._metrics.consumer_lag(partition.tp.topic, str(partition.tp.partition)).set(0)
+            self._partitions.pop(partition.key, None)
+            self._want_paused.pop(partition.key, None)
+            self._paused.discard(partition.key)
+            topic, number = partition.key
+            self._metrics.consumer_lag(topic, str(number)).set(0)
         log.info("partitions revoked", extra={"partitions": _names(revoked)})
 
     # --- work -----------------------------------------------------------------
@@ -213,14 +239,10 @@ class PartitionedConsumer:
             task = self._loop.create_task(self._process(partition, message))
             partition.tasks.add(task)
             task.add_done_callback(partition.tasks.discard)
-        consumer = self._consumer
-        if consumer is None or self._paused_all or partition.revoked:
+        if self._paused_all or partition.revoked:
             return
         # Full or backed up: stop fetching this partition instead of buffering more.
-        if partition.backlog or len(partition.tasks) >= limit:
-            consumer.pause(partition.tp)
-        else:
-            consumer.resume(partition.tp)
+        self._want_paused[partition.key] = bool(partition.backlog) or len(partition.tasks) >= limit
 
     async def _process(self, partition: _Partition, message: Message) -> None:
         tail: asyncio.Future[None] = self._loop.create_future()
@@ -242,52 +264,70 @@ class PartitionedConsumer:
     # --- offsets, halt, lag ---------------------------------------------------
 
     async def _commit(self, *, force: bool) -> None:
-        consumer = self._consumer
         now = self._loop.time()
-        if consumer is None or (
+        if self._member is None or (
             not force and now - self._last_commit < self._settings.commit_interval_s
         ):
             return
         self._last_commit = now
-        await self._commit_offsets(consumer, list(self._partitions.values()))
+        await self._commit_offsets(list(self._partitions.values()))
 
-    async def _commit_offsets(
-        self, consumer: AIOKafkaConsumer, partitions: list[_Partition]
-    ) -> None:
-        offsets = {p.tp: offset for p in partitions if (offset := p.committable) is not None}
-        if not offsets:
+    async def _commit_offsets(self, partitions: list[_Partition]) -> None:
+        """The one place offsets are committed (only over acknowledged runs)."""
+        member = self._member
+        offsets = {p.key: offset for p in partitions if (offset := p.committable) is not None}
+        if member is None or not offsets:
             return
-        await consumer.commit(offsets)
-        for tp, offset in offsets.items():
-            owner = self._partitions.get(tp)
+        await member.consumer.commit(
+            offsets=[TopicPartition(t, n, offset) for (t, n), offset in offsets.items()],
+            asynchronous=False,
+        )
+        for key, offset in offsets.items():
+            owner = self._partitions.get(key)
             if owner is not None:
                 owner.committed = offset
 
-    def _apply_halt(self, consumer: AIOKafkaConsumer) -> None:
+    async def _apply_pauses(self, member: GroupMember) -> None:
+        """Pause and resume what ``_dispatch`` and the halt gate asked for, in
+        two calls (each is a round trip to librdkafka's thread)."""
         halted = self._halted()
         if halted and not self._paused_all:
-            consumer.pause(*consumer.assignment())
             self._paused_all = True
             self._state(False, "halted: the platform refuses the API key")
         elif not halted and self._paused_all:
             self._paused_all = False
-            consumer.resume(*consumer.assignment())
+        want = {
+            key: self._paused_all or self._want_paused.get(key, False) for key in self._partitions
+        }
+        pause = [k for k, paused in want.items() if paused and k not in self._paused]
+        resume = [k for k, paused in want.items() if not paused and k in self._paused]
+        if pause:
+            await member.consumer.pause([TopicPartition(t, n) for t, n in pause])
+            self._paused.update(pause)
+        if resume:
+            await member.consumer.resume([TopicPartition(t, n) for t, n in resume])
+            self._paused.difference_update(resume)
 
-    def _update_lag(self) -> None:
-        consumer = self._consumer
-        if consumer is None:
-            return
-        for tp, partition in self._partitions.items():
-            highwater = consumer.highwater(tp)
-            if highwater is None or partition.acks is None:
+    async def _update_lag(self, member: GroupMember) -> None:
+        for key, partition in self._partitions.items():
+            if partition.acks is None:
                 continue
+            topic, number = key
+            try:
+                _, highwater = await member.consumer.get_watermark_offsets(
+                    TopicPartition(topic, number), cached=True
+                )
+            except KafkaException:
+                continue
+            if highwater < 0:
+                continue  # not known until a fetch answered for the partition
             lag = max(0, highwater - (partition.acks.done + 1))
-            self._metrics.consumer_lag(tp.topic, str(tp.partition)).set(lag)
+            self._metrics.consumer_lag(topic, str(number)).set(lag)
 
     def _state(self, ok: bool, detail: str) -> None:
         if self._on_state is not None:
             self._on_state(ok, detail)
 
 
-def _names(partitions: list[TopicPartition]) -> str:
+def _names(partitions: list[TopicPartition]) -> str:  # (librdkafka's, from the callbacks)
     return ",".join(f"{tp.topic}/{tp.partition}" for tp in partitions)

@@ -9,13 +9,13 @@ import contextlib
 from collections.abc import Callable
 
 import pytest
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from support.kafka import KafkaService, OutRecord, consume, create_topics, produce
 from support.publishing import RecordingPublish
 from support.waiting import eventually
 
 from bridge.config import KafkaConfig, TopicsConfig
 from bridge.core.dead_letter import MAX_ERROR_CHARS
+from bridge.core.message import InMessage
 from bridge.core.record import OutRecord as Record
 from bridge.observability.metrics import DeadLetterReason, Metrics
 from bridge.pipeline.delivery import DeliveryLoop
@@ -35,19 +35,15 @@ def message(
     value: bytes | None = RAW,
     key: bytes | None = b"agent-7",
     headers: list[tuple[str, bytes]] | None = None,
-) -> ConsumerRecord[bytes, bytes]:
-    return ConsumerRecord(
+) -> InMessage:
+    return InMessage(
         topic="reports",
         partition=3,
         offset=1234,
-        timestamp=1_700_000_000_000,
-        timestamp_type=0,
         key=key,
         value=value,
-        checksum=None,
-        serialized_key_size=len(key or b""),
-        serialized_value_size=len(value or b""),
         headers=ORIGINAL_HEADERS if headers is None else headers,
+        timestamp=1_700_000_000_000,
     )
 
 
@@ -125,21 +121,17 @@ async def test_a_write_cancelled_before_the_ack_does_not_return_normally() -> No
         await writing
 
 
-async def first_message(bootstrap_servers: str, topic: str) -> ConsumerRecord[bytes, bytes]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partition = TopicPartition(topic, 0)
-        consumer.assign([partition])
-        await consumer.seek_to_beginning(partition)
-        async with asyncio.timeout(10):
-            while True:
-                batch = await consumer.getmany(timeout_ms=200, max_records=1)
-                for messages in batch.values():
-                    found: ConsumerRecord[bytes, bytes] = messages[0]
-                    return found
-    finally:
-        await consumer.stop()
+async def first_message(bootstrap_servers: str, topic: str) -> InMessage:
+    (record,) = await consume(bootstrap_servers, topic, count=1)
+    return InMessage(
+        record.topic,
+        record.partition,
+        record.offset,
+        record.key,
+        record.value,
+        list(record.headers),
+        record.timestamp,
+    )
 
 
 async def test_a_consumed_message_reaches_the_dlq_topic_intact(
@@ -155,7 +147,6 @@ async def test_a_consumed_message_reaches_the_dlq_topic_intact(
     kafka_sink = KafkaSink(
         KafkaConfig(
             bootstrap_servers=kafka.bootstrap_servers.split(","),
-            enable_idempotence=False,
             linger_ms=2,
         ),
         TopicsConfig(events=new_topic("events"), state=new_topic("state"), dlq=dlq, partitions=1),

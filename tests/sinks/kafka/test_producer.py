@@ -10,9 +10,7 @@ from typing import NamedTuple
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.admin._config import ConfigResource
-from support.kafka import KafkaService, consume
+from support.kafka import KafkaService, consume, described
 
 from bridge.config import CoordinationConfig, KafkaConfig, RouteRule, TopicsConfig
 from bridge.core.record import OutRecord
@@ -86,26 +84,6 @@ def record(
 
 
 # --- connect ------------------------------------------------------------------------
-
-
-async def described(bootstrap_servers: str, names: list[str]) -> dict[str, tuple[int, str | None]]:
-    """Per topic: its partition count and its ``cleanup.policy`` (``None`` when unset)."""
-
-    def describe() -> dict[str, tuple[int, str | None]]:
-        admin = AdminClient({"bootstrap.servers": bootstrap_servers})
-        metadata = admin.list_topics(timeout=10).topics
-        found: dict[str, tuple[int, str | None]] = {}
-        for name in names:
-            if name not in metadata or metadata[name].error is not None:
-                found[name] = (0, None)
-                continue
-            resource = ConfigResource(ConfigResource.Type.TOPIC, name)
-            entries = admin.describe_configs([resource])[resource].result(timeout=10)
-            policy = entries.get("cleanup.policy")
-            found[name] = (len(metadata[name].partitions), policy.value if policy else None)
-        return found
-
-    return await asyncio.to_thread(describe)
 
 
 async def test_connect_creates_every_topic_with_compaction_where_configured(

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from support.kafka import KafkaService, OutRecord, create_topics, produce
 from support.waiting import eventually
 
@@ -92,7 +92,7 @@ async def running(
     stop_timeout_s: float = 2.0,
 ) -> AsyncIterator[PartitionedConsumer]:
     consumer = PartitionedConsumer(
-        KafkaConfig(bootstrap_servers=kafka.bootstrap_servers.split(","), enable_idempotence=False),
+        KafkaConfig(bootstrap_servers=kafka.bootstrap_servers.split(",")),
         config,
         [topic],
         handler,
@@ -118,20 +118,24 @@ class Offsets:
 
     def __init__(self, kafka: KafkaService, group: str, topic: str) -> None:
         self._topic = topic
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=kafka.bootstrap_servers, group_id=group, enable_auto_commit=False
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": kafka.bootstrap_servers,
+                "group.id": group,
+                "enable.auto.commit": False,
+            }
         )
 
     async def __aenter__(self) -> Offsets:
-        await self._consumer.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._consumer.stop()
+        await asyncio.to_thread(self._consumer.close)
 
     async def of(self, partition: int = 0) -> int | None:
-        offset: int | None = await self._consumer.committed(TopicPartition(self._topic, partition))
-        return offset
+        wanted = [TopicPartition(self._topic, partition)]
+        (found,) = await asyncio.to_thread(self._consumer.committed, wanted, 10)
+        return found.offset if found.offset >= 0 else None
 
 
 async def send(kafka: KafkaService, topic: str, *records: tuple[bytes, bytes]) -> None:
