@@ -251,8 +251,8 @@ class KafkaConfig(Section):
     enable_idempotence: bool = Field(
         default=True,
         description=(
-            "Idempotent producer: no duplicates from producer retries. Brokers without "
-            "InitProducerId support (e.g. the embedded tansu) need false."
+            "Idempotent producer: no duplicates or reordering from producer retries. "
+            "Implied by kafka.transactions."
         ),
     )
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(

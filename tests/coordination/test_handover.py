@@ -11,13 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import Producer, TopicPartition
 from support.kafka import KafkaService, OutRecord, create_topics, produce
 from support.publishing import RecordingPublish
 from support.waiting import eventually
 
 from bridge.config import CoordinationConfig, KafkaConfig
 from bridge.coordination.checkpointer import Checkpointer
+from bridge.coordination.checkpoints import load_checkpoints
 from bridge.coordination.handover import Handover, ReplicaClaims
 from bridge.coordination.ownership import Ownership
 from bridge.coordination.partitioning import partition_for
@@ -329,3 +330,81 @@ async def test_joining_the_group_loads_every_partition_through_the_handover(
         with contextlib.suppress(asyncio.CancelledError):
             await member
         await ownership.aclose()
+
+
+async def test_a_checkpoint_in_an_open_transaction_is_not_loaded(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    # A replica died mid-transaction: its last checkpoint covers envelopes no
+    # read_committed consumer will ever see, so the next owner must not resume
+    # from it (nor wait for it: the load ends at the last stable offset).
+    topic = new_topic("checkpoints")
+    await create_topics(kafka.bootstrap_servers, topic, partitions=1)
+
+    def write() -> Producer:
+        producer = Producer(
+            {"bootstrap.servers": kafka.bootstrap_servers, "transactional.id": new_topic("dead")}
+        )
+        producer.init_transactions(10)
+        producer.begin_transaction()
+        producer.produce(topic, checkpoint("t-1", 5), b"t-1", partition=0)
+        producer.commit_transaction(10)
+        producer.begin_transaction()
+        producer.produce(topic, checkpoint("t-1", 9), b"t-1", partition=0)
+        assert producer.flush(10) == 0  # in the log, never committed
+        return producer
+
+    dead = await asyncio.to_thread(write)
+    loaded = await load_checkpoints(
+        KafkaConfig(bootstrap_servers=kafka.bootstrap_servers.split(",")), topic, [0], timeout_s=20
+    )
+    assert loaded["t-1"].sequence == 5
+    del dead
+
+
+async def test_a_new_member_moves_only_the_partitions_it_takes(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    # The cooperative protocol: when a second replica joins, the first gives up
+    # only what moves to it, and is never asked to revoke what it keeps.
+    rig = await make_rig(kafka, new_topic)
+    revoked: dict[str, list[int]] = {"first": [], "second": []}
+    members: list[tuple[Ownership, asyncio.Task[None]]] = []
+
+    def member(name: str) -> Ownership:
+        async def on_revoked(partitions: list[int]) -> None:
+            revoked[name].extend(partitions)
+
+        ownership = Ownership(
+            rig.kafka,
+            rig.config.model_copy(update={"instance_id": name}),
+            Metrics(),
+            on_assigned=rig.handover.assigned,
+            on_revoked=on_revoked,
+        )
+        members.append((ownership, asyncio.create_task(ownership.run())))
+        return ownership
+
+    try:
+        first = member("first")
+        await eventually(
+            lambda: first.owned == set(range(PARTITIONS)), timeout_s=30, what="first owns all"
+        )
+        second = member("second")
+        await eventually(
+            lambda: (
+                first.owned | second.owned == set(range(PARTITIONS))
+                and bool(first.owned)
+                and bool(second.owned)
+                and not first.owned & second.owned
+            ),
+            timeout_s=60,
+            what="the partitions shared between the two",
+        )
+        assert sorted(revoked["first"]) == sorted(second.owned), "only what moved was revoked"
+    finally:
+        for ownership, task in members:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await ownership.aclose()
