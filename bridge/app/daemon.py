@@ -151,6 +151,9 @@ class Bridge:
         #: records handed to the queue; at a clean stop, all of them were delivered
         self.records_enqueued = 0
         self._stopped = asyncio.Event()
+        #: internal tasks that died of an error (a fenced producer, a bug): the
+        #: process then exits 1 however cleanly the rest stops
+        self._failed: list[str] = []
         self._publishing = asyncio.Lock()
         #: internal tasks that did not stop when cancelled
         self._stuck: list[str] = []
@@ -400,6 +403,7 @@ class Bridge:
                 exc_info=error,
                 extra={"task": task.get_name()},
             )
+            self._failed.append(task.get_name())
             self._stopped.set()
 
     # --- run and stop -------------------------------------------------------
@@ -423,6 +427,9 @@ class Bridge:
         if self._stuck:
             report.clean = False
             report.not_stopped.extend(self._stuck)
+        if self._failed:
+            report.clean = False
+            report.not_stopped.extend(f"{name} (failed)" for name in self._failed)
         report.seconds = time.monotonic() - started
         self._log_stopped(report)
         return report

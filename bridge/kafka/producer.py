@@ -60,6 +60,10 @@ class AsyncProducer:
         #: transaction calls, one at a time, off the event loop
         self._calls = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka-txn")
         self._closed = False
+        #: futures without a delivery report yet (failed at once if the producer dies)
+        self._waiting: set[asyncio.Future[Delivered]] = set()
+        #: the fatal error that ended the producer (fenced, broken idempotence)
+        self._fatal: KafkaException | None = None
 
     # --- records -------------------------------------------------------------
 
@@ -74,7 +78,11 @@ class AsyncProducer:
         """Queue one record; the future resolves on its delivery report (raising
         the ``KafkaException`` librdkafka reported). A record refused at once
         (too large, unknown partition) raises here."""
+        if self._fatal is not None:
+            raise self._fatal
         future: asyncio.Future[Delivered] = self._loop.create_future()
+        self._waiting.add(future)
+        future.add_done_callback(self._waiting.discard)
 
         def report(error: KafkaError | None, message: Message) -> None:
             self._report(future, error, message)
@@ -124,7 +132,21 @@ class AsyncProducer:
     def _poll(self) -> None:
         producer = self._producer
         while not self._stop.is_set():
-            producer.poll(_POLL_S)
+            try:
+                producer.poll(_POLL_S)
+            except KafkaException as exc:
+                # A fatal error (fenced, idempotence state lost): librdkafka
+                # raises it from poll and will report nothing more.
+                log.error("the Kafka producer failed for good", extra={"error": str(exc)})
+                self._loop.call_soon_threadsafe(self._fail_all, exc)
+                return
+
+    def _fail_all(self, error: KafkaException) -> None:
+        self._fatal = error
+        self._resolve()  # reports already served come first
+        for future in list(self._waiting):
+            if not future.done():
+                future.set_exception(error)
 
     def pending(self) -> int:
         """Records librdkafka holds that have no delivery report yet."""

@@ -3,6 +3,7 @@ the bridge in-process. Events are counted by consuming the topics."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import orjson
@@ -17,7 +18,7 @@ from support.e2e import (
     discovery_ready,
     expected_events,
 )
-from support.kafka import KafkaService, described
+from support.kafka import KafkaService, consume, described
 from support.metrics import sample
 from support.waiting import eventually
 
@@ -31,6 +32,7 @@ from bridge.emulator.settings import (
     StreamSettings,
     TaskProfile,
 )
+from bridge.sinks.kafka.producer import KafkaSink
 from bridge.sources.platform.sse import SSEDecoder
 from bridge.wire import TERMINAL_STATUSES
 
@@ -228,3 +230,34 @@ async def test_topics_are_created_with_compaction_for_the_state_topic(
             found = await described(kafka.bootstrap_servers, topics)
             assert all(partitions > 0 for partitions, _ in found.values()), found
             assert found[config.topics.state][1] == "compact"
+
+
+async def test_a_replica_whose_producer_is_fenced_stops_and_commits_nothing_more(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    # Another process takes this replica's transactional.id (a restarted slot,
+    # or two replicas configured with one instance id): this one is a zombie.
+    settings = EmulatorSettings(scenario=scenario(tasks=6, events=40), seed=13)
+    async with Emulator(settings) as emu:
+        config = bridge_config(emu, kafka, new_topic)
+        bridge = Bridge(config)
+        await bridge.start()
+        try:
+            await discovery_ready(bridge)
+            assert bridge.sink.transactional_id is not None
+            successor = KafkaSink(
+                config.kafka, config.topics, transactional_id=bridge.sink.transactional_id
+            )
+            await successor.connect()  # fences the bridge's producer
+            try:
+                emu.start_scenario(emu.settings.scenario)
+                await asyncio.wait_for(bridge.wait(), 30)  # it stops by itself
+            finally:
+                await successor.aclose()
+        finally:
+            report = await bridge.shutdown()
+        assert not report.clean, "a fenced replica does not exit 0"
+        assert "delivery (failed)" in report.not_stopped
+        # Nothing it wrote after the successor took its id became visible.
+        seen = await consume(kafka.bootstrap_servers, config.topics.events, max_wait=3)
+        assert seen == [], seen
