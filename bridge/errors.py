@@ -93,6 +93,12 @@ class TransactionAbortedError(UnavailableError):
     record in it failed): abort it and send its records again in a new one."""
 
 
+class GroupGenerationError(TransactionAbortedError):
+    """Consumer offsets sent with a transaction were refused: the group moved on
+    from the generation (or member) they were sent for. Read the group's state
+    anew; a member the group dropped is a zombie and stops (``FencedError``)."""
+
+
 class RateLimitedError(RetryableError):
     """429 Too Many Requests."""
 

@@ -33,7 +33,7 @@ from bridge.config import BridgeConfig
 from bridge.coordination.checkpointer import Checkpointer
 from bridge.coordination.handover import Handover, ReplicaClaims
 from bridge.coordination.ownership import Ownership
-from bridge.core.record import OutRecord
+from bridge.core.record import CURRENT_INPUT, OutRecord
 from bridge.core.retry import RetryPolicy
 from bridge.errors import AuthError, ConfigError, UnavailableError
 from bridge.gc_policy import GcPolicy
@@ -223,6 +223,9 @@ class Bridge:
             max_records=kafka.transaction_max_records,
             linger_s=kafka.linger_ms / 1000,
             covering=self._covering,
+            # the report consumer's offsets commit with the records their messages
+            # produced; the ownership group's prove that this replica still owns its tasks
+            offsets=lambda: [s for s in (self.reports, self.ownership) if s is not None],
             max_record_bytes=kafka.max_request_bytes,
         )
 
@@ -370,6 +373,7 @@ class Bridge:
             self.metrics,
             halted=lambda: recorder.halted,
             on_state=lambda ok, detail: self.health.set("reports", ok, detail),
+            transactional=config.kafka.transactions,
         )
         self._spawn("reports", self.reports.run())
 
@@ -379,6 +383,9 @@ class Bridge:
         waiting for room is not interleaved with another's."""
         queue = self.queue
         self.records_enqueued += len(records)
+        source = CURRENT_INPUT.get()
+        if source is not None:
+            source.output(records)
         for record in records[:-1]:
             record.joined = True
         async with self._publishing:

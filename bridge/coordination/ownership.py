@@ -12,18 +12,27 @@ stop those streams, write their checkpoints) and then assigned to their new
 owner (``on_assigned``: read the checkpoints, resume); every other stream
 keeps flowing. The consumer reads the topic's records only to stay in the
 group; they are informational (which replica streams which task).
+
+With transactions, every transaction carries this member's offsets on the
+coordination topic with its group metadata (``OffsetSource``, KIP-447): the
+broker refuses them from a generation the group has left, so a replica that
+was paused past its session timeout (a zombie whose tasks now stream
+elsewhere) cannot commit what it sends after waking; it stops instead.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from confluent_kafka import KafkaException, TopicPartition
 
 from bridge.config import CoordinationConfig, KafkaConfig
 from bridge.coordination.partitioning import partition_for
+from bridge.errors import FencedError
 from bridge.kafka.group import GroupMember, group_config
 from bridge.kafka.options import KAFKA_RETRY
 from bridge.observability.metrics import Metrics
@@ -54,6 +63,13 @@ class Ownership:
         self._member: GroupMember | None = None
         self._closing = False
         self.instance_id = config.instance_id or socket.gethostname()
+        # --- the ownership proof each transaction carries (``OffsetSource``) ---
+        #: never set: the proof rides with transactions, it never needs one of its own
+        self.offsets_pending = asyncio.Event()
+        self._positions: list[TopicPartition] = []
+        self._group_metadata: Any = None
+        #: the group dropped this member once (its partitions were lost, not revoked)
+        self._dropped = False
 
     @property
     def owned(self) -> frozenset[int]:
@@ -63,6 +79,7 @@ class Ownership:
         return partition_for(task_id, self._config.partitions) in self._owned
 
     async def assigned(self, assigned: list[TopicPartition]) -> None:
+        self._read_group_state()
         partitions = [tp.partition for tp in assigned]
         self._metrics.rebalances.inc()
         await self._on_assigned(sorted(partitions))
@@ -70,7 +87,17 @@ class Ownership:
         self._metrics.owned_partitions.set(len(self._owned))
         log.info("coordination partitions assigned", extra={"partitions": sorted(partitions)})
 
+    async def lost(self, lost: list[TopicPartition]) -> None:
+        """The group dropped this member (its session timed out): the tasks
+        stream elsewhere already."""
+        self._dropped = True
+        log.warning(
+            "coordination partitions lost", extra={"partitions": [tp.partition for tp in lost]}
+        )
+        await self.revoked(lost)
+
     async def revoked(self, revoked: list[TopicPartition]) -> None:
+        self._read_group_state()
         if self._closing:
             return  # leaving at shutdown: the streams were stopped and checkpointed already
         partitions = [tp.partition for tp in revoked]
@@ -90,6 +117,7 @@ class Ownership:
                 # The records are not needed; consuming keeps the membership alive
                 # (and runs the rebalance callbacks).
                 await member.consume(500, 1.0)
+                self._read_group_state()
                 backoff.reset()
             except KafkaException as exc:
                 log.warning("coordination consumer error; retrying", extra={"error": str(exc)})
@@ -110,9 +138,46 @@ class Ownership:
             offset_reset="latest",
         )
         self._member = GroupMember(
-            options, [config.tasks_topic], on_assigned=self.assigned, on_revoked=self.revoked
+            options,
+            [config.tasks_topic],
+            on_assigned=self.assigned,
+            on_revoked=self.revoked,
+            on_lost=self.lost,
         )
         return self._member
+
+    # --- the ownership proof (``OffsetSource``) -------------------------------------
+
+    def take_offsets(self) -> list[TopicPartition]:
+        """This member's positions on the partitions it owns."""
+        return [tp for tp in self._positions if tp.partition in self._owned]
+
+    def current(self, offsets: list[TopicPartition]) -> tuple[list[TopicPartition], Any] | None:
+        held = [tp for tp in offsets if tp.partition in self._owned]
+        if not held or self._group_metadata is None:
+            return None
+        return held, self._group_metadata
+
+    def offsets_committed(self, offsets: list[TopicPartition]) -> None:
+        """(Nothing waits on them: they only prove ownership.)"""
+
+    async def rejected(self) -> None:
+        member = self._member
+        if member is not None:
+            # (waits for the running consume: its rebalance callbacks run first)
+            self._group_metadata = await member.consumer.consumer_group_metadata()
+        if self._dropped:
+            raise FencedError(
+                "the coordination group dropped this replica and gave its tasks to "
+                "others; what it was sending for them belongs to them now"
+            )
+
+    def _read_group_state(self) -> None:
+        """Only where no ``consume`` runs: between rounds and in rebalance callbacks."""
+        member = self._member
+        if member is not None and self._kafka.transactions:
+            self._group_metadata = member.group_metadata()
+            self._positions = member.positions()
 
     async def aclose(self) -> None:
         """Leave the group (the caller has already stopped and checkpointed the streams)."""

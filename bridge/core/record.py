@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from bridge.observability.metrics import DeadLetterReason
 
 __all__ = [
+    "CURRENT_INPUT",
     "Headers",
+    "InputProgress",
     "OutRecord",
     "Publish",
     "acknowledge",
@@ -99,6 +103,19 @@ def completion(records: list[OutRecord]) -> asyncio.Future[None]:
     for record in records:
         record.on_delivered = wrap(record.on_delivered)
     return future
+
+
+class InputProgress(Protocol):
+    """The consumed message whose handler is running (``CURRENT_INPUT``)."""
+
+    def output(self, records: list[OutRecord]) -> None:
+        """The handler publishes these records: the message is written once they are."""
+        ...
+
+
+#: Set by a Kafka source around each handler call; the queue's entry reads it,
+#: so a message's offset can be committed in the transaction of its output.
+CURRENT_INPUT: ContextVar[InputProgress | None] = ContextVar("current_input", default=None)
 
 
 #: How sources hand records to the bounded queue (waits while it is full).

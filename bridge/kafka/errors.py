@@ -26,7 +26,7 @@ from bridge.errors import (
 )
 from bridge.errors import RecordTooLargeError as RecordTooLarge
 
-__all__ = ["kafka_error", "translate_send_error"]
+__all__ = ["kafka_error", "stale_generation", "translate_send_error"]
 
 _TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
 _TIMEOUTS = frozenset(
@@ -63,6 +63,23 @@ _SETTING_REFUSALS = frozenset(
 _FENCED = frozenset(
     {KafkaError.PRODUCER_FENCED, KafkaError._FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 )
+
+
+#: a transactional offset commit from a generation or member the group has left
+_STALE_GENERATION = frozenset(
+    {
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.FENCED_INSTANCE_ID,
+        KafkaError.REBALANCE_IN_PROGRESS,
+    }
+)
+
+
+def stale_generation(exc: KafkaException) -> bool:
+    """The broker refused offsets for the group generation they carried."""
+    error = kafka_error(exc)
+    return error is not None and error.code() in _STALE_GENERATION
 
 
 def kafka_error(exc: BaseException) -> KafkaError | None:

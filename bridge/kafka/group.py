@@ -143,6 +143,30 @@ class GroupMember:
                 log.warning("Kafka consumer error", extra={"error": error.name()})
         return good
 
+    def group_metadata(self) -> Any:
+        """The member's group metadata (group, generation, member id) for
+        ``send_offsets_to_transaction``. Synchronous on purpose: the client
+        blocks this call while a ``consume`` runs in another thread (0.2 s a
+        time, measured), so it is read between consumes and inside rebalance
+        callbacks, where it answers at once."""
+        # (AIOConsumer keeps its librdkafka consumer private; this call needs it bare)
+        return self.consumer._consumer.consumer_group_metadata()
+
+    def positions(self) -> list[TopicPartition]:
+        """Where the member reads each assigned partition, for those it knows:
+        after the last message consumed, or, before any (librdkafka has no
+        position then), the end of the partition as last fetched. Synchronous
+        like ``group_metadata``, for the same reason."""
+        consumer = self.consumer._consumer
+        known = []
+        for tp in consumer.position(consumer.assignment()):
+            offset = tp.offset
+            if offset < 0:
+                _, offset = consumer.get_watermark_offsets(tp, cached=True)
+            if offset >= 0:
+                known.append(TopicPartition(tp.topic, tp.partition, offset))
+        return known
+
     async def close(self) -> None:
         """Leave the group (a last revoke runs) and release the client."""
         if not self._closed:

@@ -10,7 +10,11 @@ Records leave the queue in slices; each slice is one transaction:
 2. **write** them all and wait for every delivery report;
 3. **cover**: their ``on_written`` callbacks move their tasks' acknowledged
    positions, and ``covering()`` (the checkpointer) returns the checkpoints of
-   exactly those positions, written into the same transaction;
+   exactly those positions, written into the same transaction; and the
+   consumer offsets (``OffsetSource``) of the Kafka messages whose output it
+   holds (reports), with the group metadata that proves this replica still
+   holds its partitions (KIP-447: the broker refuses them from a generation
+   the group has left, so a zombie's transaction cannot commit);
 4. **commit**: envelopes and checkpoints become visible together, or not at
    all; only then does ``on_delivered`` run for each record.
 
@@ -24,8 +28,9 @@ its records written again in a new one, after a back-off, for ever; a record
 Kafka refuses for good is taken out and held (tried alone every
 ``held_retry_s``, nothing acknowledged past it), as in the plain loop; a
 refusal of every send halts the loop until it passes; a fenced producer
-(another process took this replica's ``transactional.id``) raises
-``FencedError``: this replica is a zombie and must stop.
+(another process took this replica's ``transactional.id``), or offsets
+refused because the group dropped this member, raise ``FencedError``: this
+replica is a zombie and must stop.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from typing import Any, NoReturn, Protocol
 
 from bridge.core.record import OutRecord, mark_written
 from bridge.core.retry import Backoff, RetryPolicy, Verdict
-from bridge.errors import BridgeError, FencedError, TransactionAbortedError
+from bridge.errors import BridgeError, FencedError, GroupGenerationError, TransactionAbortedError
 from bridge.observability.metrics import Metrics, TransactionOutcome
 from bridge.pipeline.delivery import _HELD_RETRY_S, DELIVERY_RETRY, DeliveryLoop, RecordSink
 
@@ -53,12 +58,43 @@ Covering = Callable[[], list[OutRecord]]
 class TransactionalSink(RecordSink, Protocol):
     def begin(self) -> None: ...
 
+    async def send_offsets(self, offsets: list[Any], group_metadata: Any) -> None:
+        """Commit these consumer offsets with the open transaction."""
+        ...
+
     async def commit(self) -> None: ...
 
     async def abort(self) -> None: ...
 
     async def reset(self) -> None:
         """A new producer in place of one whose transaction cannot be ended."""
+        ...
+
+
+class OffsetSource(Protocol):
+    """A consumer group member whose offsets commit with the transaction that
+    carries the output of its messages (``PartitionedConsumer``), or that proves
+    with them that it still holds its partitions (``Ownership``)."""
+
+    @property
+    def offsets_pending(self) -> asyncio.Event:
+        """Set while offsets wait for a transaction even without records."""
+        ...
+
+    def take_offsets(self) -> list[Any]:
+        """The offsets this transaction carries (taken once for it)."""
+        ...
+
+    def current(self, offsets: list[Any]) -> tuple[list[Any], Any] | None:
+        """Of ``offsets``, those still to send, with the group metadata to send them with."""
+        ...
+
+    def offsets_committed(self, offsets: list[Any]) -> None: ...
+
+    async def rejected(self) -> None:
+        """The broker refused offsets sent with ``current()``'s metadata: read
+        the group's state anew; raise ``FencedError`` if the group dropped this
+        member (its partitions, and their work, belong to others now)."""
         ...
 
 
@@ -85,6 +121,7 @@ class TransactionalDelivery(DeliveryLoop):
         max_records: int,
         linger_s: float,
         covering: Covering | None = None,
+        offsets: Callable[[], list[OffsetSource]] = list,
         retry: RetryPolicy = DELIVERY_RETRY,
         max_record_bytes: int | None = None,
         held_retry_s: float = _HELD_RETRY_S,
@@ -102,6 +139,7 @@ class TransactionalDelivery(DeliveryLoop):
         self._max_records = max_records
         self._linger_s = linger_s
         self._covering = covering
+        self._offsets = offsets
         #: records Kafka refused for good, with when to try them again
         self._held_until: dict[OutRecord, float] = {}
         #: transactions committed
@@ -136,11 +174,10 @@ class TransactionalDelivery(DeliveryLoop):
             return batch
         while not batch:
             wake = min(self._held_until.values(), default=None)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(wake):
-                    batch.append(self._take(await queue.get()))
-            if not batch:
+            first = await self._first(wake)
+            if first is None:  # a held record is due, or input offsets wait alone
                 return self._due_held()
+            batch.append(self._take(first))
         closes = loop.time() + self._interval_s
         while len(batch) < self._max_records or batch[-1].joined:
             if not queue.empty():
@@ -160,25 +197,47 @@ class TransactionalDelivery(DeliveryLoop):
             batch.append(self._take(record))
         return batch
 
+    async def _first(self, wake: float | None) -> OutRecord | None:
+        """The next record, or ``None`` at ``wake`` or when an input's offsets wait
+        for a transaction with no record to ride with (a report that published
+        nothing, the last ones before a stop)."""
+        sources = self._offsets()
+        if any(source.offsets_pending.is_set() for source in sources):
+            return None
+        getter = asyncio.ensure_future(self._queue.get())
+        waiters: set[asyncio.Future[Any]] = {getter}
+        waiters.update(asyncio.ensure_future(s.offsets_pending.wait()) for s in sources)
+        try:
+            timeout = None if wake is None else max(0.0, wake - self._loop.time())
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters - {getter}:
+                waiter.cancel()
+            if not getter.done():
+                getter.cancel()  # (a cancelled Queue.get takes nothing)
+        return getter.result() if getter.done() and not getter.cancelled() else None
+
     # --- one transaction ------------------------------------------------------------
 
     async def _transact(self, records: list[OutRecord]) -> None:
+        sources = self._offsets()
+        if not records and not any(source.offsets_pending.is_set() for source in sources):
+            return
         covered = False
+        #: the input offsets this transaction carries (taken once, sent again if redone)
+        staged: list[tuple[OffsetSource, list[Any]]] = []
+        sent: list[tuple[OffsetSource, list[Any]]] = []
         backoff = self._policy.backoff()
-        while records:  # (empty when its only record was taken out and held)
+        while records or not covered:
             try:
                 self._transactions.begin()
                 await self._write_all(records)
                 if not covered:
                     covered = True
-                    for record in records:
-                        mark_written(record)
-                    extra = self._covering() if self._covering is not None else []
-                    if extra:
-                        # checkpoints are in flight like any record, so drain waits for them
-                        self._in_flight += len(extra)
-                        records = records + extra
-                        await self._write_all(extra)
+                    extra, staged = self._cover(records, sources)
+                    records = records + extra
+                    await self._write_all(extra)
+                sent = await self._send_offsets(staged)
                 await self._commit(backoff)
             except _Failed as failed:
                 await self._abort(backoff)
@@ -186,11 +245,56 @@ class TransactionalDelivery(DeliveryLoop):
                 records = await self._sort_out(records, failed.failures, backoff)
                 continue
             break
-        if records:
+        if records or sent:
             self.committed += 1
             self._metrics.transactions(TransactionOutcome.COMMITTED).inc()
+        for source, offsets in sent:
+            source.offsets_committed(offsets)
         for record in records:
             self._delivered(record)
+
+    def _cover(
+        self, records: list[OutRecord], sources: list[OffsetSource]
+    ) -> tuple[list[OutRecord], list[tuple[OffsetSource, list[Any]]]]:
+        """The records are written: their tasks' positions move, and what must
+        commit with them comes back: the checkpoints covering them, and the
+        offsets of the inputs whose output they are."""
+        for record in records:
+            mark_written(record)
+        extra = self._covering() if self._covering is not None else []
+        # checkpoints are in flight like any record, so a drain waits for them
+        self._in_flight += len(extra)
+        staged = [(source, offsets) for source in sources if (offsets := source.take_offsets())]
+        return extra, staged
+
+    async def _send_offsets(
+        self, staged: list[tuple[OffsetSource, list[Any]]]
+    ) -> list[tuple[OffsetSource, list[Any]]]:
+        """Each group's staged offsets into the open transaction, with the
+        group's metadata of now (a redone transaction may follow a rebalance)."""
+        sent = []
+        for source, offsets in staged:
+            sending = source.current(offsets)
+            if sending is None:
+                continue
+            try:
+                await self._transactions.send_offsets(*sending)
+            except FencedError as exc:
+                self._fenced(exc)
+            except GroupGenerationError as exc:
+                self._note_failure(None, exc)
+                try:
+                    await source.rejected()
+                except FencedError as fenced:
+                    # a zombie: nothing of this transaction may become visible
+                    with contextlib.suppress(BridgeError):
+                        await self._transactions.abort()
+                    self._fenced(fenced)
+                raise _Failed([(None, exc)]) from exc
+            except BridgeError as exc:
+                raise _Failed([(None, exc)]) from exc
+            sent.append((source, sending[0]))
+        return sent
 
     async def _write_all(self, records: list[OutRecord]) -> None:
         failures: list[tuple[OutRecord | None, BridgeError]] = []
@@ -283,8 +387,8 @@ class TransactionalDelivery(DeliveryLoop):
 
     def _fenced(self, error: FencedError) -> NoReturn:
         log.error(
-            "the Kafka producer was fenced: another replica holds this transactional.id; "
-            "this one stops (nothing it wrote after that can commit)",
+            "this replica is fenced: another holds its transactional.id, or its group "
+            "moved its partitions to others; it stops (nothing it wrote since can commit)",
             extra={"error": str(error)},
         )
         raise error

@@ -19,6 +19,7 @@ Two claims, tested apart because the embedded broker can show only one:
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -197,3 +198,62 @@ async def test_one_of_three_killed_a_read_committed_consumer_sees_each_event_onc
             for replica in replicas:
                 await replica.aclose()
         assert check(emu, grouped(records), ids=True) == 0, "a repeat"
+
+
+@pytest.mark.requires_kafka("aborted_transactions", "generation_fencing")
+async def test_a_zombie_woken_after_its_tasks_moved_commits_nothing(
+    kafka: KafkaService, new_topic: Callable[[str], str], tmp_path: Path
+) -> None:
+    """SIGSTOP one of two replicas past its session timeout: the other takes its
+    tasks. SIGCONT: the zombie's transaction (open or about to be) must not
+    commit (its producer epoch was bumped when the broker aborted it, or its
+    ownership proof carries a generation the group has left), so a
+    read_committed consumer still sees every event once."""
+    async with Emulator(EmulatorSettings(seed=47)) as emu:
+        config = scale_config(emu, kafka, new_topic)
+        await prepare(kafka, config)
+        env = replica_env(emu, config, "z")
+        zombie, survivor = (
+            Replica(name, {**env, "XPANDER_BRIDGE_COORDINATION__INSTANCE_ID": name}, tmp_path)
+            for name in ("zombie", "survivor")
+        )
+        for replica in (zombie, survivor):
+            await replica.start()
+        try:
+            await settled([zombie, survivor], config)
+            emu.start_scenario(streaming(30, arrival_s=0.05, events=120, interval_s=0.05))
+            await eventually(
+                lambda: emu.stats()["events_sent"] > 600, timeout_s=60, what="events flowing"
+            )
+            assert zombie.process is not None
+            zombie.process.send_signal(signal.SIGSTOP)
+            partitions = config.coordination.partitions
+            await eventually(
+                lambda: owns_all(survivor, partitions),
+                timeout_s=60,
+                interval_s=0.2,
+                what="the survivor owning every partition",
+            )
+            await asyncio.sleep(2.0)  # the survivor resumes the moved tasks
+            zombie.process.send_signal(signal.SIGCONT)
+            await eventually(all_finished(emu, 30), timeout_s=120, what="every task to finish")
+            await eventually(
+                lambda: finished_everywhere(kafka, config, 30),
+                timeout_s=90,
+                what="every task_finished committed",
+            )
+            records = await committed(kafka, [config.topics.events], 5.0)
+            # fenced (exit 1), or still running as a member that owns nothing new
+            assert zombie.exited() in (None, 1)
+            assert await survivor.terminate() == 0
+        finally:
+            for replica in (zombie, survivor):
+                if replica.process is not None and replica.exited() is None:
+                    replica.process.send_signal(signal.SIGCONT)
+                await replica.aclose()
+        assert check(emu, grouped(records), ids=True) == 0, "the zombie committed a repeat"
+
+
+async def owns_all(replica: Replica, partitions: int) -> bool:
+    scrape = await replica.scrape()
+    return scrape is not None and scrape.get("xpander_bridge_owned_partitions") == partitions

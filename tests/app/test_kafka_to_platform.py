@@ -13,7 +13,14 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from support.e2e import bridge_config, config_env, consume_until, run_bridge
-from support.kafka import KafkaService, OutRecord, consume, create_topics, produce
+from support.kafka import (
+    ConsumedRecord,
+    KafkaService,
+    OutRecord,
+    consume,
+    create_topics,
+    produce,
+)
 from support.metrics import sample
 from support.waiting import eventually
 
@@ -347,3 +354,125 @@ async def test_sigkill_and_restart_records_every_report_on_one_task_each(
         assert set(counts) == expected  # every report recorded, on exactly one task each
         report_tasks = [t for t in emu.control.tasks() if t["id"] in expected]
         assert len(report_tasks) == len(expected)
+
+
+async def committed_offsets(kafka: KafkaService, config: BridgeConfig) -> dict[int, int]:
+    """The group's committed offset per partition of the reports topic (0: none)."""
+
+    def read() -> dict[int, int]:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": kafka.bootstrap_servers,
+                "group.id": config.reports.group_id,
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            }
+        )
+        try:
+            topic = config.reports.reports_topic
+            offsets = consumer.committed([TopicPartition(topic, p) for p in range(2)], 10)
+            return {tp.partition: max(0, tp.offset) for tp in offsets}
+        finally:
+            consumer.close()
+
+    return await asyncio.to_thread(read)
+
+
+def outputs(records: list[ConsumedRecord], config: BridgeConfig) -> list[tuple[int, int]]:
+    """The report messages, as (partition, offset), whose output is in ``records``:
+    mirror envelopes (their task id names the message) and dead letters."""
+    where: list[tuple[int, int]] = []
+    for record in records:
+        if record.topic == config.topics.dlq:
+            partition = record.header("dlq.original_partition")
+            offset = record.header("dlq.original_offset")
+            assert partition is not None and offset is not None
+            where.append((int(partition), int(offset)))
+            continue
+        value = orjson.loads(record.required_value())
+        if value["task_id"].startswith("ext-"):
+            partition, offset = value["task_id"].removeprefix("ext-").split("-")
+            where.append((int(partition), int(offset)))
+    return where
+
+
+@pytest.mark.timeout(150)
+async def test_sigkill_between_the_platform_call_and_the_commit_commits_offsets_and_output_together(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    """Each report's mirror envelope (or dead letter) and its consumer offset
+    commit in one transaction: after a SIGKILL, the committed offsets cover
+    exactly the messages whose output is committed, no more (a lost output)
+    and no fewer (a repeat); the restarted bridge then handles the rest."""
+    faults = FaultSettings(delay_s=0.003, delay_endpoints=["report"])
+    async with Emulator(EmulatorSettings(faults=faults)) as emu:
+        config = reports_config(emu, kafka, new_topic, commit_interval_s=0.05)
+        await setup_topics(kafka, config)
+        await create_topics(kafka.bootstrap_servers, config.topics.events, config.topics.dlq)
+        # Each report's id names its partition and offset; every 7th is poison.
+        reports = config.reports.reports_topic
+        per_partition = 250
+        for partition in range(2):
+            values: list[Any] = [
+                b"{not json" if offset % 7 == 3 else report(offset, id=f"ext-{partition}-{offset}")
+                for offset in range(per_partition)
+            ]
+            await produce(
+                kafka.bootstrap_servers,
+                reports,
+                [
+                    OutRecord(orjson.dumps(v) if isinstance(v, dict) else v, partition=partition)
+                    for v in values
+                ],
+            )
+        env = config_env(
+            config, XPANDER_BRIDGE_HTTP__ENABLED="false", XPANDER_BRIDGE_LOGGING__FORMAT="json"
+        )
+        first = await run_bridge(
+            env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        try:
+            await eventually(
+                lambda: len(emu.reports()) >= 120, timeout_s=40, what="recording under way"
+            )
+            first.send_signal(signal.SIGKILL)
+            await first.wait()
+        finally:
+            if first.returncode is None:
+                first.kill()
+        offsets = await committed_offsets(kafka, config)
+        topics = [config.topics.events, config.topics.dlq]
+        # read_committed stops before the dead bridge's open transaction
+        seen = outputs(await consume(kafka.bootstrap_servers, topics, max_wait=3.0), config)
+        covered = {(p, o) for p, end in offsets.items() for o in range(end)}
+        assert sum(offsets.values()) > 0, "nothing committed before the kill"
+        assert sum(offsets.values()) < 2 * per_partition, "killed too late to test anything"
+        assert sorted(seen) == sorted(covered), (
+            f"offsets {offsets} cover {len(covered)} messages; their committed output "
+            f"holds {len(seen)} (missing {sorted(covered - set(seen))[:5]}, "
+            f"beyond {sorted(set(seen) - covered)[:5]})"
+        )
+
+        second = await run_bridge(
+            env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        try:
+            await eventually(
+                lambda: committed_everything(kafka, config, 2 * per_partition),
+                timeout_s=60,
+                what="every offset committed",
+            )
+            second.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(second.wait(), 30) == 0
+        finally:
+            if second.returncode is None:
+                second.kill()
+        seen = outputs(await consume(kafka.bootstrap_servers, topics, max_wait=3.0), config)
+        everything = {(p, o) for p in range(2) for o in range(per_partition)}
+        assert set(seen) == everything
+        if kafka.hides_aborted_transactions:  # tansu shows the dead transaction's records
+            assert len(seen) == len(everything), "a repeat"
+
+
+async def committed_everything(kafka: KafkaService, config: BridgeConfig, total: int) -> bool:
+    return sum((await committed_offsets(kafka, config)).values()) >= total

@@ -9,9 +9,10 @@ import contextlib
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
-from confluent_kafka import Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from support.kafka import KafkaService, OutRecord, create_topics, produce
 from support.publishing import RecordingPublish
 from support.waiting import eventually
@@ -408,3 +409,59 @@ async def test_a_new_member_moves_only_the_partitions_it_takes(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await ownership.aclose()
+
+
+async def test_the_ownership_proof_commits_with_a_transaction(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    # What every transaction of the replica carries (KIP-447): its positions on
+    # the partitions it owns, with its group metadata; the broker takes them.
+    rig = await make_rig(kafka, new_topic)
+    await produce(kafka.bootstrap_servers, rig.config.tasks_topic, [OutRecord(b"x", partition=1)])
+    ownership = Ownership(
+        rig.kafka,
+        rig.config,
+        Metrics(),
+        on_assigned=rig.handover.assigned,
+        on_revoked=rig.handover.revoked,
+    )
+    member = asyncio.create_task(ownership.run())
+    try:
+        await eventually(
+            lambda: len(ownership.take_offsets()) == PARTITIONS,
+            timeout_s=30,
+            what="a position on every owned partition",
+        )
+        proof = ownership.current(ownership.take_offsets())
+        assert proof is not None
+        offsets, metadata = proof
+        # the end of each partition (nothing consumed is needed: latest)
+        assert {tp.partition: tp.offset for tp in offsets} == {0: 0, 1: 1, 2: 0, 3: 0}
+        await asyncio.to_thread(commit_offsets, kafka.bootstrap_servers, offsets, metadata)
+        committed = await asyncio.to_thread(
+            committed_offsets, kafka.bootstrap_servers, rig.config.group_id, offsets
+        )
+        assert committed == {0: 0, 1: 1, 2: 0, 3: 0}
+    finally:
+        member.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await member
+        await ownership.aclose()
+
+
+def commit_offsets(bootstrap_servers: str, offsets: list[TopicPartition], metadata: Any) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap_servers, "transactional.id": "proof"})
+    producer.init_transactions(10)
+    producer.begin_transaction()
+    producer.send_offsets_to_transaction(offsets, metadata, 10)
+    producer.commit_transaction(10)
+
+
+def committed_offsets(
+    bootstrap_servers: str, group_id: str, offsets: list[TopicPartition]
+) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group_id})
+    try:
+        return {tp.partition: tp.offset for tp in consumer.committed(offsets, 10)}
+    finally:
+        consumer.close()

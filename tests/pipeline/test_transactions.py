@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from support.metrics import sample
+from support.waiting import eventually
 
 from bridge.core.record import OutRecord
 from bridge.core.retry import RetryPolicy
@@ -16,6 +17,7 @@ from bridge.errors import (
     AuthError,
     BridgeError,
     FencedError,
+    GroupGenerationError,
     RecordTooLargeError,
     TransactionAbortedError,
     UnavailableError,
@@ -43,6 +45,8 @@ class TransactionLog:
         #: errors the next aborts raise, in order
         self.abort_errors: list[BridgeError] = []
         self.resets = 0
+        #: errors the next offset sends raise, in order
+        self.offset_errors: list[BridgeError] = []
 
     @staticmethod
     def classify(error: BaseException) -> BridgeError:
@@ -66,6 +70,13 @@ class TransactionLog:
             future.set_exception(error)
         return future
 
+    async def send_offsets(self, offsets: list[Any], group_metadata: Any) -> None:
+        assert self.open is not None, "offsets sent outside a transaction"
+        if self.offset_errors:
+            raise self.offset_errors.pop(0)
+        # kept among the records, so a test sees which transaction carried them
+        self.open.append(f"{group_metadata}:{','.join(map(str, offsets))}".encode())
+
     async def commit(self) -> None:
         assert self.open is not None
         self.commit_attempts += 1
@@ -84,6 +95,43 @@ class TransactionLog:
     async def reset(self) -> None:
         self.resets += 1
         self.open = None  # a new producer: the old transaction is gone
+
+
+class Inputs:
+    """A consumer whose message offsets ride with transactions (``OffsetSource``);
+    its group metadata is its name, and a rejection bumps its generation."""
+
+    def __init__(self, group: str = "reports") -> None:
+        self.offsets_pending = asyncio.Event()
+        self._written: list[int] = []
+        self.committed: list[list[int]] = []
+        self.taken = 0
+        self.group = group
+        self.generation = 1
+        #: the group dropped this member: a rejection fences it
+        self.dropped = False
+
+    def written(self, offset: int) -> None:
+        self._written.append(offset)
+        self.offsets_pending.set()
+
+    def take_offsets(self) -> list[Any]:
+        self.offsets_pending.clear()
+        if self._written:
+            self.taken += 1
+        taken, self._written = self._written, []
+        return taken
+
+    def current(self, offsets: list[Any]) -> tuple[list[Any], Any] | None:
+        return offsets, self.group if self.generation == 1 else f"{self.group}@{self.generation}"
+
+    async def rejected(self) -> None:
+        self.generation += 1
+        if self.dropped:
+            raise FencedError("dropped from the group")
+
+    def offsets_committed(self, offsets: list[Any]) -> None:
+        self.committed.append(offsets)
 
 
 class Trace:
@@ -118,6 +166,8 @@ def delivery(
     linger_s: float = 0.01,
     interval_s: float = 60.0,
     metrics: Metrics | None = None,
+    inputs: Inputs | None = None,
+    proof: Inputs | None = None,
 ) -> TransactionalDelivery:
     pending = list(covering or [])
 
@@ -134,6 +184,7 @@ def delivery(
         max_records=max_records,
         linger_s=linger_s,
         covering=cover,
+        offsets=lambda: [source for source in (inputs, proof) if source is not None],
         retry=RetryPolicy(0.001, 0.01),
         held_retry_s=0.05,
     )
@@ -162,6 +213,114 @@ async def test_checkpoints_commit_in_the_transaction_of_the_envelopes_they_cover
     assert trace.events[:2] == [("written", b"a"), ("written", b"b")]
     assert trace.of("delivered") == [b"a", b"b", b"checkpoint"]
     assert loop.committed == 1 and loop.delivered == 3
+
+
+def output_of(inputs: Inputs, offset: int, record: OutRecord) -> OutRecord:
+    """``record`` is the output of input message ``offset`` (as the consumer's
+    progress hook chains it): written, it makes the offset sendable."""
+    original = record.on_written
+
+    def written(r: OutRecord) -> None:
+        if original is not None:
+            original(r)
+        inputs.written(offset)
+
+    record.on_written = written
+    return record
+
+
+async def test_input_offsets_commit_in_the_transaction_of_their_output() -> None:
+    sink, trace, queue, inputs = TransactionLog(), Trace(), asyncio.Queue[OutRecord](), Inputs()
+    checkpoint = trace.record(b"checkpoint")
+    loop = delivery(sink, queue, covering=[checkpoint], inputs=inputs)
+    await deliver(
+        loop,
+        queue,
+        output_of(inputs, 7, trace.record(b"mirror-7")),
+        output_of(inputs, 8, trace.record(b"dlq-8")),
+    )
+    assert sink.committed == [[b"mirror-7", b"dlq-8", b"checkpoint", b"reports:7,8"]]
+    assert inputs.committed == [[7, 8]]
+
+
+async def test_a_redone_transaction_sends_the_same_offsets_again() -> None:
+    sink, trace, queue, inputs = TransactionLog(), Trace(), asyncio.Queue[OutRecord](), Inputs()
+    sink.commit_errors = [TransactionAbortedError("coordinator aborted it")]
+    loop = delivery(sink, queue, inputs=inputs)
+    await deliver(loop, queue, output_of(inputs, 3, trace.record(b"mirror-3")))
+    # the aborted transaction lost its offsets with its records; the redo carries both
+    assert sink.aborted == [[b"mirror-3", b"reports:3"]]
+    assert sink.committed == [[b"mirror-3", b"reports:3"]]
+    assert inputs.taken == 1 and inputs.committed == [[3]]
+
+
+async def test_offsets_without_output_commit_in_a_transaction_of_their_own() -> None:
+    # a duplicate report publishes nothing, yet its offset must move
+    sink, queue, inputs = TransactionLog(), asyncio.Queue[OutRecord](), Inputs()
+    loop = delivery(sink, queue, inputs=inputs, interval_s=60.0)
+    runner = asyncio.create_task(loop.run())
+    try:
+        await asyncio.sleep(0.05)
+        assert sink.committed == []  # idle: no empty transactions
+        inputs.written(11)
+        await eventually(lambda: bool(inputs.committed), timeout_s=5, what="offsets committed")
+    finally:
+        runner.cancel()
+    assert sink.committed == [[b"reports:11"]]
+    assert inputs.committed == [[11]]
+
+
+class Proof(Inputs):
+    """The ownership group: the same positions in every transaction."""
+
+    def __init__(self) -> None:
+        super().__init__("ownership")
+
+    def take_offsets(self) -> list[Any]:
+        return [0]
+
+
+async def test_every_transaction_proves_ownership_with_its_group_generation() -> None:
+    sink, trace, queue, inputs, proof = (
+        TransactionLog(),
+        Trace(),
+        asyncio.Queue[OutRecord](),
+        Inputs(),
+        Proof(),
+    )
+    loop = delivery(sink, queue, inputs=inputs, proof=proof, max_records=1)
+    await deliver(
+        loop, queue, output_of(inputs, 4, trace.record(b"mirror-4")), trace.record(b"event")
+    )
+    assert sink.committed == [
+        [b"mirror-4", b"reports:4", b"ownership:0"],
+        [b"event", b"ownership:0"],
+    ]
+
+
+async def test_offsets_refused_for_an_old_generation_are_sent_again_with_the_new_one() -> None:
+    # a rebalance the cached metadata had not caught up with: redo, not stop
+    sink, trace, queue, proof = TransactionLog(), Trace(), asyncio.Queue[OutRecord](), Proof()
+    sink.offset_errors = [GroupGenerationError("ILLEGAL_GENERATION")]
+    loop = delivery(sink, queue, proof=proof)
+    await deliver(loop, queue, trace.record(b"event"))
+    assert sink.aborted == [[b"event"]]
+    assert sink.committed == [[b"event", b"ownership@2:0"]]
+    assert trace.of("delivered") == [b"event"]
+
+
+async def test_a_member_the_group_dropped_is_fenced_and_commits_nothing() -> None:
+    # a zombie: paused past its session timeout, its tasks now stream elsewhere
+    sink, trace, queue, proof = TransactionLog(), Trace(), asyncio.Queue[OutRecord](), Proof()
+    sink.offset_errors = [GroupGenerationError("UNKNOWN_MEMBER_ID")]
+    proof.dropped = True
+    loop = delivery(sink, queue, proof=proof)
+    queue.put_nowait(trace.record(b"after waking"))
+    with pytest.raises(FencedError):
+        await asyncio.wait_for(loop.run(), 5)
+    assert sink.committed == []
+    assert sink.aborted == [[b"after waking"]]  # aborted, so readers are not held up
+    assert trace.of("delivered") == []
 
 
 async def test_a_transaction_never_ends_inside_one_unit() -> None:

@@ -83,6 +83,9 @@ class KafkaService:
     #: open transaction of a dead producer is aborted after its timeout (tansu
     #: does neither: no aborted-transaction index in Fetch, no expiry).
     hides_aborted_transactions: bool = True
+    #: A transactional offset commit from a group generation or member the group
+    #: has left is refused (KIP-447 zombie fencing; tansu commits it).
+    fences_stale_generations: bool = True
     #: ``cleanup.policy=compact`` / ``retention.ms`` are acted on, not only stored.
     supports_compaction: bool = True
     #: The broker rejects records over ``message.max.bytes`` / topic ``max.message.bytes``.
@@ -126,6 +129,7 @@ CAPABILITIES: dict[str, str] = {
     "idempotence": "supports_idempotence",
     "transactions": "supports_transactions",
     "aborted_transactions": "hides_aborted_transactions",
+    "generation_fencing": "fences_stale_generations",
     "compaction": "supports_compaction",
     "max_message_bytes": "enforces_max_message_bytes",
     "alter_topics": "supports_alter_topics",
@@ -141,6 +145,7 @@ def tansu_service(bootstrap_servers: str, kind: KafkaKind) -> KafkaService:
         kind=kind,
         broker="tansu",
         hides_aborted_transactions=False,
+        fences_stale_generations=False,
         supports_compaction=False,
         enforces_max_message_bytes=False,
         supports_alter_topics=False,

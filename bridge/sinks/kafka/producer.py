@@ -12,6 +12,7 @@ partition) reach the broker in the order they were written.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from confluent_kafka import KafkaException
 
@@ -21,10 +22,11 @@ from bridge.errors import (
     BridgeError,
     ConfigError,
     FencedError,
+    GroupGenerationError,
     TransactionAbortedError,
     UnavailableError,
 )
-from bridge.kafka.errors import kafka_error, translate_send_error
+from bridge.kafka.errors import kafka_error, stale_generation, translate_send_error
 from bridge.kafka.producer import AsyncProducer, Delivered, needs_abort
 from bridge.kafka.rdkafka import producer_config
 from bridge.kafka.topics import ensure_topics
@@ -137,6 +139,19 @@ class KafkaSink:
             self._connected().begin_transaction()
         except KafkaException as exc:
             raise translate_send_error(exc) from exc
+
+    async def send_offsets(self, offsets: list[Any], group_metadata: Any) -> None:
+        """Commit a consumer group's offsets with the open transaction (its
+        metadata lets the broker refuse them from a member the group left:
+        ``GroupGenerationError``)."""
+        try:
+            await self._connected().send_offsets_to_transaction(
+                offsets, group_metadata, self._timeout_s
+            )
+        except KafkaException as exc:
+            if stale_generation(exc):
+                raise GroupGenerationError(str(translate_send_error(exc))) from exc
+            raise self._transaction_error(exc) from exc
 
     async def commit(self) -> None:
         """Commit the open transaction. Raises ``FencedError`` (give up),

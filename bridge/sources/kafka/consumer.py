@@ -15,6 +15,13 @@ On a rebalance, revoked partitions stop taking messages, their in-flight
 messages get ``rebalance_timeout_s`` to finish, and what is done is
 committed; anything abandoned is handled again by the new owner (at least
 once: handlers make that harmless, e.g. by ids).
+
+With transactions (``transactional=True``) offsets are not committed here:
+a message is *written* once the records its handler published (its last step,
+seen through ``CURRENT_INPUT``) are in the open transaction, or when the
+handler returns having published nothing, and the delivery loop sends the
+offsets of written runs with that same transaction (``take_offsets``), so a
+message's output and its offset commit together or not at all.
 """
 
 from __future__ import annotations
@@ -25,13 +32,15 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from confluent_kafka import KafkaException, TopicPartition
 
 from bridge.config import KafkaConfig, ReportsConfig
 from bridge.core.acks import OrderedAcks
 from bridge.core.message import InMessage
+from bridge.core.record import CURRENT_INPUT, OutRecord
+from bridge.errors import FencedError
 from bridge.kafka.group import GroupMember, group_config, in_message
 from bridge.kafka.options import KAFKA_RETRY
 from bridge.observability.metrics import Metrics
@@ -56,6 +65,18 @@ class _Partition:
     key_tails: dict[bytes | None, asyncio.Future[None]] = field(default_factory=dict)
     committed: int = -1
     revoked: bool = False
+    #: transactions: offsets whose output is written (in the open transaction or
+    #: before); the next offset to send with a transaction, and the last sent
+    written: OrderedAcks | None = None
+    sent: int = -1
+
+    @property
+    def sendable(self) -> int | None:
+        """Transactions: the offset to send with the open transaction, when it moved."""
+        if self.written is None:
+            return None
+        next_offset = self.written.done + 1
+        return next_offset if next_offset > max(self.sent, self.committed) else None
 
     @property
     def committable(self) -> int | None:
@@ -69,7 +90,7 @@ class _Partition:
 class PartitionedConsumer:
     """Runs a consumer group on ``topics`` until ``stop()``."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  (the wiring sets the gate, the state and the mode)
         self,
         kafka: KafkaConfig,
         settings: ReportsConfig,
@@ -79,6 +100,7 @@ class PartitionedConsumer:
         *,
         halted: Callable[[], bool] = lambda: False,
         on_state: Callable[[bool, str], None] | None = None,
+        transactional: bool = False,
     ) -> None:
         self._kafka = kafka
         self._settings = settings
@@ -92,6 +114,14 @@ class PartitionedConsumer:
         #: what each partition should be (paused or not), applied once per fetch round
         self._want_paused: dict[_Key, bool] = {}
         self._paused: set[_Key] = set()
+        self._transactional = transactional
+        #: set while written offsets wait for a transaction to carry them
+        self.offsets_pending = asyncio.Event()
+        self._committed_moved = asyncio.Event()
+        #: the member's generation for transactional offset commits (see ``current``)
+        self._group_metadata: Any = None
+        #: the group dropped this member once (its partitions were lost, not revoked)
+        self._dropped = False
         self._stopping = False
         #: the fetch loop is running / has ended (``stop`` closes the consumer after it)
         self._running = asyncio.Event()
@@ -126,6 +156,7 @@ class PartitionedConsumer:
                 await KAFKA_RETRY.wait(backoff)
                 continue
             backoff.reset()
+            self._read_group_metadata(member)
             for raw in messages:
                 message = in_message(raw)
                 partition = self._partitions.get((message.topic, message.partition))
@@ -181,6 +212,7 @@ class PartitionedConsumer:
             self._topics,
             on_assigned=self._assign,
             on_revoked=self._revoke,
+            on_lost=self._lose,
             on_error=self._consumer_error,
         )
         return self._member
@@ -192,6 +224,7 @@ class PartitionedConsumer:
     # --- rebalance ------------------------------------------------------------
 
     async def _assign(self, assigned: list[TopicPartition]) -> None:
+        self._read_group_metadata(self._member)
         for tp in assigned:
             key = (tp.topic, tp.partition)
             if key not in self._partitions:
@@ -201,7 +234,15 @@ class PartitionedConsumer:
                 self._want_paused[key] = True  # halted: new partitions wait too
         log.info("partitions assigned", extra={"partitions": _names(assigned)})
 
+    async def _lose(self, lost: list[TopicPartition]) -> None:
+        """The group dropped this member (session timed out: a pause, a partition
+        of the network): the partitions are someone else's already."""
+        self._dropped = True
+        log.warning("partitions lost", extra={"partitions": _names(lost)})
+        await self._revoke(lost)
+
     async def _revoke(self, revoked: list[TopicPartition]) -> None:
+        self._read_group_metadata(self._member)
         keys = [(tp.topic, tp.partition) for tp in revoked]
         leaving = [self._partitions[key] for key in keys if key in self._partitions]
         for partition in leaving:
@@ -233,9 +274,12 @@ class PartitionedConsumer:
             message = partition.backlog.popleft()
             if partition.acks is None:
                 partition.acks = OrderedAcks(start=message.offset)
+                partition.written = OrderedAcks(start=message.offset)
                 # Where consumption started needs no commit: only progress does.
                 partition.committed = message.offset
             partition.acks.track(message.offset)
+            assert partition.written is not None
+            partition.written.track(message.offset)
             task = self._loop.create_task(self._process(partition, message))
             partition.tasks.add(task)
             task.add_done_callback(partition.tasks.discard)
@@ -251,7 +295,13 @@ class PartitionedConsumer:
         try:
             if previous is not None:
                 await asyncio.shield(previous)
-            await self._handler(message)
+            progress = _Progress(self, partition, message.offset)
+            token = CURRENT_INPUT.set(progress)
+            try:
+                await self._handler(message)
+            finally:
+                CURRENT_INPUT.reset(token)
+            progress.handled()
             assert partition.acks is not None
             partition.acks.ack(message.offset)
         finally:
@@ -272,8 +322,80 @@ class PartitionedConsumer:
         self._last_commit = now
         await self._commit_offsets(list(self._partitions.values()))
 
+    def written(self, partition: _Partition, offset: int) -> None:
+        """Transactions: the message's output is in Kafka (committed or in the open
+        transaction); its offset may ride with the next commit."""
+        # (a revoked partition's in-flight messages still finish, and count)
+        if partition.written is not None:
+            partition.written.ack(offset)
+            if partition.sendable is not None:
+                self.offsets_pending.set()
+
+    def take_offsets(self) -> list[TopicPartition]:
+        """Transactions: the offsets to send with the open transaction (each
+        partition's written run), taken once for that transaction."""
+        self.offsets_pending.clear()
+        taken = [(p, offset) for p in self._partitions.values() if (offset := p.sendable)]
+        for partition, offset in taken:
+            partition.sent = offset
+        return [TopicPartition(p.key[0], p.key[1], offset) for p, offset in taken]
+
+    def current(self, offsets: list[TopicPartition]) -> tuple[list[TopicPartition], Any] | None:
+        """Transactions: of ``offsets``, those of partitions still held (a redone
+        transaction may outlive a revoke), with the group metadata of now, which
+        lets the broker refuse them from a member the group has moved on from."""
+        held = [tp for tp in offsets if (tp.topic, tp.partition) in self._partitions]
+        if not held or self._group_metadata is None:
+            return None
+        return held, self._group_metadata
+
+    async def rejected(self) -> None:
+        """Transactions: the broker refused our offsets for their generation."""
+        member = self._member
+        if member is not None:
+            # (waits for the running consume: its rebalance callbacks run first)
+            self._group_metadata = await member.consumer.consumer_group_metadata()
+        if self._dropped:
+            raise FencedError(
+                "the reports consumer group dropped this replica and gave its partitions "
+                "to others; what it was sending belongs to them"
+            )
+
+    def _read_group_metadata(self, member: GroupMember | None) -> None:
+        """Only where no ``consume`` runs: between rounds and in rebalance callbacks."""
+        if self._transactional and member is not None:
+            self._group_metadata = member.group_metadata()
+
+    def offsets_committed(self, offsets: list[TopicPartition]) -> None:
+        for tp in offsets:
+            partition = self._partitions.get((tp.topic, tp.partition))
+            if partition is not None:
+                partition.committed = max(partition.committed, tp.offset)
+        self._committed_moved.set()
+
+    async def _sent_with_transactions(self, partitions: list[_Partition], timeout_s: float) -> None:
+        """Transactions: until the written offsets of ``partitions`` are committed
+        by the delivery loop (or ``timeout_s``): a revoke and a stop wait here."""
+        loop = self._loop
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            behind = [
+                p for p in partitions if p.written is not None and p.written.done + 1 > p.committed
+            ]
+            if not behind:
+                return
+            self.offsets_pending.set()
+            self._committed_moved.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    await self._committed_moved.wait()
+        log.warning("offsets not committed in time; those messages are handled again")
+
     async def _commit_offsets(self, partitions: list[_Partition]) -> None:
         """The one place offsets are committed (only over acknowledged runs)."""
+        if self._transactional:
+            await self._sent_with_transactions(partitions, self._settings.rebalance_timeout_s)
+            return
         member = self._member
         offsets = {p.key: offset for p in partitions if (offset := p.committable) is not None}
         if member is None or not offsets:
@@ -327,6 +449,40 @@ class PartitionedConsumer:
     def _state(self, ok: bool, detail: str) -> None:
         if self._on_state is not None:
             self._on_state(ok, detail)
+
+
+class _Progress:
+    """One message being handled: how many of its output records are not yet
+    written (``CURRENT_INPUT`` hands the handler's records here)."""
+
+    __slots__ = ("_consumer", "_offset", "_outstanding", "_partition", "_published")
+
+    def __init__(self, consumer: PartitionedConsumer, partition: _Partition, offset: int) -> None:
+        self._consumer = consumer
+        self._partition = partition
+        self._offset = offset
+        self._outstanding = 0
+        self._published = False
+
+    def output(self, records: list[OutRecord]) -> None:
+        self._published = True
+        self._outstanding += len(records)
+        for record in records:
+            record.on_written = self._chain(record.on_written)
+
+    def _chain(self, original: Callable[[OutRecord], None] | None) -> Callable[[OutRecord], None]:
+        def written(record: OutRecord) -> None:
+            if original is not None:
+                original(record)
+            self._outstanding -= 1
+            if self._outstanding == 0:
+                self._consumer.written(self._partition, self._offset)
+
+        return written
+
+    def handled(self) -> None:
+        if not self._published:  # nothing to wait for: written now
+            self._consumer.written(self._partition, self._offset)
 
 
 def _names(partitions: list[TopicPartition]) -> str:  # (librdkafka's, from the callbacks)
