@@ -30,6 +30,7 @@ import os
 import platform
 import signal
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -55,8 +56,14 @@ __all__ = ["SIZES", "main", "run"]
 REPO = Path(__file__).resolve().parent.parent
 #: bridge-solo: the bridge with coordination off (one replica, no consumer-group
 #: join at start-up), to show what the join costs in the same run;
-#: bridge-alo: transactions off (at-least-once), to show what exactly-once costs
-CONTENDERS = ("bridge", "bridge-solo", "bridge-alo", "lean", "official")
+#: bridge-alo: transactions off (at-least-once), to show what exactly-once costs;
+#: bridge-before: the bridge as it was at ``--before`` (a git ref; by default the
+#: last commit before librdkafka and transactions), from that commit's own source
+CONTENDERS = ("bridge", "bridge-solo", "bridge-alo", "bridge-before", "lean", "official")
+#: the last main on aiokafka, at-least-once (issue 16 measures against it)
+BEFORE_REF = "96c652d"
+#: where ``run`` unpacked the ``--before`` source (set only when that contender runs)
+_BEFORE_SRC = "BENCH_BEFORE_SRC"
 SCENARIOS = ("burst", "wide", "steady")
 #: what the official client needs per open stream (measured elsewhere: 731 MB at 400
 #: tasks, 2.9 GB at 2,000): it runs only where streams x this fits the budget
@@ -209,6 +216,10 @@ def contender_command(
 ) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
     if name.startswith("bridge"):
+        if name == "bridge-before":
+            # that commit's bridge ran with idempotence off (aiokafka cannot on tansu)
+            env["XPANDER_BRIDGE_KAFKA__ENABLE_IDEMPOTENCE"] = "false"
+            env["PYTHONPATH"] = env[_BEFORE_SRC]
         if name == "bridge-solo":
             env["XPANDER_BRIDGE_COORDINATION__ENABLED"] = "false"
         if name == "bridge-alo":
@@ -232,6 +243,9 @@ def contender_command(
                 "XPANDER_BRIDGE_HTTP_PORT": "0",  # several runs on one machine
             }
         )
+        if name == "bridge-before":
+            # -P: not the working directory's package, the unpacked one on PYTHONPATH
+            return [sys.executable, "-P", "-m", "bridge", "run"], env
         executable = Path(sys.executable).parent / "xpander-bridge"
         return [str(executable), "run"], env
     argv = [
@@ -489,6 +503,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     sizes = SIZES[args.size]
     budget = args.memory_budget_gb * 1024**3
     results: list[Result] = []
+    if "bridge-before" in args.contenders:
+        os.environ[_BEFORE_SRC] = str(unpack(args.before, out / "before-src"))
     for scenario in args.scenarios:
         params = dict(sizes[scenario])
         streams = int(params.get("tasks", params.get("streams", 0)))
@@ -533,6 +549,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def unpack(ref: str, into: Path) -> Path:
+    """The ``bridge`` package as it was at ``ref`` (``git archive``), to run as a contender."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", ref, "bridge"], cwd=REPO, check=True, capture_output=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
 def brief(r: Result) -> str:
     return (
         f"{r.delivered}/{r.emitted} delivered in {r.time_to_deliver_s}s, "
@@ -549,6 +575,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--contenders", help=f"default: {','.join(CONTENDERS)} (--quick: without bridge-solo)"
     )
     parser.add_argument("--out", type=Path, help="default: bench/results/<size>-<time>")
+    parser.add_argument(
+        "--before", default=BEFORE_REF, help=f"git ref of bridge-before (default {BEFORE_REF})"
+    )
     parser.add_argument("--memory-budget-gb", type=float, default=8.0)
     parser.add_argument("--quiet-s", type=float, help="default 5 (--quick: 2)")
     parser.add_argument("--timeout-s", type=float, default=600.0)
@@ -561,7 +590,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     quick = args.size == "quick"  # under two minutes: the everyday variant
     if args.contenders is None:
         args.contenders = ",".join(
-            c for c in CONTENDERS if not (quick and c in ("bridge-solo", "bridge-alo"))
+            c
+            for c in CONTENDERS
+            if not (quick and c in ("bridge-solo", "bridge-alo", "bridge-before"))
         )
     if args.quiet_s is None:
         args.quiet_s = 2.0 if quick else 5.0
