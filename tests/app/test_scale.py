@@ -16,7 +16,7 @@ import itertools
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -378,14 +378,21 @@ async def test_rolling_restart_of_three_replicas_loses_nothing(
         check(emu, grouped(records), ids=True)
 
 
-def partitions_logged(replica: Replica, message: str, after: str = "") -> list[int]:
-    """The partitions of every ``message`` line the replica logged after ``after``
-    (the JSON log writes the list as its text)."""
+def partitions_logged(
+    replica: Replica, message: str, after: str = "", before: str = "9999"
+) -> list[int]:
+    """The partitions of every ``message`` line the replica logged between
+    ``after`` and ``before`` (the JSON log writes the list as its text)."""
     found: list[int] = []
     for line in replica.logs():
-        if line["message"] == message and line["time"] > after:
+        if line["message"] == message and after < line["time"] < before:
             found.extend(orjson.loads(line["partitions"]))
     return found
+
+
+def now_logged() -> str:
+    """Now, comparable with the ``time`` of the replicas' JSON log lines."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 async def test_a_fourth_replica_moves_only_its_partitions_and_the_rest_keep_streaming(
@@ -403,7 +410,7 @@ async def test_a_fourth_replica_moves_only_its_partitions_and_the_rest_keep_stre
             await eventually(
                 lambda: emu.stats()["events_sent"] > 1000, timeout_s=60, what="events flowing"
             )
-            joined_at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+            joined_at = now_logged()
             await fourth.start()
             await eventually(
                 lambda: bool(partitions_logged(fourth, "coordination partitions assigned")),
@@ -412,16 +419,22 @@ async def test_a_fourth_replica_moves_only_its_partitions_and_the_rest_keep_stre
             )
             await eventually(all_finished(emu, 40), timeout_s=120, what="every task to finish")
             records = await everything_in_kafka(kafka, config, emu, max_wait=90)
+            # (the shutdown below moves partitions again: replicas leave one by one)
+            stopping_at = now_logged()
             for replica in [*replicas, fourth]:
                 assert await replica.terminate() == 0
         finally:
             for replica in [*replicas, fourth]:
                 await replica.aclose()
-        taken = set(partitions_logged(fourth, "coordination partitions assigned"))
+        taken = set(
+            partitions_logged(fourth, "coordination partitions assigned", before=stopping_at)
+        )
         given_up = [
             p
             for r in replicas
-            for p in partitions_logged(r, "coordination partitions revoked", joined_at)
+            for p in partitions_logged(
+                r, "coordination partitions revoked", joined_at, before=stopping_at
+            )
         ]
         # Cooperative: the others gave up exactly what the fourth took, nothing more
         # (the eager protocol revoked all six partitions from everyone).

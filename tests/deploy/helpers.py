@@ -141,8 +141,19 @@ def kinds(manifests: Iterable[Manifest]) -> list[str]:
     return sorted(m["kind"] for m in manifests)
 
 
+#: The kinds the chart runs the pods as (values workload.kind).
+WORKLOAD_KINDS = ("StatefulSet", "Deployment")
+
+
+def workload(manifests: Iterable[Manifest]) -> Manifest:
+    """The one object running the pods: the StatefulSet or the Deployment."""
+    found = [m for m in manifests if m["kind"] in WORKLOAD_KINDS]
+    assert len(found) == 1, f"expected one StatefulSet or Deployment, got {kinds(found)}"
+    return found[0]
+
+
 def bridge_container(manifests: Iterable[Manifest]) -> dict[str, Any]:
-    containers = only(manifests, "Deployment")["spec"]["template"]["spec"]["containers"]
+    containers = workload(manifests)["spec"]["template"]["spec"]["containers"]
     assert [c["name"] for c in containers] == ["bridge"]
     container: dict[str, Any] = containers[0]
     return container

@@ -23,22 +23,26 @@ from deploy.helpers import (
     FULL_VALUES,
     NAMESPACE,
     ROOT,
+    WORKLOAD_KINDS,
     Manifest,
     bridge_container,
     config_map,
+    helm_template_args,
     kinds,
     only,
     render,
     render_error,
     run,
+    workload,
 )
 
 # --- helm lint and the objects rendered ---------------------------------------
 
 
+@pytest.mark.parametrize("kind", WORKLOAD_KINDS)
 @pytest.mark.parametrize("values", [[], [FULL_VALUES]], ids=["defaults", "full-values"])
-def test_helm_lint_is_clean(helm: Path, values: list[Path]) -> None:
-    args: list[str | Path] = [helm, "lint", "--strict", CHART]
+def test_helm_lint_is_clean(helm: Path, values: list[Path], kind: str) -> None:
+    args: list[str | Path] = [helm, "lint", "--strict", CHART, "--set", f"workload.kind={kind}"]
     for path in values:
         args += ["--values", path]
     run(args)
@@ -48,13 +52,13 @@ def test_defaults_render_the_minimal_set(default_manifests: list[Manifest]) -> N
     # No Secret: no API key given (NOTES.txt says so); no CRD objects: off by default.
     assert kinds(default_manifests) == [
         "ConfigMap",
-        "Deployment",
         "NetworkPolicy",
         "PodDisruptionBudget",
         "Service",
         "ServiceAccount",
+        "StatefulSet",
     ]
-    assert only(default_manifests, "Deployment")["spec"]["replicas"] == 1
+    assert only(default_manifests, "StatefulSet")["spec"]["replicas"] == 1
 
 
 def test_full_values_render_every_option(full_manifests: list[Manifest]) -> None:
@@ -62,14 +66,110 @@ def test_full_values_render_every_option(full_manifests: list[Manifest]) -> None
     assert kinds(full_manifests) == [
         "ConfigMap",
         "ConfigMap",
-        "Deployment",
         "NetworkPolicy",
         "PodDisruptionBudget",
         "PrometheusRule",
         "Service",
         "ServiceAccount",
         "ServiceMonitor",
+        "StatefulSet",
     ]
+
+
+# --- the workload: a StatefulSet, or a Deployment --------------------------------
+
+INSTANCE_ID_ENV = {
+    "name": "XPANDER_BRIDGE_COORDINATION__INSTANCE_ID",
+    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+}
+
+
+def _instance_id_env(manifests: list[Manifest]) -> dict[str, Any]:
+    env = {e["name"]: e for e in bridge_container(manifests)["env"]}
+    found: dict[str, Any] = env["XPANDER_BRIDGE_COORDINATION__INSTANCE_ID"]
+    return found
+
+
+def test_default_workload_is_a_stateful_set(default_manifests: list[Manifest]) -> None:
+    # Stable pod names (rel-xpander-bridge-0, ...): each slot keeps its
+    # instance id, so its Kafka transactional.id, across restarts.
+    assert "Deployment" not in kinds(default_manifests)
+    stateful_set = only(default_manifests, "StatefulSet")
+    spec = stateful_set["spec"]
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["updateStrategy"] == {"type": "RollingUpdate"}
+    assert spec["serviceName"] == only(default_manifests, "Service")["metadata"]["name"]
+    assert "strategy" not in spec
+    assert "volumeClaimTemplates" not in spec  # stateless: checkpoints are in Kafka
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert _instance_id_env(default_manifests) == INSTANCE_ID_ENV
+
+
+def test_deployment_kind_renders_a_deployment(helm: Path) -> None:
+    manifests = render(helm, set_values=["workload.kind=Deployment", "replicas=3"])
+    assert "StatefulSet" not in kinds(manifests)
+    spec = only(manifests, "Deployment")["spec"]
+    assert spec["replicas"] == 3
+    # A new pod is ready (it holds its assignment) before an old one goes, so
+    # the group never has fewer members than replicas during a rollout.
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    for stateful_set_only in ("serviceName", "podManagementPolicy", "updateStrategy"):
+        assert stateful_set_only not in spec
+    assert _instance_id_env(manifests) == INSTANCE_ID_ENV
+
+
+def test_both_kinds_run_the_same_pods(helm: Path) -> None:
+    rendered = {
+        kind: workload(render(helm, [FULL_VALUES], [f"workload.kind={kind}"]))
+        for kind in WORKLOAD_KINDS
+    }
+    assert [w["kind"] for w in rendered.values()] == list(WORKLOAD_KINDS)
+    stateful_set, deployment = (w["spec"] for w in rendered.values())
+    assert stateful_set["template"] == deployment["template"]
+    assert stateful_set["selector"] == deployment["selector"]
+    assert stateful_set["replicas"] == deployment["replicas"] == 2
+    assert rendered["StatefulSet"]["metadata"] == rendered["Deployment"]["metadata"]
+
+
+@pytest.mark.parametrize("kind", WORKLOAD_KINDS)
+def test_selectors_match_the_pods_of_either_kind(helm: Path, kind: str) -> None:
+    manifests = render(helm, [FULL_VALUES], [f"workload.kind={kind}"])
+    pods = workload(manifests)
+    assert pods["kind"] == kind
+    pod_labels = pods["spec"]["template"]["metadata"]["labels"].items()
+    selectors = {
+        "workload": pods["spec"]["selector"]["matchLabels"],
+        "Service": only(manifests, "Service")["spec"]["selector"],
+        "PodDisruptionBudget": only(manifests, "PodDisruptionBudget")["spec"]["selector"][
+            "matchLabels"
+        ],
+        "NetworkPolicy": only(manifests, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"],
+    }
+    for owner, selector in selectors.items():
+        assert selector, owner
+        assert selector.items() <= pod_labels, owner
+    # The ServiceMonitor selects the Service, which selects the pods.
+    monitor = only(manifests, "ServiceMonitor")["spec"]["selector"]["matchLabels"]
+    assert monitor.items() <= only(manifests, "Service")["metadata"]["labels"].items()
+
+
+@pytest.mark.parametrize("kind", ["DaemonSet", "statefulset", ""])
+def test_values_schema_refuses_an_unknown_workload_kind(helm: Path, kind: str) -> None:
+    error = render_error(helm, set_values=[f"workload.kind={kind}"])
+    assert "schema" in error
+    assert "workload.kind" in error
+    assert '"StatefulSet", "Deployment"' in error
+
+
+def test_template_refuses_an_unknown_kind_without_the_schema(helm: Path) -> None:
+    # helm --skip-schema-validation: the template still refuses to guess.
+    args: list[str | Path] = [helm, *helm_template_args(set_values=["workload.kind=DaemonSet"])]
+    proc = run([*args, "--skip-schema-validation"], check=False)
+    assert proc.returncode != 0
+    assert 'workload.kind must be StatefulSet or Deployment, not "DaemonSet"' in proc.stderr
 
 
 # --- Kubernetes schemas ---------------------------------------------------------
@@ -92,7 +192,9 @@ def _rendered_sets(helm: Path) -> dict[str, list[Manifest]]:
     return {
         "defaults": render(helm),
         "three-replicas": render(helm, set_values=["replicas=3"]),
+        "deployment": render(helm, set_values=["workload.kind=Deployment", "replicas=3"]),
         "full-values": render(helm, [FULL_VALUES]),
+        "full-values-deployment": render(helm, [FULL_VALUES], ["workload.kind=Deployment"]),
         "chart-secret": render(
             helm,
             set_values=[
@@ -133,6 +235,7 @@ def test_every_object_is_valid_kubernetes(
                 pytest.fail(f"{where}: {exc.message} (a new CRD kind? add it to CRD_KINDS)")
             checked.add(manifest["kind"])
     assert checked >= {
+        "StatefulSet",
         "Deployment",
         "Service",
         "ConfigMap",
@@ -166,8 +269,8 @@ def test_service_monitor_scrapes_the_service(full_manifests: list[Manifest]) -> 
 # --- the config file, as the bridge loads it ------------------------------------------
 
 
-#: The name a pod of the Deployment gets, as the downward API hands it over.
-POD_NAME = "rel-xpander-bridge-6b8f9c7d5-x2k4q"
+#: The name the first pod of the StatefulSet gets, as the downward API hands it over.
+POD_NAME = "rel-xpander-bridge-0"
 
 
 def _pod_environment(
@@ -213,7 +316,7 @@ def _mounted_config(manifests: list[Manifest], tmp_path: Path) -> Path:
 
 
 def only_volume(manifests: list[Manifest], name: str) -> dict[str, Any]:
-    volumes = only(manifests, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    volumes = workload(manifests)["spec"]["template"]["spec"]["volumes"]
     [volume] = [v for v in volumes if v["name"] == name]
     result: dict[str, Any] = volume
     return result
@@ -289,7 +392,7 @@ def test_pod_wiring(
     manifests = default_manifests if which == "defaults" else full_manifests
     values = yaml.safe_load(FULL_VALUES.read_text()) if which == "full-values" else {}
     config = yaml.safe_load(config_map(manifests)["data"]["config.yaml"])
-    pod = only(manifests, "Deployment")["spec"]["template"]["spec"]
+    pod = workload(manifests)["spec"]["template"]["spec"]
     container = bridge_container(manifests)
 
     [port] = container["ports"]
@@ -324,13 +427,13 @@ def test_grace_period_is_derived_from_the_shutdown_timeout(helm: Path, tmp_path:
     values = tmp_path / "values.yaml"
     values.write_text("config:\n  pipeline:\n    shutdown_timeout_s: 50.5\n")
     manifests = render(helm, [values])
-    pod = only(manifests, "Deployment")["spec"]["template"]["spec"]
+    pod = workload(manifests)["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] == 51 + 15
 
 
 def test_config_change_rolls_the_pods(helm: Path, default_manifests: list[Manifest]) -> None:
     def checksums(manifests: list[Manifest]) -> dict[str, str]:
-        annotations = only(manifests, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+        annotations = workload(manifests)["spec"]["template"]["metadata"]["annotations"]
         return {k: v for k, v in annotations.items() if k.startswith("checksum/")}
 
     before = checksums(default_manifests)
@@ -352,7 +455,7 @@ def test_existing_secret_is_referenced_not_created(full_manifests: list[Manifest
 
 def test_disruption_budget_selects_the_pods(full_manifests: list[Manifest]) -> None:
     budget = only(full_manifests, "PodDisruptionBudget")["spec"]
-    pod_labels = only(full_manifests, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    pod_labels = workload(full_manifests)["spec"]["template"]["metadata"]["labels"]
     assert budget["minAvailable"] == 1
     assert "maxUnavailable" not in budget
     assert budget["selector"]["matchLabels"].items() <= pod_labels.items()
@@ -371,31 +474,22 @@ def test_three_replicas_share_the_work(helm: Path, tmp_path: Path) -> None:
             "secrets.apiKey=k",
         ],
     )
-    deployment = only(manifests, "Deployment")["spec"]
-    assert deployment["replicas"] == 3
-    # A new pod is ready (it holds its assignment) before an old one goes, so
-    # the group never has fewer members than replicas during a rollout.
-    assert deployment["strategy"] == {
-        "type": "RollingUpdate",
-        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
-    }
+    pods = only(manifests, "StatefulSet")["spec"]
+    assert pods["replicas"] == 3
+    # No start order to keep: the three start together.
+    assert pods["podManagementPolicy"] == "Parallel"
     # Voluntary evictions one at a time: the other two own every partition.
     budget = only(manifests, "PodDisruptionBudget")["spec"]
     assert budget["maxUnavailable"] == 1
     assert "minAvailable" not in budget
-    pod_labels = deployment["template"]["metadata"]["labels"]
+    pod_labels = pods["template"]["metadata"]["labels"]
     assert budget["selector"]["matchLabels"].items() <= pod_labels.items()
 
-    env = {e["name"]: e for e in bridge_container(manifests)["env"]}
-    instance = env["XPANDER_BRIDGE_COORDINATION__INSTANCE_ID"]
-    assert instance == {
-        "name": "XPANDER_BRIDGE_COORDINATION__INSTANCE_ID",
-        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
-    }
+    assert _instance_id_env(manifests) == INSTANCE_ID_ENV
 
     # The rendered config, as each pod loads it: coordination on, its own name.
     path = _mounted_config(manifests, tmp_path)
-    names = ["rel-xpander-bridge-6b8f9c7d5-aaaaa", "rel-xpander-bridge-6b8f9c7d5-bbbbb"]
+    names = ["rel-xpander-bridge-0", "rel-xpander-bridge-1"]
     configs = [load_config(path, environ=_pod_environment(manifests, {}, name)) for name in names]
     for config, name in zip(configs, names, strict=True):
         assert config.missing_for_run() == []
@@ -403,7 +497,7 @@ def test_three_replicas_share_the_work(helm: Path, tmp_path: Path) -> None:
         assert config.coordination.instance_id == name
         assert config.coordination.partitions >= 3
     # The grace period covers the shutdown (stop, final checkpoints, drain).
-    grace = deployment["template"]["spec"]["terminationGracePeriodSeconds"]
+    grace = pods["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace > configs[0].pipeline.shutdown_timeout_s
 
 
@@ -428,7 +522,7 @@ def test_replicas_without_streams_need_no_coordination(helm: Path) -> None:
             "config.coordination.enabled=false",
         ],
     )
-    assert only(manifests, "Deployment")["spec"]["replicas"] == 3
+    assert workload(manifests)["spec"]["replicas"] == 3
 
 
 def test_dashboard_config_map_carries_the_dashboard(full_manifests: list[Manifest]) -> None:
@@ -479,6 +573,8 @@ def test_values_schema_refuses(helm: Path, setting: str, complaint: str) -> None
             "every replica would stream every task",
         ),
         (["config.coordination.instance_id=bridge-1"], "sets it to each pod's name"),
+        # a StatefulSet's pods carry its name plus a revision hash in a label
+        ([f"fullnameOverride={'b' * 53}"], "has 53 characters, above 52"),
     ],
 )
 def test_chart_refuses_a_broken_release(helm: Path, settings: list[str], complaint: str) -> None:
@@ -550,6 +646,7 @@ def test_notes_warn_about_missing_settings(helm: Path, tmp_path: Path) -> None:
     ):
         assert setting in notes
     assert "kubectl -n default port-forward service/rel-xpander-bridge 8080" in notes
+    assert "kubectl -n default rollout status statefulset/rel-xpander-bridge" in notes
 
 
 def test_notes_are_quiet_when_everything_is_set(helm: Path, tmp_path: Path) -> None:
@@ -565,3 +662,12 @@ def test_notes_say_when_replicas_outnumber_partitions(helm: Path, tmp_path: Path
     assert "replicas (6) is above config.coordination.partitions (4)" in notes
     assert "2 of them own no partition" in notes
     assert "config.coordination.partitions" not in _notes(helm, tmp_path / "again", [])
+
+
+def test_notes_name_a_deployment_when_it_is_one(helm: Path, tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text("workload:\n  kind: Deployment\n")
+    notes = _notes(helm, tmp_path, [values])
+    assert "kubectl -n default rollout status deployment/rel-xpander-bridge" in notes
+    assert "kubectl -n default logs deployment/rel-xpander-bridge -f" in notes
+    assert "statefulset/" not in notes

@@ -23,6 +23,7 @@ from deploy.helpers import (
     only,
     render,
     render_error,
+    workload,
 )
 
 #: The defaults, spelled out: a change to them should be a change to this test.
@@ -122,9 +123,9 @@ def test_policy_selects_exactly_the_bridge_pods(
 ) -> None:
     for manifests in (default_manifests, full_manifests):
         selector = _policy(manifests)["podSelector"]["matchLabels"]
-        deployment = only(manifests, "Deployment")["spec"]
-        assert selector == deployment["selector"]["matchLabels"]
-        assert selector.items() <= deployment["template"]["metadata"]["labels"].items()
+        pods = workload(manifests)["spec"]
+        assert selector == pods["selector"]["matchLabels"]
+        assert selector.items() <= pods["template"]["metadata"]["labels"].items()
         assert selector == only(manifests, "Service")["spec"]["selector"]
 
 

@@ -107,6 +107,10 @@ before SIGKILL: the timeout plus shutdownGraceMarginSeconds.
 {{- if and (gt (int .Values.replicas) 1) (dig "streams" "enabled" true .Values.config) (not (dig "coordination" "enabled" true .Values.config)) }}
 {{- fail (printf "replicas is %v but config.coordination.enabled is false: every replica would stream every task and Kafka would get each event %v times; enable coordination or set replicas to 1" .Values.replicas .Values.replicas) }}
 {{- end }}
+{{- $fullname := include "xpander-bridge.fullname" . }}
+{{- if and (eq .Values.workload.kind "StatefulSet") (gt (len $fullname) 52) }}
+{{- fail (printf "the StatefulSet's name %q has %d characters, above 52: Kubernetes labels its pods with that name plus an 11-character revision hash (63 at most) and would create none; shorten the release name, set fullnameOverride, or set workload.kind=Deployment" $fullname (len $fullname)) }}
+{{- end }}
 {{- if dig "coordination" "instance_id" "" .Values.config }}
 {{- fail "config.coordination.instance_id: the chart sets it to each pod's name (one value for every replica would make them indistinguishable); remove it" }}
 {{- end }}
