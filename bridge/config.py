@@ -204,8 +204,9 @@ class StreamsConfig(Section):
         default=2.0,
         ge=0,
         description=(
-            "After a reconnect to a task that has ended, how long the stream may take to "
-            "deliver its task_finished before the bridge emits it from the task's status."
+            "After a reconnect to a task that has ended, how long the stream may stay silent "
+            "before the bridge emits task_finished from the task's status (counted from its "
+            "last event: a replay still flowing is read to its end)."
         ),
     )
     quiet_check_s: float = Field(

@@ -6,8 +6,10 @@ for ``streams.quiet_check_s``, the task's status is fetched while the stream
 is read. If
 the task has ended, the stream gets ``resync_grace_s`` to deliver the
 ``task_finished`` itself (a server that replays after ``Last-Event-ID``
-does); otherwise the check closes the stream and the streamer emits the end
-from the snapshot (``source: resync``).
+does), counted from its last event: a replay still flowing is read to its
+end however long it takes (a slow host, a full queue), since closing it would
+lose the events not read yet. Only a stream silent for the grace is closed,
+and the streamer emits the end from the snapshot (``source: resync``).
 """
 
 from __future__ import annotations
@@ -84,7 +86,13 @@ class StatusCheck:
         snapshot = await asyncio.shield(self._fetch)
         if snapshot is None or snapshot.get("status") not in TERMINAL_STATUSES:
             return
-        await asyncio.sleep(self._grace_s)
-        if not self._task.finished:
-            self.closed_stream = True
-            stream.close()  # ends the read loop; the streamer emits the end
+        task = self._task
+        while True:
+            read = task.sequence
+            await asyncio.sleep(self._grace_s)
+            if task.finished:
+                return
+            if task.sequence == read:  # silent for the grace: it will not deliver the end
+                self.closed_stream = True
+                stream.close()  # ends the read loop; the streamer emits the end
+                return

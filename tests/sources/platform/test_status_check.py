@@ -91,6 +91,34 @@ async def test_an_ended_task_whose_stream_delivers_its_end_is_left_alone(rig: Ri
     assert resyncs(rig) == {}
 
 
+async def test_a_replay_still_flowing_is_read_to_its_end_past_the_grace(rig: Rig) -> None:
+    # A resumed task that ended meanwhile: the server replays after
+    # Last-Event-ID, but the bridge reads it slowly (a loaded host, a full
+    # queue). Closing it after the grace lost every event not yet read (seen
+    # as a three-replica kill test missing a task's events under load).
+    rig.emulator.settings.stream.start_on_subscribe = False
+    task = rig.emulator.create_task(events=12, outcome="completed", profile=AT_ONCE)
+    await rig.emulator.wait_finished(task["id"])
+    state = rig.state_for(task)
+    decoder = SSEDecoder()
+
+    async with rig.client.task_events(task["id"], "0") as stream:
+        check = StatusCheck(state, rig.client, rig.metrics, stream, grace_s=0.5)
+        async with asyncio.timeout(10):
+            async for chunk in stream.chunks():
+                for event in decoder.feed(chunk):
+                    await asyncio.sleep(0.15)  # 12 events: 1.8 s, over three graces
+                    sse_id = event.id if event.own_id else None
+                    rig.normalizer.from_frame(state, event.data, sse_id, 0.0)
+                if state.finished:
+                    break
+        snapshot = await check.settle()
+
+    assert state.finished and not check.closed_stream
+    assert state.sequence == 12  # every event, task_finished the last, all read
+    assert snapshot is None
+
+
 async def test_a_running_task_settles_to_nothing_and_counts_a_running_resync(rig: Rig) -> None:
     task = rig.emulator.create_task(events=12, outcome="completed", profile=SLOW)
     state = rig.state_for(task)
