@@ -52,7 +52,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     from bridge.demo import run_demo
 
-    return asyncio.run(run_demo(duration_s=args.duration, http_port=args.http_port))
+    return asyncio.run(
+        run_demo(duration_s=args.duration, http_port=args.http_port, kafka_port=args.kafka_port)
+    )
 
 
 def _emulator(args: argparse.Namespace) -> int:
@@ -113,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
     demo.add_argument("--http-port", type=int, default=8080, help="metrics port (0: any)")
+    demo.add_argument(
+        "--kafka-port",
+        type=int,
+        help="the embedded broker's port, kept while the demo runs (default 19092, or "
+        "$XPANDER_BRIDGE_DEMO_KAFKA_PORT; 0: any; a taken port falls back to a free one)",
+    )
     demo.set_defaults(handler=_demo)
 
     report = commands.add_parser(
@@ -128,6 +136,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     report_cli.configure_parser(report)
     report.set_defaults(handler=report_cli.run)
+
+    tail = commands.add_parser(
+        "tail",
+        help="follow the events topic (or another of the bridge's topics) in the terminal",
+        description=(
+            "Print the envelopes arriving on the events topic (or --topic state, dlq or "
+            "any name), one line each, with the same Kafka settings as `run` (config file "
+            "and environment; TLS and SASL included). No consumer group is joined and "
+            "nothing is committed; only committed records are read. Starts at the end "
+            "(now) unless --from-beginning or --since. Ctrl-C stops. Exit 1 with one line "
+            "when Kafka cannot be reached or the topic does not exist."
+        ),
+    )
+    from bridge import tail as tail_cli
+
+    tail_cli.configure_parser(tail)
+    tail.set_defaults(handler=tail_cli.run)
 
     emulator = commands.add_parser(
         "emulator",

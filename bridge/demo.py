@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shlex
 import signal
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 from prometheus_client.metrics import MetricWrapperBase
@@ -23,10 +26,56 @@ from bridge.config import BridgeConfig
 from bridge.emulator import Emulator
 from bridge.emulator.scenarios import preset
 from bridge.emulator.settings import EmulatorSettings
+from bridge.errors import ConfigError, UnavailableError
 from bridge.kafka.embedded import EmbeddedBroker
 from bridge.observability.logging import configure_logging
 
-__all__ = ["run_demo"]
+__all__ = ["DEMO_KAFKA_PORT", "KAFKA_PORT_ENV", "demo_kafka_port", "run_demo", "tail_command"]
+
+#: The demo's broker listens here while the demo runs, so the command that
+#: tails it stays the same from one run to the next.
+DEMO_KAFKA_PORT = 19092
+#: Another port for the demo's broker (0: any free port); ``--kafka-port`` wins.
+KAFKA_PORT_ENV = "XPANDER_BRIDGE_DEMO_KAFKA_PORT"
+
+
+def demo_kafka_port(environ: Mapping[str, str] | None = None) -> int:
+    """The port from ``$XPANDER_BRIDGE_DEMO_KAFKA_PORT``, else ``DEMO_KAFKA_PORT``."""
+    raw = (os.environ if environ is None else environ).get(KAFKA_PORT_ENV, "").strip()
+    if not raw:
+        return DEMO_KAFKA_PORT
+    if not raw.isdigit() or int(raw) > 65535:
+        raise ConfigError(
+            f"{KAFKA_PORT_ENV}: a port number from 0 to 65535 (got {raw!r})", field=KAFKA_PORT_ENV
+        )
+    return int(raw)
+
+
+def tail_command(bootstrap_servers: str) -> str:
+    """The command that follows the demo's events, as this process was started
+    (``.venv/bin/xpander-bridge`` from ``make demo``)."""
+    program = sys.argv[0] if sys.argv else ""
+    if os.path.basename(program) == "xpander-bridge":
+        prefix = shlex.quote(program)
+    else:
+        prefix = f"{shlex.quote(sys.executable)} -m bridge"
+    return f"{prefix} tail --bootstrap {bootstrap_servers} --text"
+
+
+async def _start_broker(port: int) -> tuple[EmbeddedBroker, str]:
+    """The embedded broker on *port*, or on a free one when *port* is taken (and
+    a note saying so)."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--kafka-port: a port number from 0 to 65535 (got {port})")
+    if port:
+        try:
+            return await EmbeddedBroker(port=port).astart(), ""
+        except UnavailableError as exc:
+            if "AddrInUse" not in str(exc) and "Address in use" not in str(exc):
+                raise
+        broker = await EmbeddedBroker().astart()
+        return broker, f"port {port} is taken: the demo's Kafka broker listens on {broker.port}"
+    return await EmbeddedBroker().astart(), ""
 
 
 def _samples(metric: MetricWrapperBase, label: str) -> dict[str, float]:
@@ -58,7 +107,7 @@ def demo_config(emu: Emulator, bootstrap_servers: str, http_port: int) -> Bridge
 class Summary:
     """Renders the once-a-second view from the bridge's own metrics."""
 
-    def __init__(self, bridge: Bridge, emu: Emulator, out: TextIO) -> None:
+    def __init__(self, bridge: Bridge, emu: Emulator, out: TextIO, note: str = "") -> None:
         self._bridge = bridge
         self._emu = emu
         self._out = out
@@ -66,6 +115,18 @@ class Summary:
         self._last_time = time.monotonic()
         self._tty = out.isatty()
         self.total_published = 0.0
+        self.tail_command = tail_command(bridge.config.kafka.bootstrap_servers[0])
+        self._note = note
+
+    def header(self) -> str:
+        return (
+            f"xpander-bridge demo   emulator {self._emu.base_url}   "
+            f"kafka {self._bridge.config.kafka.bootstrap_servers[0]}   "
+            f"metrics http://127.0.0.1:{self._bridge.http.port if self._bridge.http else '-'}"
+            "/metrics\n"
+            + (f"{self._note}\n" if self._note else "")
+            + f"watch the events:  {self.tail_command}"
+        )
 
     def render(self) -> str:
         metrics = self._bridge.metrics
@@ -78,10 +139,7 @@ class Summary:
         self.total_published = sum(published.values())
         finished = _samples(metrics.tasks_finished.metric, "status")
         lines = [
-            f"xpander-bridge demo   emulator {self._emu.base_url}   "
-            f"kafka {self._bridge.config.kafka.bootstrap_servers[0]}   "
-            f"metrics http://127.0.0.1:{self._bridge.http.port if self._bridge.http else '-'}"
-            "/metrics",
+            self.header(),
             "",
             f"events/s {sum(rates.values()):8.0f}   published {self.total_published:10.0f}   "
             f"queue {int(self._bridge.queue.qsize()):6d}/{self._bridge.queue.maxsize}   "
@@ -103,7 +161,7 @@ class Summary:
         if self._tty:
             self._out.write("\x1b[H\x1b[2J" + text + "\n")
         else:
-            first, *_ = text.splitlines()[2:3] or [""]
+            first = next((line for line in text.splitlines() if line.startswith("events/s")), "")
             self._out.write(first.strip() + "\n")
         self._out.flush()
 
@@ -120,21 +178,45 @@ def _inline(counts: dict[str, Any]) -> str:
 
 
 async def run_demo(
-    *, duration_s: float | None = None, http_port: int = 8080, out: TextIO | None = None
+    *,
+    duration_s: float | None = None,
+    http_port: int = 8080,
+    kafka_port: int | None = None,
+    out: TextIO | None = None,
 ) -> int:
-    """Run until Ctrl-C/SIGTERM (or ``duration_s``); returns the exit code."""
+    """Run until Ctrl-C/SIGTERM (or ``duration_s``); returns the exit code.
+    The broker listens on *kafka_port* (default ``demo_kafka_port()``; 0: any)."""
     stream = out or sys.stdout
+    port = demo_kafka_port() if kafka_port is None else kafka_port
     configure_logging("WARNING", "text")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     emulator_settings = EmulatorSettings(scenario=preset("demo", interval_s=0.05, max_active=300))
-    async with EmbeddedBroker() as broker, Emulator(emulator_settings) as emu:
+    broker, note = await _start_broker(port)
+    try:
+        return await _run(broker, note, emulator_settings, http_port, duration_s, stop, stream)
+    finally:
+        await broker.aclose()
+
+
+async def _run(
+    broker: EmbeddedBroker,
+    note: str,
+    emulator_settings: EmulatorSettings,
+    http_port: int,
+    duration_s: float | None,
+    stop: asyncio.Event,
+    stream: TextIO,
+) -> int:
+    async with Emulator(emulator_settings) as emu:
         bridge = Bridge(demo_config(emu, broker.bootstrap_servers, http_port))
         await bridge.start()
         emu.start_scenario(emu.settings.scenario)
-        summary = Summary(bridge, emu, stream)
+        summary = Summary(bridge, emu, stream, note)
+        stream.write(summary.header() + "\n\n")
+        stream.flush()
         started = time.monotonic()
         try:
             while not stop.is_set():

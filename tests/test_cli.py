@@ -65,7 +65,7 @@ def test_missing_file_exits_2() -> None:
 
 
 def test_help_on_each_subcommand() -> None:
-    for command in ("check-config", "run", "demo", "report", "emulator"):
+    for command in ("check-config", "run", "demo", "report", "emulator", "tail"):
         result = run_cli(command, "--help")
         assert result.returncode == 0, result.stderr
         assert "usage: xpander-bridge" in result.stdout
