@@ -10,26 +10,44 @@ writes validates against this model.
 Compatibility promise within ``schema_version`` 1.x: fields are only added,
 never removed or retyped; unknown event types and unknown fields inside
 ``data`` are carried as sent.
+
+Consumers read a record with :func:`read_envelope` (value and headers, as any
+Kafka client gives them), or :func:`read_confluent` / :func:`read_aiokafka`
+(the client's message object); ``docs/CONSUMING.md`` shows whole consumers.
+This module imports pydantic and orjson only: no Kafka client, nothing else
+of the bridge.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 __all__ = [
     "CATEGORY_BY_TYPE",
     "LIFECYCLE_TYPES",
     "SCHEMA_VERSION",
+    "AiokafkaRecord",
     "Category",
+    "ConfluentMessage",
     "Envelope",
     "EventSource",
+    "InvalidEnvelope",
+    "RecordHeaders",
     "TaskSnapshot",
     "ToolCallData",
     "TruncatedData",
+    "UnsupportedSchemaVersion",
+    "read_aiokafka",
+    "read_confluent",
+    "read_envelope",
 ]
 
 SCHEMA_VERSION = "1.0"
@@ -174,3 +192,220 @@ class Envelope(BaseModel):
             "tool events, a string on chunk, TruncatedData when truncated, else as sent."
         )
     )
+
+
+# -- reading records ------------------------------------------------------------------
+
+#: A header value as Kafka clients give it (confluent-kafka may give ``None`` or ``str``).
+HeaderValue: TypeAlias = bytes | bytearray | memoryview | str | None
+#: A record's headers as Kafka clients give them: aiokafka and kafka-python a
+#: sequence of ``(name, value)`` pairs, confluent-kafka a list of pairs or
+#: ``None``; a mapping is accepted too.
+RecordHeaders: TypeAlias = Mapping[str, HeaderValue] | Iterable[tuple[str, HeaderValue]] | None
+
+_VERSION = re.compile(r"([0-9]{1,9})\.([0-9]{1,9})")
+_MAJOR, _MINOR = (int(part) for part in SCHEMA_VERSION.split("."))
+#: ``ce_type`` is this prefix and the envelope's ``type`` (``bridge.transforms.normalize``).
+_CE_TYPE_PREFIX = "ai.xpander.task."
+#: 20 digits in a row: a number a 64-bit integer or a double may not hold exactly.
+_LONG_NUMBER = re.compile(rb"\d{20}")
+_MAX_PROBLEMS_SHOWN = 3
+
+
+class InvalidEnvelope(ValueError):
+    """The record is not an envelope: its value is not JSON, not an object, a
+    field is missing or mistyped, a tombstone (no value), or its CloudEvents
+    headers contradict its body. Skip it or dead-letter it; the records after
+    it are unaffected."""
+
+
+class UnsupportedSchemaVersion(ValueError):
+    """The envelope's ``schema_version`` has a major this module does not read:
+    a bridge newer (or older) by a major version wrote it. Not a bad record but
+    an out-of-date consumer: stop and upgrade rather than skip. Deliberately
+    not an :class:`InvalidEnvelope`, so ``except InvalidEnvelope`` does not
+    swallow it."""
+
+    def __init__(self, seen: str) -> None:
+        self.seen = seen
+        self.supported = SCHEMA_VERSION
+        super().__init__(
+            f"envelope schema_version {seen!r} is not supported: this reader reads "
+            f"{_MAJOR}.x (it was written for {SCHEMA_VERSION}); upgrade the consumer's "
+            "xpander-bridge package"
+        )
+
+
+def read_envelope(
+    value: bytes | bytearray | memoryview | str | None, headers: RecordHeaders = None
+) -> Envelope:
+    """Validate one record of the events or state topic into an :class:`Envelope`.
+
+    ``value`` is the record's value; ``headers`` its headers in any shape Kafka
+    clients give (see :data:`RecordHeaders`), or ``None`` to skip the check.
+
+    Versions: any ``schema_version`` 1.x is read. Fields a newer 1.x minor
+    added (unknown to this model) are ignored, as the compatibility promise
+    allows (they stay in the record's value); a record of this module's
+    minor or older must match the model exactly. A record without
+    ``schema_version`` is read as 1.0 (the model's default). Another major
+    raises :class:`UnsupportedSchemaVersion`.
+
+    Headers: when ``ce_id``, ``ce_type`` or ``ce_subject`` is present and
+    disagrees with the body (``event_id``, ``ai.xpander.task.`` + ``type``,
+    ``task_id``), the record raises :class:`InvalidEnvelope`: the bridge
+    writes both from the same values, so a disagreement means the record was
+    altered or written by someone else, and neither can be trusted. Other
+    headers are not looked at.
+
+    Numbers in ``data`` keep their value: an integer past 64 bits is read as a
+    Python ``int``, exactly (except inside a payload nested deeper than
+    Python's recursion limit, where it is read as a ``float``).
+
+    Raises :class:`InvalidEnvelope` for anything that is not an envelope
+    (never another exception for any ``bytes``), and
+    :class:`UnsupportedSchemaVersion` as said above.
+    """
+    if value is None:
+        raise InvalidEnvelope("a tombstone (a record without a value) is not an envelope")
+    parsed = _parse_json(value)
+    if not isinstance(parsed, dict):
+        raise InvalidEnvelope(f"not an envelope: the value is a JSON {_json_kind(parsed)}")
+    if _from_newer_minor(parsed.get("schema_version", SCHEMA_VERSION)):
+        parsed = {name: field for name, field in parsed.items() if name in Envelope.model_fields}
+    try:
+        envelope = Envelope.model_validate(parsed)
+    except ValidationError as exc:
+        raise InvalidEnvelope(_describe(exc)) from None
+    if headers is not None:
+        _check_headers(envelope, headers)
+    return envelope
+
+
+class ConfluentMessage(Protocol):
+    """What :func:`read_confluent` uses of a ``confluent_kafka.Message``."""
+
+    def value(self) -> bytes | None: ...
+    def headers(self) -> RecordHeaders: ...
+    def error(self) -> object: ...
+
+
+class AiokafkaRecord(Protocol):
+    """What :func:`read_aiokafka` uses of an ``aiokafka.ConsumerRecord`` (or
+    a ``kafka-python`` one)."""
+
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> RecordHeaders: ...
+
+
+def read_confluent(message: ConfluentMessage) -> Envelope:
+    """:func:`read_envelope` of a ``confluent_kafka.Message`` (value and headers).
+    A message carrying a consumer error (``message.error()``) raises
+    :class:`InvalidEnvelope` naming the error: check ``error()`` first to
+    handle errors yourself."""
+    error = message.error()
+    if error is not None:
+        raise InvalidEnvelope(f"not a record but a consumer error: {error}")
+    return read_envelope(message.value(), message.headers())
+
+
+def read_aiokafka(record: AiokafkaRecord) -> Envelope:
+    """:func:`read_envelope` of an ``aiokafka.ConsumerRecord`` (value and headers),
+    consumed without a ``value_deserializer``."""
+    return read_envelope(record.value, record.headers)
+
+
+def _parse_json(value: bytes | bytearray | memoryview | str) -> object:
+    """The value parsed: orjson (as the bridge's own parser: any depth up to
+    1,024), or the standard library where a long number would lose digits
+    in orjson."""
+    if isinstance(value, memoryview):
+        value = value.tobytes()
+    if not isinstance(value, bytes | bytearray | str):
+        raise TypeError(f"a record value is bytes or str, not {type(value).__name__}")
+    raw = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else bytes(value)
+    if _LONG_NUMBER.search(raw) is not None:
+        try:
+            return json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        except (ValueError, RecursionError):
+            pass  # orjson decides: the same verdict (or nesting too deep for json)
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEnvelope(f"not JSON: {exc}") from None
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _from_newer_minor(version: object) -> bool:
+    """Whether ``version`` is a 1.x newer than this module's, whose unknown
+    fields are to be ignored. Raises for another major, or a malformed version."""
+    if not isinstance(version, str):
+        raise InvalidEnvelope(
+            f"not an envelope: schema_version is a {type(version).__name__}, not a string"
+        )
+    match = _VERSION.fullmatch(version)
+    if match is None:
+        raise InvalidEnvelope(
+            f"not an envelope: schema_version {version[:40]!r} is not 'major.minor'"
+        )
+    if int(match[1]) != _MAJOR:
+        raise UnsupportedSchemaVersion(version)
+    return int(match[2]) > _MINOR
+
+
+def _json_kind(parsed: object) -> str:
+    if parsed is None:
+        return "null"
+    if isinstance(parsed, bool):
+        return "boolean"
+    if isinstance(parsed, int | float):
+        return "number"
+    return "string" if isinstance(parsed, str) else "array"
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = exc.errors(include_url=False, include_input=False, include_context=False)
+    shown = "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc']) or '(value)'}: {problem['msg']}"
+        for problem in problems[:_MAX_PROBLEMS_SHOWN]
+    )
+    more = len(problems) - _MAX_PROBLEMS_SHOWN
+    return f"not an envelope: {shown}" + (f" (and {more} more)" if more > 0 else "")
+
+
+def _check_headers(
+    envelope: Envelope,
+    headers: Mapping[str, HeaderValue] | Iterable[tuple[str, HeaderValue]],
+) -> None:
+    expected = {
+        "ce_id": envelope.event_id,
+        "ce_type": _CE_TYPE_PREFIX + envelope.type,
+        "ce_subject": envelope.task_id,
+    }
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    seen: dict[str, HeaderValue] = {}
+    for name, header in pairs:  # the last value of a name counts, as Kafka clients read it
+        if name in expected:
+            seen[name] = header
+    for name, header in seen.items():
+        text = _header_text(name, header)
+        if text != expected[name]:
+            shown = "null" if text is None else repr(text[:80])
+            raise InvalidEnvelope(
+                f"header {name} is {shown} but the body says {expected[name][:80]!r}: "
+                "the record was altered, or not written by the bridge"
+            )
+
+
+def _header_text(name: str, header: HeaderValue) -> str | None:
+    if header is None or isinstance(header, str):
+        return header
+    try:
+        return bytes(header).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidEnvelope(f"header {name} is not UTF-8") from None

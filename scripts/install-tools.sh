@@ -116,7 +116,21 @@ install_hadolint() {
     ln -sf "$VENV/bin/hadolint" "$TOOLS/hadolint"
 }
 
+# --- kcat --------------------------------------------------------------------
+# kcat (Debian's `kcat` package): the interop tests (tests/interop) read the
+# bridge's topics with it, as a user's shell would; docs/CONSUMING.md shows how.
+install_kcat() {
+    if [ ! -x /usr/bin/kcat ]; then
+        log "kcat: apt-get install kcat (Debian)"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq --no-install-recommends kcat >/dev/null
+    fi
+    ln -sf /usr/bin/kcat "$TOOLS/kcat"
+}
+
 install_helm
 install_prometheus
 install_hadolint
-log "ready in $TOOLS: helm promtool prometheus hadolint"
+install_kcat
+log "ready in $TOOLS: helm promtool prometheus hadolint kcat"
