@@ -129,8 +129,32 @@ install_kcat() {
     ln -sf /usr/bin/kcat "$TOOLS/kcat"
 }
 
+# --- asyncapi parser ---------------------------------------------------------
+# The official AsyncAPI parser (npm package @asyncapi/parser, pinned) into
+# .tools/node: tests/test_asyncapi.py validates docs/asyncapi.yaml with it
+# through scripts/validate-asyncapi.mjs.
+ASYNCAPI_PARSER_NPM_PACKAGE="@asyncapi/parser"
+ASYNCAPI_PARSER_VERSION="3.6.6"
+
+install_asyncapi_parser() {
+    local prefix="$ROOT/.tools/node"
+    local manifest="$prefix/node_modules/$ASYNCAPI_PARSER_NPM_PACKAGE/package.json"
+    if [ -f "$manifest" ] && command -v node >/dev/null &&
+        [ "$(node -p "require(process.argv[1]).version" "$manifest" 2>/dev/null)" = "$ASYNCAPI_PARSER_VERSION" ]; then
+        return 0
+    fi
+    command -v npm >/dev/null || { log "npm is needed to fetch $ASYNCAPI_PARSER_NPM_PACKAGE"; return 1; }
+    command -v node >/dev/null || { log "node is needed to run $ASYNCAPI_PARSER_NPM_PACKAGE"; return 1; }
+    log "asyncapi parser: npm install $ASYNCAPI_PARSER_NPM_PACKAGE@$ASYNCAPI_PARSER_VERSION into $prefix"
+    mkdir -p "$prefix"
+    npm install --silent --no-audit --no-fund --save-exact --prefix "$prefix" \
+        "$ASYNCAPI_PARSER_NPM_PACKAGE@$ASYNCAPI_PARSER_VERSION" >/dev/null
+    log "asyncapi parser: $(node -p "require(process.argv[1]).version" "$manifest")"
+}
+
 install_helm
 install_prometheus
 install_hadolint
 install_kcat
-log "ready in $TOOLS: helm promtool prometheus hadolint kcat"
+install_asyncapi_parser
+log "ready in $TOOLS: helm promtool prometheus hadolint kcat (and the AsyncAPI parser in .tools/node)"
