@@ -128,7 +128,25 @@ class DiscoveryConfig(Section):
         default_factory=list, description="Users whose tasks (across agents) are streamed too."
     )
     interval_s: float = Field(
-        default=5.0, gt=0, description="Seconds between two listings of each agent's tasks."
+        default=5.0,
+        gt=0,
+        description=(
+            "Seconds between two listings of each agent's (and user's) live tasks: one "
+            "request per non-terminal status (pending, executing, paused), through the "
+            "listing's `status` filter, so its cost follows the live tasks, not the history."
+        ),
+    )
+    full_interval_s: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Seconds between two full listings (every task, history included) of each agent "
+            "and user; null = 12 x interval_s (60 s with the default interval). A full listing "
+            "finds the tasks that started and ended between two live listings and publishes "
+            "their end, so such an end comes at most this late (times 1 + jitter). The first "
+            "listing and the one after a wake are always full. At or below interval_s every "
+            "listing is full (the cost then grows with the history)."
+        ),
     )
     jitter: float = Field(
         default=0.2,
@@ -151,6 +169,13 @@ class DiscoveryConfig(Section):
             "recovers on its own: one agent the platform refuses never delays the others."
         ),
     )
+
+    @property
+    def full_listing_interval_s(self) -> float:
+        """``full_interval_s``, or its default: a full listing every 12 live ones."""
+        if self.full_interval_s is not None:
+            return self.full_interval_s
+        return 12 * self.interval_s
 
 
 class StreamsConfig(Section):

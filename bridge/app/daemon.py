@@ -54,6 +54,7 @@ from bridge.sources.kafka.consumer import PartitionedConsumer
 from bridge.sources.platform.context import WorkerContext
 from bridge.sources.platform.discovery import Discovery
 from bridge.sources.platform.supervisor import TaskSupervisor
+from bridge.transforms.agent_stats import AgentStats
 from bridge.transforms.normalize import Normalizer
 
 __all__ = ["Bridge", "ShutdownReport"]
@@ -124,6 +125,7 @@ class Bridge:
             user_ids=config.discovery.user_ids,
         )
         self.health = Health(self.metrics)
+        self.agent_stats = AgentStats(self.metrics)
         self.queue = RecordQueue(config.pipeline.queue_capacity, config.pipeline.queue_max_bytes)
         self.metrics.queue_capacity.set(config.pipeline.queue_capacity)
         self.instance_id = config.coordination.instance_id or socket.gethostname()
@@ -269,6 +271,7 @@ class Bridge:
             self.metrics,
             publish_connected=config.streams.publish_connected,
             on_written=checkpointer.written if checkpointer is not None else None,
+            agent_stats=self.agent_stats,
         )
 
     def _start_platform_source(self) -> None:
@@ -300,10 +303,11 @@ class Bridge:
             max_frame_bytes=streams.max_frame_bytes,
         )
         checkpointer = self.checkpointer
+        stats = self.agent_stats
         self.supervisor = TaskSupervisor(
             context,
-            on_follow=checkpointer.watch if checkpointer is not None else None,
-            on_release=checkpointer.release if checkpointer is not None else None,
+            on_follow=stats.on_follow(checkpointer.watch if checkpointer is not None else None),
+            on_release=stats.on_release(checkpointer.release if checkpointer is not None else None),
         )
         relist = asyncio.Event()
         claims = (

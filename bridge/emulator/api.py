@@ -252,6 +252,10 @@ class TaskApi:
 
     @staticmethod
     def _filtered(runs: list[TaskRun], query: Any, *, skip_user: bool = False) -> list[Any]:
+        """The listing as the platform answers it: newest first, each filter an
+        exact match on one value (``status=executing``; a filter given twice
+        uses its first value). The status is checked before building an item,
+        so a filtered listing of a long history stays cheap."""
         wanted = {
             "user_id": query.get("user_id") if not skip_user else None,
             "parent_task_id": query.get("parent_task_id"),
@@ -260,12 +264,23 @@ class TaskApi:
             "internal_status": query.get("internal_status"),
         }
         wanted = {k: v for k, v in wanted.items() if v is not None}
+        status = wanted.pop("status", None)
+        if status is not None:
+            runs = [run for run in runs if run.wire["status"] == status]
         items = []
         for run in sorted(runs, key=lambda r: r.wire["created_at"], reverse=True):
             item = run.list_item()
             if all(item.get(k) == v for k, v in wanted.items()):
                 items.append(item)
         return items
+
+    def _listing(self, name: str, query: Any, items: list[Any]) -> web.Response:
+        """Answer a listing, counting its body bytes in ``inbox.list_bytes``."""
+        body = orjson.dumps(items)
+        status = query.get("status")
+        key = name if status is None else f"{name} status={status}"
+        self.inbox.list_bytes[key] += len(body)
+        return web.Response(body=body, content_type="application/json")
 
     # -- handlers -----------------------------------------------------------------
 
@@ -274,12 +289,13 @@ class TaskApi:
         if not self._agent_ok(agent_id):
             return _detail(404, "Agent not found")
         runs = self.engine.find(lambda r: r.agent_id == agent_id)
-        return json_response(self._filtered(runs, request.query))
+        return self._listing("list_tasks", request.query, self._filtered(runs, request.query))
 
     async def list_user_tasks(self, request: web.Request) -> web.StreamResponse:
         user_id = request.match_info["user_id"]
         runs = self.engine.find(lambda r: r.user_id == user_id)
-        return json_response(self._filtered(runs, request.query, skip_user=True))
+        items = self._filtered(runs, request.query, skip_user=True)
+        return self._listing("list_user_tasks", request.query, items)
 
     async def get_task(self, request: web.Request) -> web.StreamResponse:
         run = self._task(request.match_info["task_id"])

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import orjson
 
 from bridge.emulator import content
-from bridge.emulator.lifecycle import build_plan
+from bridge.emulator.lifecycle import OUTCOMES, Plan, build_plan
 from bridge.emulator.settings import EmulatorSettings, ScenarioSettings, TaskProfile
 from bridge.emulator.tasks import HUGE_LINE, RAW, EventRecord, TaskRun
 from bridge.wire import TERMINAL_STATUSES
@@ -121,6 +121,8 @@ class Engine:
         self._finished_signal = asyncio.Event()
         self._runner = asyncio.create_task(self._run(), name="emulator-scheduler")
         self._sampler = asyncio.create_task(self._sample(), name="emulator-stats")
+        if self.settings.history_per_agent:
+            self.seed_history(self.settings.history_per_agent)
         if self.settings.scenario.task_count != 0:
             self.start_scenario(self.settings.scenario)
 
@@ -226,6 +228,73 @@ class Engine:
         if autostart and not (streaming and settings.stream.start_on_subscribe):
             self.schedule(run, 0.0)
         return run
+
+    def seed_history(self, per_agent: int) -> None:
+        """``per_agent`` finished tasks for every agent, as a listing shows past
+        work: terminal statuses in the profile's shares, result, tokens, times
+        a minute apart going back from now. No plan runs, no event is emitted,
+        nothing streams (15,000 take about half a second)."""
+        settings = self.settings
+        profile = settings.tasks
+        rng = random.Random(f"{settings.seed}/history")
+        plan = Plan(steps=[], delays=[], outcome="completed", pauses=False)
+        now = time.time()
+        for agent_id in settings.agent_ids:
+            for n in range(per_agent):
+                task_id = self.next_id("history")
+                who = settings.user_ids[rng.randrange(len(settings.user_ids))]
+                status = _history_outcome(rng, profile)
+                finished = now - 60.0 * (n + 1)
+                started = finished - rng.uniform(2.0, 50.0)
+                created = started - rng.uniform(0.05, 2.0)
+                wire: dict[str, Any] = {
+                    "id": task_id,
+                    "agent_id": agent_id,
+                    "organization_id": settings.organization_id,
+                    "input": {
+                        "text": content.prompt_text(rng, who),
+                        "files": [],
+                        "user": {"id": who, "email": f"{who}@emulator.local", "first_name": who},
+                    },
+                    "status": status,
+                    "internal_status": None,
+                    "last_executed_node_id": None,
+                    "agent_version": None,
+                    "created_at": iso_time(created),
+                    "updated_at": iso_time(finished),
+                    "started_at": iso_time(started),
+                    "paused_at": None,
+                    "finished_at": iso_time(finished),
+                    "result": content.result_text(rng, status),
+                    "parent_execution": None,
+                    "sub_executions": [],
+                    "is_manually_stopped": status == "stopped",
+                    "payload_extension": None,
+                    "source": "history",
+                    "output_format": None,
+                    "output_schema": None,
+                    "events_streaming": rng.random() < 0.8,
+                    "triggering_agent_id": None,
+                    "title": None,
+                    "tokens": {
+                        "completion_tokens": rng.randint(50, 2000),
+                        "prompt_tokens": rng.randint(200, 8000),
+                    },
+                    "used_tools": [],
+                    "duration": round(finished - started, 3),
+                    "execution_attempts": 1,
+                }
+                run = TaskRun(
+                    wire=wire,
+                    streaming=wire["events_streaming"],
+                    profile=profile,
+                    rng=rng,
+                    fault_rng=rng,
+                    plan=plan,
+                )
+                run.started = run.finished = True
+                self.tasks[task_id] = run
+        self._evict()
 
     def _evict(self) -> None:
         limit = self.settings.stream.max_tasks
@@ -621,6 +690,18 @@ class Engine:
 
     def find(self, predicate: Callable[[TaskRun], bool]) -> list[TaskRun]:
         return [run for run in self.tasks.values() if predicate(run)]
+
+
+def _history_outcome(rng: random.Random, profile: TaskProfile) -> str:
+    """A terminal status drawn with the profile's shares (the rest completed)."""
+    draw = rng.random()
+    for status, share in zip(
+        OUTCOMES[1:], (profile.fail_share, profile.error_share, profile.stop_share), strict=True
+    ):
+        if draw < share:
+            return status
+        draw -= share
+    return OUTCOMES[0]
 
 
 def _who(user: dict[str, Any] | None) -> str:

@@ -1,6 +1,7 @@
 """What the emulator received: task reports, metrics reports, and a count of every
 call by endpoint kind and answer status, so a test can check "recorded once" or
-"retried three times" without reading logs.
+"retried three times" without reading logs, and the bytes every listing sent
+(what a listing costs).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class Inbox:
     metrics_counts: Counter[str] = field(default_factory=Counter)
     calls: Counter[str] = field(default_factory=Counter)  # endpoint kind -> calls
     answers: Counter[str] = field(default_factory=Counter)  # "kind status" -> answers
+    #: "list_tasks" / "list_user_tasks", plus " status=<s>" when filtered -> body bytes sent
+    list_bytes: Counter[str] = field(default_factory=Counter)
 
     def add_report(self, agent_id: str, task_id: str, body: dict[str, Any]) -> None:
         self.reports.append(Received(agent_id, task_id, body, time.time()))
@@ -56,4 +59,5 @@ class Inbox:
             "metrics_counts": dict(self.metrics_counts),
             "calls": dict(self.calls),
             "answers": dict(self.answers),
+            "list_bytes": dict(self.list_bytes),
         }

@@ -6,6 +6,7 @@ test or a config file fails loudly instead of silently testing the default.
 
 Groups:
     identity     host, port, organization, API key, agents, users, seed
+    history      finished tasks per agent seeded at start (history_per_agent)
     tasks        TaskProfile: how tasks created through the API behave
     scenario     ScenarioSettings: tasks the emulator creates by itself over time
     stream       StreamSettings: SSE semantics we do not know the platform's answer to
@@ -340,6 +341,13 @@ class EmulatorSettings(_Knobs):
     )
     strict_agents: bool = Field(
         False, description="Refuse (404) calls naming an agent not in agent_ids."
+    )
+    history_per_agent: int = Field(
+        0,
+        ge=0,
+        description="Finished tasks seeded per agent at start, as history a listing returns "
+        "(terminal statuses with result, tokens and times in the past; no streams, no "
+        "events). They count toward stream.max_tasks.",
     )
     seed: int = Field(0, description="Same seed, same tasks and events (modulo wall-clock times).")
     tasks: TaskProfile = Field(

@@ -13,7 +13,8 @@ returns the child, so mypy rejects a word that is not in the set. The accessor
 creates every child when ``Metrics`` is built, at 0: a series that first
 appears already at 1 is invisible to ``rate()`` and ``increase()``, so without
 this the first failure of a kind would never alert. Metrics with open but
-bounded labels (event types, topics, agents, endpoints) are ``LabelledChildren``.
+bounded labels (event types, topics, agents, endpoints, tool names: at most
+``TOOLS_PER_AGENT`` per agent, ``tool_label``) are ``LabelledChildren``.
 Outside this module the code never calls ``.labels()``; a test checks.
 
 A ``Metrics`` instance owns its registry, so several bridges can run in one
@@ -38,6 +39,8 @@ from bridge.wire import EVENT_TYPES
 __all__ = [
     "KNOWN_EVENT_TYPES",
     "OTHER",
+    "TOOLS_PER_AGENT",
+    "ActiveStatus",
     "BoundedLabel",
     "ByLabel",
     "ByLabels",
@@ -56,6 +59,7 @@ __all__ = [
     "ResumeKind",
     "ResyncOutcome",
     "TaskEndStatus",
+    "TokenKind",
     "TrackingMode",
 ]
 
@@ -147,6 +151,22 @@ class TaskEndStatus(StrEnum):
     STOPPED = "stopped"
 
 
+class ActiveStatus(StrEnum):
+    """``agent_tasks{status}``: the platform's non-terminal statuses, the ones a
+    followed task is counted under until it ends."""
+
+    PENDING = "pending"
+    EXECUTING = "executing"
+    PAUSED = "paused"
+
+
+class TokenKind(StrEnum):
+    """``tokens_total{kind}``: the two counts of a Task's ``tokens``."""
+
+    PROMPT = "prompt"
+    COMPLETION = "completion"
+
+
 class TrackingMode(StrEnum):
     """``tracked_tasks{mode}``: how a task is followed."""
 
@@ -223,6 +243,29 @@ LATENCY_BUCKETS = (
     10.0,
     30.0,
 )
+
+#: Task durations (created to finished): from a second to a day.
+TASK_DURATION_BUCKETS = (
+    1.0,
+    5.0,
+    15.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    900.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    14400.0,
+    43200.0,
+    86400.0,
+)
+
+#: Distinct tool names kept per agent label in ``tool_calls_total`` and
+#: ``tool_errors_total``; further ones (and names over 64 characters) are ``other``.
+TOOLS_PER_AGENT = 20
 
 
 M = TypeVar("M", bound=MetricWrapperBase)
@@ -351,6 +394,10 @@ class Metrics:
         # Agent ids are configured, so bounded; tasks found through user ids may
         # belong to other agents, which the cap folds into "other".
         self.agent_label = BoundedLabel(agent_ids, extra_capacity=16)
+        #: per agent label, the tool names admitted (``TOOLS_PER_AGENT``)
+        self._tool_labels: dict[str, BoundedLabel] = {}
+        self._tool_labels_lock = threading.Lock()
+        known_agents = [self.agent_label(agent) for agent in dict.fromkeys(agent_ids)]
         r = self.registry
 
         self.build_info = Gauge(
@@ -472,8 +519,9 @@ class Metrics:
                 registry=r,
             ),
             TaskEndStatus,
-            [self.agent_label(agent) for agent in dict.fromkeys(agent_ids)],
+            known_agents,
         )
+        self._agent_metrics(r, known_agents)
         self.worker_crashes = Counter(
             "xpander_bridge_worker_crashes_total",
             "Task workers that died of an unexpected error (a bug); each restarts at the next "
@@ -625,3 +673,77 @@ class Metrics:
             ),
             GcGeneration,
         )
+
+    def _agent_metrics(self, r: CollectorRegistry, known_agents: list[str]) -> None:
+        """Per agent (``bridge.transforms.agent_stats`` counts them), the agent
+        label bounded as for ``tasks_finished``: each replica counts the tasks
+        it follows, the fleet's figure is the sum (or max) over replicas."""
+        self.task_duration = ByOpenAndLabel(
+            Histogram(
+                "xpander_bridge_task_duration_seconds",
+                "From a task's created_at to its finished_at, by agent and terminal status.",
+                ["agent_id", "status"],
+                buckets=TASK_DURATION_BUCKETS,
+                registry=r,
+            ),
+            TaskEndStatus,
+            known_agents,
+        )
+        self.tokens = ByOpenAndLabel(
+            Counter(
+                "xpander_bridge_tokens_total",
+                "LLM tokens of the tasks followed (growth of each Task's tokens), by agent "
+                "and kind.",
+                ["agent_id", "kind"],
+                registry=r,
+            ),
+            TokenKind,
+            known_agents,
+        )
+        self.tool_calls = LabelledChildren(
+            Counter(
+                "xpander_bridge_tool_calls_total",
+                "Tool calls that returned (tool_call_result), by agent and tool (capped).",
+                ["agent_id", "tool"],
+                registry=r,
+            )
+        )
+        self.tool_errors = LabelledChildren(
+            Counter(
+                "xpander_bridge_tool_errors_total",
+                "Tool calls whose result is an error (is_error), by agent and tool (capped).",
+                ["agent_id", "tool"],
+                registry=r,
+            )
+        )
+        self.agent_tasks = ByOpenAndLabel(
+            Gauge(
+                "xpander_bridge_agent_tasks",
+                "Unfinished tasks this replica follows, by agent and status.",
+                ["agent_id", "status"],
+                registry=r,
+            ),
+            ActiveStatus,
+            known_agents,
+        )
+        self.oldest_paused_task = LabelledChildren(
+            Gauge(
+                "xpander_bridge_oldest_paused_task_seconds",
+                "Age of the oldest paused task this replica follows (0: none), by agent.",
+                ["agent_id"],
+                registry=r,
+            )
+        )
+        for agent in known_agents:
+            self.oldest_paused_task(agent).set(0)
+
+    def tool_label(self, agent: str, tool: str) -> str:
+        """``tool`` as a label under agent label ``agent``: the first
+        ``TOOLS_PER_AGENT`` names of each agent, then ``other``."""
+        bounded = self._tool_labels.get(agent)
+        if bounded is None:
+            with self._tool_labels_lock:
+                bounded = self._tool_labels.setdefault(
+                    agent, BoundedLabel(extra_capacity=TOOLS_PER_AGENT)
+                )
+        return bounded(tool)

@@ -217,16 +217,21 @@ class PlatformClient:
 
     # --- REST ---------------------------------------------------------------
 
-    async def list_agent_tasks(self, agent_id: str) -> list[dict[str, Any]]:
-        items = await self._request(
-            "GET", _path(Route.LIST_TASKS, agent_id=agent_id), endpoint="list_tasks"
-        )
+    async def list_agent_tasks(
+        self, agent_id: str, status: str | None = None
+    ) -> list[dict[str, Any]]:
+        """An agent's tasks; with ``status``, only those at that status (the
+        listing's ``status`` filter: one value, an exact match)."""
+        path = _path(Route.LIST_TASKS, agent_id=agent_id) + _status_query(status)
+        items = await self._request("GET", path, endpoint="list_tasks")
         return _as_list_of_objects(items, "task list")
 
-    async def list_user_tasks(self, user_id: str) -> list[dict[str, Any]]:
-        items = await self._request(
-            "GET", _path(Route.LIST_USER_TASKS, user_id=user_id), endpoint="list_user_tasks"
-        )
+    async def list_user_tasks(
+        self, user_id: str, status: str | None = None
+    ) -> list[dict[str, Any]]:
+        """A user's tasks (across agents); ``status`` as in ``list_agent_tasks``."""
+        path = _path(Route.LIST_USER_TASKS, user_id=user_id) + _status_query(status)
+        items = await self._request("GET", path, endpoint="list_user_tasks")
         return _as_list_of_objects(items, "user task list")
 
     async def get_task(self, task_id: str) -> dict[str, Any]:
@@ -368,6 +373,10 @@ def _path(route: str, **ids: str) -> str:
         return route_path(route, **ids)
     except ValueError as exc:
         raise InvalidDataError(str(exc)) from exc
+
+
+def _status_query(status: str | None) -> str:
+    return "" if status is None else "?" + urllib.parse.urlencode({"status": status})
 
 
 def _is_redirect(status: int) -> bool:

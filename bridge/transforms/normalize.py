@@ -33,6 +33,7 @@ from bridge.core.task import PendingEnvelope, TaskState
 from bridge.core.values import str_or_none
 from bridge.envelope import CATEGORY_BY_TYPE, LIFECYCLE_TYPES, SCHEMA_VERSION, Category, EventSource
 from bridge.observability.metrics import DeadLetterReason, Metrics, TaskEndStatus
+from bridge.transforms.agent_stats import AgentStats
 from bridge.transforms.exact import encode_exact, needs_exact
 from bridge.wire import TERMINAL_STATUSES
 
@@ -91,13 +92,32 @@ _iso_now = _IsoClock()
 
 
 def _valid_time(value: Any) -> str | None:
-    if isinstance(value, str):
-        try:
-            datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        return value
-    return None
+    """The platform's time as RFC 3339 (what CloudEvents' ``time`` and the
+    schema's date-time require): as sent when it is, else the ISO 8601 forms
+    Python reads rewritten (no offset: taken as UTC, the platform's zone; a
+    date alone; the basic format); anything else ``None``."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is not None and _rfc3339_shaped(value):
+        return value  # (the usual case: no second parse, no regex on the hot path)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.isoformat()
+
+
+def _rfc3339_shaped(value: str) -> bool:
+    """The separators of RFC 3339 where they belong (``fromisoformat`` checked the digits)."""
+    return (
+        len(value) >= 20
+        and value[4] == value[7] == "-"
+        and value[10] in "Tt"
+        and value[13] == value[16] == ":"
+        and (value[-1] in "Zz" or (value[-6] in "+-" and value[-3] == ":"))
+    )
 
 
 def _snapshot_event(
@@ -130,6 +150,7 @@ class Normalizer:
         on_written: Callable[[TaskState, int], None] | None = None,
         clock: Callable[[], str] = _iso_now,
         publish_connected: bool = False,
+        agent_stats: AgentStats | None = None,
     ) -> None:
         self._events_topic = topics.events
         self._state_topic = topics.state
@@ -148,6 +169,7 @@ class Normalizer:
         self._ce_types: dict[str, bytes] = {}
         self._received = metrics.sse_events_received
         self._filtered = metrics.events_filtered
+        self._stats = agent_stats
 
     # --- entry points ---------------------------------------------------------
 
@@ -256,6 +278,10 @@ class Normalizer:
         task.sequence = sequence
         if lifecycle:
             self._advance(task, event.type, status)
+            if self._stats is not None:
+                self._stats.lifecycle(task, event.type, status, event.data)
+        elif event.type == "tool_call_result" and self._stats is not None:
+            self._stats.tool_result(task, event.data)
         records: list[OutRecord] = []
         if len(value) > self._limit:
             value = self._truncate(task, envelope, value, event.received_at, records)

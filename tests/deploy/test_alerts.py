@@ -114,3 +114,54 @@ def test_metric_checker_catches_mistakes() -> None:
     assert list(promql_problems(wrong_grouping, series)) == [
         "grouping by agent_id, which no metric in the expression has"
     ]
+
+
+def test_chart_sets_the_paused_task_thresholds_per_agent(
+    helm: Path, promtool: Path, tmp_path: Path
+) -> None:
+    values = tmp_path / "values.yaml"
+    paused = {"thresholdMinutes": 20, "agentThresholdMinutes": {"agent-slow": 60, "agent-fast": 5}}
+    values.write_text(yaml.safe_dump({"prometheusRule": {"enabled": True, "pausedTask": paused}}))
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(only(render(helm, [values]), "PrometheusRule")["spec"]))
+    # A task of each agent has waited 30 minutes: past 20 (the default) and 5, not 60.
+    agents = ("agent-other", "agent-slow", "agent-fast")
+    series = [
+        {
+            "series": f'xpander_bridge_oldest_paused_task_seconds{{agent_id="{agent}"}}',
+            "values": "1800x10",
+        }
+        for agent in agents
+    ]
+
+    def fired(agent: str) -> dict[str, Any]:
+        return {
+            "exp_labels": {"severity": "warning", "agent_id": agent},
+            "exp_annotations": {
+                "summary": f"A task of agent {agent} waits for a human",
+                "description": f"The oldest paused task of agent {agent} has been waiting "
+                "for input for 30 minutes, past the agent's threshold.",
+                "runbook_url": "docs/OPERATIONS.md#xpanderbridgetaskpausedtoolong",
+            },
+        }
+
+    check = {"eval_time": "5m", "alertname": "XpanderBridgeTaskPausedTooLong"}
+    tests = tmp_path / "tests.yaml"
+    tests.write_text(
+        yaml.safe_dump(
+            {
+                "rule_files": [str(rules)],
+                "evaluation_interval": "1m",
+                "tests": [
+                    {
+                        "interval": "1m",
+                        "input_series": series,
+                        "alert_rule_test": [
+                            {**check, "exp_alerts": [fired("agent-other"), fired("agent-fast")]}
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    run([promtool, "test", "rules", tests])

@@ -32,7 +32,7 @@ def test_dashboard_is_well_formed() -> None:
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     variables = {v["name"] for v in dashboard["templating"]["list"]}
-    assert variables == {"datasource", "job", "instance"}
+    assert variables == {"datasource", "job", "instance", "agent"}
     for panel in _panels():
         # No data source pinned to one Grafana: always the variable.
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
@@ -71,7 +71,55 @@ def test_every_query_filters_by_the_selected_bridges() -> None:
             "reports by outcome",
             "sum by (kind, outcome) (rate(xpander_bridge_reports_recorded_total",
         ),
+        ("an agent's tasks by status now", "sum by (status) (xpander_bridge_agent_tasks"),
+        (
+            "an agent's duration p95",
+            "histogram_quantile(0.95, sum by (le) "
+            "(rate(xpander_bridge_task_duration_seconds_bucket",
+        ),
+        (
+            "an agent's duration p50",
+            "histogram_quantile(0.50, sum by (le) "
+            "(rate(xpander_bridge_task_duration_seconds_bucket",
+        ),
+        ("an agent's tokens per minute", "sum by (kind) (rate(xpander_bridge_tokens_total"),
+        ("an agent's paused tasks", 'xpander_bridge_agent_tasks{job=~"$job"'),
+        ("an agent's oldest paused task", "max(xpander_bridge_oldest_paused_task_seconds"),
+        ("an agent's tool errors", "sum by (tool) (rate(xpander_bridge_tool_errors_total"),
     ],
 )
 def test_dashboard_shows(what: str, needle: str) -> None:
     assert any(needle in expr for _, expr in _queries()), f"no panel shows {what}"
+
+
+def _agent_row() -> list[dict[str, Any]]:
+    """The panels of the row repeated per agent: from its row to the next one."""
+    panels = _dashboard()["panels"]
+    [start] = [i for i, p in enumerate(panels) if p["type"] == "row" and p.get("repeat")]
+    rest = panels[start + 1 :]
+    end = next((i for i, p in enumerate(rest) if p["type"] == "row"), len(rest))
+    return [panels[start], *rest[:end]]
+
+
+def test_the_agent_row_repeats_per_agent_and_sums_over_replicas() -> None:
+    row, *panels = _agent_row()
+    assert row["repeat"] == "agent"
+    assert "$agent" in row["title"]
+    titles = {p["title"] for p in panels}
+    assert titles == {
+        "Tasks by status",
+        "Duration p50 / p95",
+        "Tokens per minute",
+        "Paused now",
+        "Oldest paused",
+        "Tool errors",
+    }
+    for panel in panels:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            assert 'agent_id=~"$agent"' in expr, panel["title"]
+            # one replica follows each task: the agent's figure is over all of them
+            assert expr.startswith(("sum", "max", "histogram_quantile(")), panel["title"]
+            assert "instance" not in expr.split("{")[0], panel["title"]
+    paused = next(p for p in panels if p["title"] == "Paused now")
+    assert 'status="paused"' in paused["targets"][0]["expr"]

@@ -16,6 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from bridge.observability.metrics import (
     KNOWN_EVENT_TYPES,
     OTHER,
+    TOOLS_PER_AGENT,
+    ActiveStatus,
     DeadLetterReason,
     DropReason,
     GcGeneration,
@@ -28,6 +30,7 @@ from bridge.observability.metrics import (
     ResumeKind,
     ResyncOutcome,
     TaskEndStatus,
+    TokenKind,
     TrackingMode,
 )
 from bridge.wire import TERMINAL_STATUSES
@@ -255,3 +258,42 @@ def test_agents_beyond_the_configured_ones_are_capped() -> None:
     others = [f"agent-found-{i}" for i in range(16)]
     assert [label(a) for a in others] == others
     assert label("agent-seventeenth") == OTHER
+
+
+def test_the_per_agent_series_of_configured_agents_exist_at_zero() -> None:
+    metrics = Metrics(agent_ids=["agent-a", "agent-b"])
+    samples = scraped_samples(metrics)
+    agents = {"agent-a", "agent-b"}
+
+    def pairs(name: str, label: str) -> set[tuple[str, str]]:
+        found = set()
+        for labels in samples[name]:
+            assert metrics.registry.get_sample_value(name, labels) == 0, (name, labels)
+            found.add((labels["agent_id"], labels[label]))
+        return found
+
+    assert pairs("xpander_bridge_agent_tasks", "status") == {
+        (agent, status) for agent in agents for status in ActiveStatus
+    }
+    assert pairs("xpander_bridge_tokens_total", "kind") == {
+        (agent, kind) for agent in agents for kind in TokenKind
+    }
+    assert pairs("xpander_bridge_task_duration_seconds_count", "status") == {
+        (agent, status) for agent in agents for status in TaskEndStatus
+    }
+    assert {
+        labels["agent_id"] for labels in samples["xpander_bridge_oldest_paused_task_seconds"]
+    } == agents
+    # tools are seen, not configured: none until a call
+    assert "xpander_bridge_tool_calls_total" not in samples
+    assert "xpander_bridge_agent_tasks" not in scraped_samples(Metrics())
+
+
+def test_tool_names_are_capped_per_agent_label() -> None:
+    metrics = Metrics()
+    names = [f"tool-{i}" for i in range(TOOLS_PER_AGENT)]
+    assert [metrics.tool_label("agent-a", name) for name in names] == names
+    assert metrics.tool_label("agent-a", "one-too-many") == OTHER
+    assert metrics.tool_label("agent-a", names[0]) == names[0]
+    assert metrics.tool_label("agent-b", "one-too-many") == "one-too-many"
+    assert metrics.tool_label("agent-b", "t" * 65) == OTHER

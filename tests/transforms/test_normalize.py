@@ -338,3 +338,33 @@ def test_arbitrary_bytes_never_raise_and_are_published_or_dead_lettered(raw: byt
         envelope = json.loads(records[0].value or b"")
         assert envelope["sequence"] == task.sequence == 1
         assert envelope["data"] == json.loads(raw).get("data")
+
+
+@pytest.mark.parametrize(
+    ("sent", "published"),
+    [
+        ("2026-11-26T03:00:00.123456+00:00", "2026-11-26T03:00:00.123456+00:00"),  # as sent
+        ("2026-11-26T03:00:00Z", "2026-11-26T03:00:00Z"),
+        ("2026-11-26T05:00:00+02:00", "2026-11-26T05:00:00+02:00"),
+        ("2026-11-26T03:00:00.5", "2026-11-26T03:00:00.500000+00:00"),  # no offset: UTC
+        ("2026-11-26 03:00:00", "2026-11-26T03:00:00+00:00"),  # space, no offset
+        ("2026-11-26", "2026-11-26T00:00:00+00:00"),  # a date alone
+        ("20261126T030000Z", "2026-11-26T03:00:00+00:00"),  # ISO 8601 basic format
+    ],
+)
+def test_the_time_is_published_as_rfc_3339(sent: str, published: str) -> None:
+    # CloudEvents' `time` (ce_time) and the schema's date-time are RFC 3339:
+    # a consumer's SDK refuses the ISO 8601 forms Python happens to read.
+    normalizer, task, _ = make()
+    record = normalizer.from_frame(task, frame("chunk", {"text": "hi"}, time=sent), "1", 1.0)[0]
+    assert orjson.loads(value_of(record))["occurred_at"] == published
+    assert headers(record)["ce_time"] == published.encode()
+
+
+def test_a_time_that_is_no_time_falls_back_to_when_it_was_observed() -> None:
+    normalizer, task, _ = make()
+    record = normalizer.from_frame(
+        task, frame("chunk", {"text": "hi"}, time="yesterday"), "1", 1.0
+    )[0]
+    envelope = orjson.loads(value_of(record))
+    assert envelope["occurred_at"] == envelope["observed_at"]

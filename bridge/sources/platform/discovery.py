@@ -11,13 +11,20 @@ delays the others: it is counted (``listing_errors_total{owner,reason}``,
 named in the platform's readiness detail. Readiness fails only when every
 listing fails, or the platform refuses the key (401/403).
 
+Two kinds of listing, so the cost follows the live tasks, not the history:
+every ``discovery.interval_s`` a *live* listing asks only for the non-terminal
+statuses (one request each: the platform's ``status`` filter takes one value),
+and every ``discovery.full_interval_s`` a *full* listing asks for every task.
+The first listing, and the one after a wake, is full.
+
 A listing's first success is its baseline: tasks already terminal then are
-history and are not published. A task that appears in a later listing already
-terminal started and ended between two listings; its end is still published
-(from a resync), so no terminal state is missed. Each listing remembers its
-own last ids, so a listing that failed for a while does not make its tasks
-look new. With several replicas, ``Claims`` says which tasks are this
-replica's and where each stopped.
+history and are not published. A task that appears in a later full listing
+already terminal, unseen by any listing before, started and ended in between
+(too fast for the live listings); its end is still published (from a resync),
+so no terminal state is missed: it comes at most ``full_interval_s`` late.
+Each listing remembers the ids it saw since its last full listing, so a
+listing that failed for a while does not make its tasks look new. With several
+replicas, ``Claims`` says which tasks are this replica's and where each stopped.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ from bridge.sources.platform.context import AllTasks, Claims, WorkerContext
 from bridge.sources.platform.supervisor import TaskSupervisor
 from bridge.wire import TERMINAL_STATUSES
 
-__all__ = ["Discovery", "listing_error"]
+__all__ = ["LIVE_STATUSES", "Discovery", "listing_error"]
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +63,13 @@ _YIELD_EVERY = 256
 #: the longest wait between two attempts of a failing listing
 _MAX_BACKOFF_S = 60.0
 
-Fetch = Callable[[str], Awaitable[list[dict[str, Any]]]]
+#: (owner, status filter or ``None`` for every task) -> the listing
+Fetch = Callable[[str, str | None], Awaitable[list[dict[str, Any]]]]
+
+#: The non-terminal statuses a live listing asks for, one request each, in the
+#: order a task goes through them: a task that moves on between two of these
+#: requests (pending, then executing) is still caught by the later one.
+LIVE_STATUSES: tuple[str, ...] = ("pending", "executing", "paused")
 
 
 #: the first matching class names the reason (order matters: subclasses first)
@@ -86,8 +99,11 @@ class _Listing:
     owner: str
     fetch: Fetch
     backoff: Backoff
-    #: ids in its last successful listing (``None``: not listed yet: the baseline comes)
+    #: ids in its last full listing and the live ones since (``None``: the baseline comes)
     seen: set[str] | None = None
+    #: loop time from which its next listing is a full one (0: the next one is)
+    full_due: float = 0.0
+    full_listings: int = 0
     #: loop time before which it is not tried again (backing off)
     not_before: float = 0.0
     #: what the platform answered last, while it fails
@@ -145,11 +161,17 @@ class Discovery:
         """List now (e.g. this replica was just given partitions)."""
         self._wake.set()
 
-    async def reconcile(self) -> None:
-        """One round: every listing not backing off, side by side; follow what is new."""
+    @property
+    def full_rounds(self) -> int:
+        """How many times every listing has been fully listed, at least."""
+        return min((listing.full_listings for listing in self._listings), default=0)
+
+    async def reconcile(self, *, full: bool = True) -> None:
+        """One round: every listing not backing off, side by side; follow what is
+        new. ``full=False`` lists live tasks only where no full listing is due."""
         now = asyncio.get_running_loop().time()
         due = [listing for listing in self._listings if listing.not_before <= now]
-        await asyncio.gather(*(self._list_one(listing) for listing in due))
+        await asyncio.gather(*(self._list_one(listing, full=full) for listing in due))
         self._report()
 
     async def _keep_listing(self, listing: _Listing) -> None:
@@ -158,9 +180,9 @@ class Discovery:
             # Cleared before listing, not after: a wake that comes while it
             # runs (partitions just assigned) must bring the next listing.
             listing.wake.clear()
-            await self._list_one(listing)
+            await self._list_one(listing, full=False)
             self._report()
-            delay = max(self._interval(), listing.not_before - loop.time())
+            delay = max(self._interval(self._config.interval_s), listing.not_before - loop.time())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await listing.wake.wait()
@@ -170,16 +192,33 @@ class Discovery:
             await self._wake.wait()
             self._wake.clear()
             for listing in self._listings:
+                # Partitions just came here: their tasks that ended while
+                # nobody owned them show only in a full listing.
                 listing.not_before = 0.0
+                listing.full_due = 0.0
                 listing.wake.set()
 
-    async def _list_one(self, listing: _Listing) -> None:
+    async def _list_one(self, listing: _Listing, *, full: bool) -> None:
+        loop = asyncio.get_running_loop()
+        full = full or listing.seen is None or listing.full_due <= loop.time()
+        if full:
+            # Set before listing: a wake that comes meanwhile (due now) stands.
+            listing.full_due = loop.time() + self._interval(self._config.full_listing_interval_s)
         try:
             async with self._slots:
-                items = await listing.fetch(listing.owner)
+                if full:
+                    items = await listing.fetch(listing.owner, None)
+                else:
+                    items = []
+                    for status in LIVE_STATUSES:
+                        items += await listing.fetch(listing.owner, status)
         except BridgeError as exc:
+            if full:
+                listing.full_due = 0.0  # still due
             self._failed(listing, exc)
             return
+        if full:
+            listing.full_listings += 1
         if listing.failure is not None:
             log.info("task listing recovered", extra={"owner": listing.owner})
         listing.failure = None
@@ -187,11 +226,11 @@ class Discovery:
         listing.successes += 1
         listing.backoff.reset()
         listing.not_before = 0.0
-        await self._process(listing, items)
+        await self._process(listing, items, full=full)
 
-    async def _process(self, listing: _Listing, items: list[dict[str, Any]]) -> None:
+    async def _process(self, listing: _Listing, items: list[dict[str, Any]], *, full: bool) -> None:
         """Follow what is new in one listing. Each listing is processed and
-        dropped before the next: a listing holds every task of an agent,
+        dropped before the next: a full listing holds every task of an agent,
         history included, and holding all at once was the largest allocation."""
         previous = listing.seen
         current: set[str] = set()
@@ -205,6 +244,13 @@ class Discovery:
             if isinstance(task_id, str):
                 current.add(task_id)
                 self._consider(task_id, item, previous, listing.live_unowned, live_unowned)
+        if not full:
+            # A live listing lacks the ended tasks: keep what was seen until
+            # the next full listing says which are still there.
+            assert previous is not None  # the first listing is full
+            previous |= current
+            listing.live_unowned |= live_unowned
+            return
         listing.seen = current
         # Keep the tasks still listed: a task seen running stays a candidate.
         listing.live_unowned = (listing.live_unowned & current) | live_unowned
@@ -213,7 +259,10 @@ class Discovery:
         reason = listing_error(error)
         listing.failures += 1
         listing.failure = str(error)
-        delay = max(self._interval(), listing.backoff.next_delay(self._retry.hint(error)))
+        delay = max(
+            self._interval(self._config.interval_s),
+            listing.backoff.next_delay(self._retry.hint(error)),
+        )
         listing.not_before = asyncio.get_running_loop().time() + delay
         self._metrics.listing_errors(listing.owner, reason).inc()
         if isinstance(error, AuthError):
@@ -299,6 +348,6 @@ class Discovery:
                 return time.time() - ended.timestamp() <= window
         return False
 
-    def _interval(self) -> float:
+    def _interval(self, seconds: float) -> float:
         spread = self._config.jitter
-        return self._config.interval_s * self._rng.uniform(1 - spread, 1 + spread)
+        return seconds * self._rng.uniform(1 - spread, 1 + spread)

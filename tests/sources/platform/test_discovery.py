@@ -9,15 +9,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from support.platform_source import Rig, SetClaims, wait_until
+from support.platform_source import Rig, SetClaims, fast_settings, open_rig, wait_until
 
 from bridge.config import DiscoveryConfig
 from bridge.core.checkpoint import Checkpoint, now
 from bridge.core.identity import event_id_for
 from bridge.emulator.settings import HttpFaultRule, TaskProfile
 from bridge.sources.platform.context import Claims
-from bridge.sources.platform.discovery import Discovery
+from bridge.sources.platform.discovery import LIVE_STATUSES, Discovery
 from bridge.sources.platform.supervisor import TaskSupervisor
+from bridge.wire import STATUSES, TERMINAL_STATUSES
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -345,3 +346,188 @@ async def test_a_listing_that_failed_a_while_does_not_make_its_tasks_look_new(ri
         await wait_until(lambda: discovery.rounds > done, "the listing to recover")
     assert not supervisor.is_known(history)
     assert rig.published.envelopes(history) == []
+
+
+# --- live listings and full ones: the cost follows live tasks, not history -------
+
+HISTORY = 5_000
+
+
+def listed_bytes(rig: Rig, *, filtered: bool) -> int:
+    """Body bytes the emulator sent for the agent listing, filtered by status or not."""
+    return sum(
+        sent
+        for key, sent in rig.emulator.inbox.list_bytes.items()
+        if key.startswith("list_tasks") and ("status=" in key) == filtered
+    )
+
+
+def test_live_listings_ask_for_every_non_terminal_status() -> None:
+    assert set(LIVE_STATUSES) == STATUSES - TERMINAL_STATUSES
+    assert len(LIVE_STATUSES) == len(set(LIVE_STATUSES))
+
+
+def test_a_full_listing_comes_every_twelve_live_ones_unless_configured() -> None:
+    assert DiscoveryConfig().full_listing_interval_s == 60.0
+    assert DiscoveryConfig(interval_s=0.2).full_listing_interval_s == pytest.approx(2.4)
+    assert DiscoveryConfig(interval_s=0.2, full_interval_s=30).full_listing_interval_s == 30.0
+
+
+async def test_a_live_round_costs_what_the_live_tasks_weigh_not_the_history() -> None:
+    async with open_rig(fast_settings(agent_ids=[AGENT], history_per_agent=HISTORY)) as rig:
+        live = [slow_task(rig) for _ in range(3)]
+        supervisor = TaskSupervisor(rig.context)
+        discovery = discovery_for(rig, supervisor, interval_s=0.05, full_interval_s=60.0)
+        async with running(discovery, supervisor):
+            await wait_until(lambda: discovery.rounds >= 4, "a baseline and live rounds")
+            assert all(supervisor.is_known(task_id) for task_id in live)
+        # Read once the loop stopped; a live round cut short may be counted by
+        # the emulator and not by discovery: hence "+ 1" below.
+        full_rounds, rounds = discovery.full_rounds, discovery.rounds
+        full, live_bytes = listed_bytes(rig, filtered=False), listed_bytes(rig, filtered=True)
+        # One full listing (the baseline), then live ones only, each asking for
+        # the non-terminal statuses and nothing else.
+        assert full_rounds == 1
+        assert rig.emulator.inbox.list_bytes.keys() == {"list_tasks"} | {
+            f"list_tasks status={status}" for status in LIVE_STATUSES
+        }
+        assert full > HISTORY * 200  # the history is there, and it weighs
+        # Every live round after the baseline, together, weighs less than 1 %
+        # of the one full listing: three live tasks, not 5,003 tasks.
+        assert rounds - full_rounds >= 3
+        assert 0 < live_bytes < full / 100
+        # About one list item (~500 bytes) per live task and round.
+        assert live_bytes < (rounds - full_rounds + 1) * len(live) * 1_000
+
+
+async def test_a_task_that_starts_and_ends_between_two_live_rounds_is_published_by_a_full_one(
+    rig: Rig,
+) -> None:
+    supervisor = TaskSupervisor(rig.context)
+    discovery = discovery_for(rig, supervisor, full_interval_s=60.0)
+    await discovery.reconcile()  # the baseline (full)
+    quick = slow_task(rig, stopped=True, outcome="completed")  # started and ended in between
+
+    await discovery.reconcile(full=False)  # a live round cannot see it
+    assert not supervisor.is_known(quick)
+    assert rig.emulator.inbox.calls["get"] == 0 and rig.published.envelopes(quick) == []
+
+    await discovery.reconcile(full=True)  # the full round does
+    await wait_until(ended(quick, rig), "its end")
+    await wait_until(lambda: supervisor.followed == 0, "the worker to end")
+    [end] = rig.published.envelopes(quick)
+    assert (end["type"], end["source"], end["status"]) == ("task_finished", "resync", "stopped")
+
+
+async def test_the_full_listing_comes_every_full_interval_and_publishes_unseen_ends(
+    rig: Rig,
+) -> None:
+    supervisor = TaskSupervisor(rig.context)
+    discovery = discovery_for(rig, supervisor, interval_s=0.05, full_interval_s=0.5)
+    async with running(discovery, supervisor):
+        await wait_until(lambda: discovery.full_rounds == 1, "the baseline")
+        quick = slow_task(rig, stopped=True)
+        await wait_until(ended(quick, rig), "its end, from the next full listing", 2.0)
+        # Live rounds ran meanwhile, but only a full one could find it.
+        assert discovery.full_rounds >= 2 and discovery.rounds > discovery.full_rounds
+    [end] = rig.published.envelopes(quick)
+    assert end["source"] == "resync"
+
+
+async def test_a_live_task_is_found_within_one_interval(rig: Rig) -> None:
+    supervisor = TaskSupervisor(rig.context)
+    discovery = discovery_for(rig, supervisor, interval_s=0.5, full_interval_s=60.0)
+    loop = asyncio.get_running_loop()
+    async with running(discovery, supervisor):
+        await wait_until(lambda: discovery.rounds == 1, "the baseline")
+        task_id = slow_task(rig)
+        started = loop.time()
+        await wait_until(lambda: supervisor.is_known(task_id), "the live listing to find it", 1.0)
+        found_after = loop.time() - started
+        # Found by a live round: the next full one is a minute away.
+        assert discovery.full_rounds == 1
+        await wait_until(lambda: rig.run_of(task_id).subscribers == 1, "its stream")
+    assert found_after <= 0.5 + 0.4  # one interval, and some slack for a busy machine
+
+
+async def test_tasks_seen_by_live_rounds_are_not_new_to_the_full_one(rig: Rig) -> None:
+    followed = slow_task(rig)
+    elsewhere = slow_task(rig)
+    claims = SetClaims(owned=set())
+    supervisor = TaskSupervisor(rig.context)
+    discovery = discovery_for(rig, supervisor, claims=claims, full_interval_s=60.0)
+    await discovery.reconcile()  # the baseline: both pending, neither owned yet
+    claims.owned = {followed}
+    seen_live = slow_task(rig)  # appears in a live round only
+    claims.owned.add(seen_live)
+    await discovery.reconcile(full=False)
+    await wait_until(lambda: rig.run_of(seen_live).subscribers == 1, "its stream")
+    assert supervisor.is_known(followed) and supervisor.is_known(seen_live)
+
+    # It ends while followed: the stream publishes its end, once.
+    rig.emulator.engine.stop(rig.run_of(seen_live))
+    # The other one ends while another replica streams it, then comes here.
+    rig.emulator.engine.stop(rig.run_of(elsewhere))
+    await wait_until(ended(seen_live, rig), "the streamed end")
+    await discovery.reconcile(full=False)  # neither is live any more
+    claims.owned.add(elsewhere)
+    await discovery.reconcile(full=True)
+
+    await wait_until(ended(elsewhere, rig), "the end of the task seen running elsewhere")
+    await asyncio.sleep(0.2)  # a second end, if any, would come now
+    assert rig.published.types(seen_live).count("task_finished") == 1
+    assert rig.published.types(elsewhere).count("task_finished") == 1
+    await supervisor.stop()
+
+
+async def test_a_wake_brings_a_full_listing(rig: Rig) -> None:
+    supervisor = TaskSupervisor(rig.context)
+    discovery = discovery_for(rig, supervisor, interval_s=0.05, full_interval_s=60.0)
+    async with running(discovery, supervisor):
+        await wait_until(lambda: discovery.rounds >= 3, "the baseline and live rounds")
+        assert discovery.full_rounds == 1
+        discovery.wake()
+        await wait_until(lambda: discovery.full_rounds == 2, "the full listing the wake asked for")
+
+
+async def test_a_task_a_live_round_saw_is_not_new_to_the_next_full_one(rig: Rig) -> None:
+    supervisor = TaskSupervisor(rig.context)
+    discovery = discovery_for(rig, supervisor, full_interval_s=60.0)
+    await discovery.reconcile()  # the baseline: nothing yet
+    task_id = slow_task(rig)
+    await discovery.reconcile(full=False)  # seen running, followed
+    await wait_until(lambda: rig.run_of(task_id).subscribers == 1, "its stream")
+    await supervisor.release(lambda t: t == task_id)  # its worker is gone
+    rig.emulator.engine.stop(rig.run_of(task_id))
+
+    await discovery.reconcile(full=True)
+
+    # As if every listing had been full: listed before, so it did not start
+    # and end in between; nothing is made up for it (no status fetch, no end).
+    await asyncio.sleep(0.2)
+    assert rig.emulator.inbox.calls["get"] == 0
+    assert "task_finished" not in rig.published.types(task_id)
+    await supervisor.stop()
+
+
+async def test_a_wake_during_a_full_listing_brings_another_full_one(rig: Rig) -> None:
+    supervisor = TaskSupervisor(rig.context)
+    discovery = discovery_for(rig, supervisor, interval_s=0.05, full_interval_s=60.0)
+    rig.emulator.set_faults(delay_s=0.3, delay_endpoints=["list"])
+    async with running(discovery, supervisor):
+        await wait_until(lambda: rig.emulator.inbox.calls["list"] == 1, "the baseline asked")
+        discovery.wake()  # while the baseline (full) is under way
+        await wait_until(lambda: discovery.full_rounds == 2, "the full listing the wake asked for")
+
+
+async def test_a_failed_full_listing_is_retried_as_a_full_one(rig: Rig) -> None:
+    supervisor = TaskSupervisor(rig.context)
+    discovery = discovery_for(rig, supervisor, interval_s=0.5, full_interval_s=60.0)
+    async with running(discovery, supervisor):
+        await wait_until(lambda: discovery.rounds == 1, "the baseline")
+        # the next live round is 0.5 s away: the failure hits the wake's listing
+        rig.emulator.set_faults(http=[HttpFaultRule(endpoints=["list"], status=503, next_n=1)])
+        discovery.wake()  # asks for a full listing; it fails once
+        await wait_until(lambda: rig.emulator.inbox.answers["list 503"] == 1, "the failure")
+        await wait_until(lambda: discovery.full_rounds == 2, "the full listing, retried")
+    assert rig.emulator.inbox.list_bytes["list_tasks"] > 0
