@@ -2,6 +2,9 @@
 its emitted history in the shape ``xpander_sdk.models.activity.AgentActivityThread``
 parses: the user's message, tool calls, reasoning, sub-agent triggers, and the
 agent's answer. Not a hot path: it decodes the kept events on each call.
+
+``activity_body`` is the answer's bytes, grown to ``activity_min_bytes`` (a setting)
+with filler tool calls, for tests of threads of many megabytes.
 """
 
 from __future__ import annotations
@@ -12,7 +15,13 @@ import orjson
 
 from bridge.emulator.tasks import TaskRun
 
-__all__ = ["activity_thread"]
+__all__ = ["FILLER_TOOL", "activity_body", "activity_thread"]
+
+#: ``tool_name`` of the entries that grow a thread to ``activity_min_bytes``
+FILLER_TOOL = "emulator_filler"
+#: most result bytes in one filler entry
+_FILL_BLOCK = 64 * 1024
+_FILL_TEXT = b"emulated tool output; " * (_FILL_BLOCK // 22 + 1)
 
 
 def activity_thread(run: TaskRun) -> dict[str, Any]:
@@ -85,3 +94,37 @@ def activity_thread(run: TaskRun) -> dict[str, Any]:
         "messages": messages,
         "user": task_input.get("user"),
     }
+
+
+def activity_body(run: TaskRun, min_bytes: int = 0) -> bytes:
+    """The thread as JSON bytes, at least ``min_bytes`` long: filler tool-call
+    entries go before the agent's answer (or last, when there is none yet),
+    each one's result sized so the total lands on ``min_bytes`` (or one entry's
+    overhead past it)."""
+    thread = activity_thread(run)
+    body = orjson.dumps(thread)
+    deficit = min_bytes - len(body)
+    if deficit <= 0:
+        return body
+    messages = thread["messages"]
+    last = messages[-1]
+    at = len(messages) - 1 if last.get("role") == "agent" else len(messages)
+    created_at = last["created_at"]
+    fillers: list[dict[str, Any]] = []
+    while deficit > 0:
+        n = len(fillers) + 1
+        entry: dict[str, Any] = {
+            "id": f"{run.id}-filler-{n}",
+            "created_at": created_at,
+            "tool_name": FILLER_TOOL,
+            "payload": {"n": n},
+            "is_error": False,
+            "result": "",
+        }
+        overhead = len(orjson.dumps(entry)) + 1  # the comma before it
+        size = max(0, min(_FILL_BLOCK, deficit - overhead))
+        entry["result"] = _FILL_TEXT[:size].decode()
+        deficit -= overhead + size
+        fillers.append(entry)
+    messages[at:at] = fillers
+    return orjson.dumps(thread)

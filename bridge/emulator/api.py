@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from bridge.emulator.activity import activity_thread
+from bridge.emulator.activity import activity_body
 from bridge.emulator.engine import Engine, iso_time
 from bridge.emulator.faults import FaultInjector
 from bridge.emulator.hostile import send_padded
@@ -353,7 +353,8 @@ class TaskApi:
         run = self._task(request.match_info["task_id"])
         if run is None or run.agent_id != request.match_info["agent_id"]:
             return _detail(404, "Activity log not found")
-        return json_response(activity_thread(run))
+        body = activity_body(run, self.engine.settings.activity_min_bytes)
+        return web.Response(body=body, content_type="application/json")
 
     async def report_task(self, request: web.Request) -> web.StreamResponse:
         agent_id = request.match_info["agent_id"]

@@ -7,6 +7,7 @@ test or a config file fails loudly instead of silently testing the default.
 Groups:
     identity     host, port, organization, API key, agents, users, seed
     history      finished tasks per agent seeded at start (history_per_agent)
+    activity     the least size of every activity log (activity_min_bytes)
     tasks        TaskProfile: how tasks created through the API behave
     scenario     ScenarioSettings: tasks the emulator creates by itself over time
     stream       StreamSettings: SSE semantics we do not know the platform's answer to
@@ -348,6 +349,16 @@ class EmulatorSettings(_Knobs):
         description="Finished tasks seeded per agent at start, as history a listing returns "
         "(terminal statuses with result, tokens and times in the past; no streams, no "
         "events). They count toward stream.max_tasks.",
+    )
+    activity_min_bytes: int = Field(
+        0,
+        ge=0,
+        description="Make every activity log (GET /activity/{agent_id}/{task_id}) at least this "
+        "many bytes of JSON, as a long task's thread is: filler tool-call entries (tool_name "
+        "`emulator_filler`, a text result of up to 64 KiB each) are put before the agent's "
+        "answer until the thread reaches the size. The thread still parses as the official "
+        "client's AgentActivityThread; 0 = the thread as built from the task's events. "
+        "Read on each call (changeable live), for every task.",
     )
     seed: int = Field(0, description="Same seed, same tasks and events (modulo wall-clock times).")
     tasks: TaskProfile = Field(

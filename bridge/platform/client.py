@@ -242,6 +242,19 @@ class PlatformClient:
             raise InvalidDataError("the task status answer is not a JSON object")
         return task
 
+    async def get_activity_log(self, agent_id: str, task_id: str) -> dict[str, Any]:
+        """The task's activity thread (``AgentActivityThread`` in the official
+        client: ``id``, ``created_at``, ``messages`` of user/agent messages, tool
+        calls, reasoning, ...), as the JSON object the platform sent."""
+        thread = await self._request(
+            "GET",
+            _path(Route.ACTIVITY_LOG, agent_id=agent_id, task_id=task_id),
+            endpoint="get_activity_log",
+        )
+        if not isinstance(thread, dict):
+            raise InvalidDataError("the activity log answer is not a JSON object")
+        return thread
+
     async def report_task(self, agent_id: str, body: bytes) -> Any:
         return await self._request(
             "POST", _path(Route.REPORT_TASK, agent_id=agent_id), endpoint="report_task", body=body
