@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["table", "targets", "write_chart"]
+__all__ = ["history_table", "table", "targets", "write_chart"]
 
 _COLUMNS = (
     ("scenario", "scenario"),
@@ -51,6 +51,9 @@ def table(report: dict[str, Any]) -> str:
     ]
     for row in report["results"]:
         lines.append("| " + " | ".join(_cell(row, key) for _, key in _COLUMNS) + " |")
+    history = history_table(report)
+    if history:
+        lines.append("\n" + history)
     skipped = [r for r in report["results"] if r.get("skipped")]
     for row in skipped:
         lines.append(f"\n{row['contender']} skipped in {row['scenario']}: {row['skipped']}")
@@ -60,6 +63,37 @@ def table(report: dict[str, Any]) -> str:
         for t in verdicts:
             met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
             lines.append(f"| {t['target']} | {t['measured']} | {met} |")
+    return "\n".join(lines)
+
+
+def _kb(value: float | None) -> str:
+    return "" if value is None else f"{value / 1024:,.1f}"
+
+
+def history_table(report: dict[str, Any]) -> str:
+    """The ``history`` scenario's own figures: what listing cost, in bytes the
+    emulator sent and CPU, and how soon a new task's first event was on Kafka."""
+    rows = [r for r in report["results"] if r["scenario"] == "history" and not r.get("skipped")]
+    if not rows:
+        return ""
+    lines = [
+        "| history: contender | listed in all (KiB) | rounds full + live | KiB per full round "
+        "| KiB per live round | KiB per round | CPU s | creation to first event p50 / p99 (ms) "
+        "| records of history tasks |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        listing = r["extra"].get("listing", {})
+        p50, p99 = r.get("first_event_p50_ms"), r.get("first_event_p99_ms")
+        first = "" if p50 is None else f"{p50:,.0f} / {p99:,.0f}"
+        lines.append(
+            f"| {r['contender']} | {_kb(listing.get('bytes'))} "
+            f"| {listing.get('full_rounds', 0):g} + {listing.get('live_rounds', 0):g} "
+            f"| {_kb(listing.get('bytes_per_full_round'))} "
+            f"| {_kb(listing.get('bytes_per_live_round'))} "
+            f"| {_kb(listing.get('bytes_per_round'))} | {r['cpu_s']} | {first} "
+            f"| {r['extra'].get('history_records', {}).get('count', '')} |"
+        )
     return "\n".join(lines)
 
 

@@ -19,6 +19,7 @@ official client drops event types it does not know), or at the timeout.
     .venv/bin/python -m bench.run              # full: a few minutes
     .venv/bin/python -m bench.run --quick      # under two minutes
     .venv/bin/python -m bench.run --size tiny --scenarios burst --contenders bridge,lean
+    .venv/bin/python -m bench.run --quick --scenarios history   # discovery cost (not by default)
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from bench.emulator_runner import live_task_ids
 from bench.measure import TreeSampler, descendants
 from bridge.kafka.embedded import EmbeddedBroker
 
@@ -65,6 +67,10 @@ BEFORE_REF = "96c652d"
 #: where ``run`` unpacked the ``--before`` source (set only when that contender runs)
 _BEFORE_SRC = "BENCH_BEFORE_SRC"
 SCENARIOS = ("burst", "wide", "steady")
+#: run only when named in ``--scenarios``: a long history and live tasks arriving
+#: over time, to measure what discovery costs (bytes listed, CPU) and how soon a
+#: new task's first event is on Kafka
+EXTRA_SCENARIOS = ("history",)
 #: what the official client needs per open stream (measured elsewhere: 731 MB at 400
 #: tasks, 2.9 GB at 2,000): it runs only where streams x this fits the budget
 OFFICIAL_BYTES_PER_STREAM = 1.5 * 1024**2
@@ -76,16 +82,42 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "burst": {"tasks": 400, "events": 100},
         "wide": {"tasks": 2000, "events": 20},
         "steady": {"streams": 10_000, "rate": 2000, "duration_s": 30},
+        # finished tasks over 4 agents; live ones arrive over arrival_s once the
+        # contender's first listing is answered, each events x interval_s long
+        "history": {
+            "history": 100_000,
+            "agents": 4,
+            "live": 1000,
+            "arrival_s": 60,
+            "events": 20,
+            "interval_s": 1.0,
+        },
     },
     "quick": {
         "burst": {"tasks": 100, "events": 100},
         "wide": {"tasks": 500, "events": 20},
         "steady": {"streams": 300, "rate": 600, "duration_s": 5},
+        "history": {
+            "history": 20_000,
+            "agents": 4,
+            "live": 200,
+            "arrival_s": 30,
+            "events": 10,
+            "interval_s": 1.0,
+        },
     },
     "tiny": {
         "burst": {"tasks": 5, "events": 10},
         "wide": {"tasks": 5, "events": 6},
         "steady": {"streams": 5, "rate": 10, "duration_s": 2},
+        "history": {
+            "history": 200,
+            "agents": 4,
+            "live": 5,
+            "arrival_s": 5,
+            "events": 5,
+            "interval_s": 0.5,
+        },
     },
 }
 
@@ -108,6 +140,12 @@ class Result:
     latency_p99_ms: float | None = None
     latency_create_p50_ms: float | None = None
     latency_create_p99_ms: float | None = None
+    #: history: from a task's creation (the emulator's created_at) to its first
+    #: record's CreateTime, over the tasks with a record
+    first_event_p50_ms: float | None = None
+    first_event_p99_ms: float | None = None
+    #: history: listing body bytes the emulator sent the contender, in all
+    list_bytes: int | None = None
     peak_rss_mb: float = 0.0
     cpu_s: float = 0.0
     cpu_s_at_first_record: float | None = None
@@ -123,12 +161,17 @@ class Result:
 class TopicCounter:
     """Reads every partition of ``topic`` from offset 0, no group (no join wait on
     tansu, nothing committed). Keeps each event's record timestamp, arrival time
-    and value; the per-stream ``connected`` handshakes are counted apart."""
+    and value; the per-stream ``connected`` handshakes are counted apart, and so,
+    when ``only`` names the tasks that count (history: the live ones), are the
+    records of other tasks (``others``: the bridge's resync ends of history)."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, only: set[str] | None = None) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
+        self.only = only
+        self.others: list[bytes] = []
         self.values: list[bytes] = []
+        self.keys: list[bytes | None] = []
         self.timestamps: list[int] = []
         self.arrivals: list[float] = []
         self.connected = 0
@@ -175,7 +218,13 @@ class TopicCounter:
                         if marker in value[:200]:
                             self.connected += 1
                             continue
+                        if self.only is not None:
+                            key = m.key.decode() if m.key else _task_id(value)
+                            if key not in self.only:
+                                self.others.append(value)
+                                continue
                         self.values.append(value)
+                        self.keys.append(m.key)
                         self.timestamps.append(m.timestamp)
                         self.arrivals.append(now)
         finally:
@@ -192,9 +241,13 @@ class TopicCounter:
 
 
 async def start_emulator(
-    scenario: str, params: dict[str, Any], log: Path
+    scenario: str, params: dict[str, Any], log: Path, report: Path | None = None
 ) -> tuple[Any, dict[str, Any]]:
-    spec = orjson.dumps({"scenario": scenario, "params": params}).decode()
+    """The emulator's process and its first line; ``report``: where it writes its
+    listing counts and live tasks' creation times when it stops."""
+    spec = orjson.dumps(
+        {"scenario": scenario, "params": params, "report_path": report and str(report)}
+    ).decode()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -338,10 +391,15 @@ async def run_one(  # noqa: C901, PLR0913, PLR0915  (the harness script of one r
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     emulator_log = logs / f"{scenario}-{contender}-emulator.log"
-    emulator, emu = await start_emulator(scenario, params, emulator_log)
+    emulator_report = logs / f"{scenario}-{contender}-emulator.json"
+    emulator_report.unlink(missing_ok=True)
+    emulator, emu = await start_emulator(
+        scenario, params, emulator_log, emulator_report if scenario == "history" else None
+    )
     result.streams = emu["tasks"]
     result.expected = emu["expected_events"]
-    counter = TopicCounter(bootstrap, topic)
+    only = set(live_task_ids(emu["tasks"])) if scenario == "history" else None
+    counter = TopicCounter(bootstrap, topic, only)
     await counter.start()
     argv, env = contender_command(contender, emu, bootstrap, topic)
     if profile:
@@ -406,7 +464,84 @@ async def run_one(  # noqa: C901, PLR0913, PLR0915  (the harness script of one r
     if subscribed_at is not None:
         result.extra["all_streams_open_after_s"] = round(subscribed_at - started, 2)
     summarize(result, counter, sampler, started, subscribed_at)
+    if scenario == "history" and emulator_report.exists():
+        summarize_history(
+            result, counter, orjson.loads(emulator_report.read_bytes()), len(emu["agent_ids"])
+        )
     return result
+
+
+def listing_rounds(requests: dict[str, int], sizes: dict[str, int], agents: int) -> dict[str, Any]:
+    """Rounds and bytes per round, from the emulator's per-kind request counts and
+    body bytes. A full round is one unfiltered listing per agent; a live round
+    one ``status=pending`` listing per agent (with the ``executing`` and
+    ``paused`` ones after it: their bytes count to the live rounds)."""
+    full_requests = sum(n for k, n in requests.items() if "status=" not in k)
+    live_requests = sum(n for k, n in requests.items() if k.endswith("status=pending"))
+    full_bytes = sum(b for k, b in sizes.items() if "status=" not in k)
+    live_bytes = sum(b for k, b in sizes.items() if "status=" in k)
+    full_rounds, live_rounds = full_requests / agents, live_requests / agents
+    return {
+        "requests": sum(requests.values()),
+        "bytes": full_bytes + live_bytes,
+        "full_rounds": round(full_rounds, 1),
+        "full_bytes": full_bytes,
+        "bytes_per_full_round": round(full_bytes / full_rounds) if full_rounds else None,
+        "live_rounds": round(live_rounds, 1),
+        "live_bytes": live_bytes,
+        "bytes_per_live_round": round(live_bytes / live_rounds) if live_rounds else None,
+        "bytes_per_round": round((full_bytes + live_bytes) / (full_rounds + live_rounds))
+        if full_rounds + live_rounds
+        else None,
+    }
+
+
+def summarize_history(
+    result: Result, counter: TopicCounter, report: dict[str, Any], agents: int
+) -> None:
+    """Bytes listed (in all and per round) and creation-to-first-event per live task."""
+    other_types: dict[str, int] = {}
+    for value in counter.others:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            event = orjson.loads(value)
+            kind = (
+                f"{event.get('type')} ({event.get('source')})" if isinstance(event, dict) else "?"
+            )
+            other_types[kind] = other_types.get(kind, 0) + 1
+    result.extra["history_records"] = {"count": len(counter.others), "by_type": other_types}
+    listing = listing_rounds(report.get("list_requests", {}), report.get("list_bytes", {}), agents)
+    result.list_bytes = listing["bytes"]
+    result.extra["listing"] = listing
+    created: dict[str, float] = report.get("created_at", {})
+    first: dict[str, int] = {}  # task -> earliest record CreateTime (ms)
+    first_read: dict[str, float] = {}  # task -> when the collector first read one
+    for key, value, ts, arrival in zip(
+        counter.keys, counter.values, counter.timestamps, counter.arrivals, strict=True
+    ):
+        task = key.decode() if key else _task_id(value)
+        if task is None or task not in created:
+            continue
+        if task not in first or ts < first[task]:
+            first[task] = ts
+        if task not in first_read or arrival < first_read[task]:
+            first_read[task] = arrival
+    waits = [first[t] - created[t] * 1000 for t in first]
+    read = [(first_read[t] - created[t]) * 1000 for t in first_read]
+    result.extra["first_event_tasks"] = f"{len(waits)} of {len(created)}"
+    if waits:
+        result.first_event_p50_ms = round(_percentile(waits, 0.50), 1)
+        result.first_event_p99_ms = round(_percentile(waits, 0.99), 1)
+        result.extra["first_event_max_ms"] = round(max(waits), 1)
+        result.extra["first_event_read_p50_ms"] = round(_percentile(read, 0.50), 1)
+        result.extra["first_event_read_p99_ms"] = round(_percentile(read, 0.99), 1)
+
+
+def _task_id(value: bytes) -> str | None:
+    with contextlib.suppress(orjson.JSONDecodeError):
+        event = orjson.loads(value)
+        if isinstance(event, dict) and isinstance(event.get("task_id"), str):
+            return str(event["task_id"])
+    return None
 
 
 def _emitted_at(value: bytes) -> float | None:
@@ -507,7 +642,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         os.environ[_BEFORE_SRC] = str(unpack(args.before, out / "before-src"))
     for scenario in args.scenarios:
         params = dict(sizes[scenario])
-        streams = int(params.get("tasks", params.get("streams", 0)))
+        streams = int(params.get("tasks", params.get("streams", params.get("live", 0))))
         async with EmbeddedBroker() as broker:
             for contender in args.contenders:
                 if contender == "official" and streams * OFFICIAL_BYTES_PER_STREAM > budget:
@@ -570,7 +705,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="benchmark the bridge (bench/README.md)")
     parser.add_argument("--quick", action="store_const", const="quick", dest="size")
     parser.add_argument("--size", choices=tuple(SIZES))
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"default: {','.join(SCENARIOS)}; also: {','.join(EXTRA_SCENARIOS)}",
+    )
     parser.add_argument(
         "--contenders", help=f"default: {','.join(CONTENDERS)} (--quick: without bridge-solo)"
     )
@@ -599,7 +738,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     args.contenders = [c for c in args.contenders.split(",") if c]
     for name in args.scenarios:
-        if name not in SCENARIOS:
+        if name not in SCENARIOS + EXTRA_SCENARIOS:
             parser.error(f"unknown scenario {name!r}")
     for name in args.contenders:
         if name not in CONTENDERS:
