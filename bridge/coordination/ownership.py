@@ -32,7 +32,6 @@ from confluent_kafka import KafkaException, TopicPartition
 
 from bridge.config import CoordinationConfig, KafkaConfig
 from bridge.coordination.partitioning import partition_for
-from bridge.errors import FencedError
 from bridge.kafka.group import GroupMember, group_config
 from bridge.kafka.options import KAFKA_RETRY
 from bridge.observability.metrics import Metrics
@@ -68,8 +67,6 @@ class Ownership:
         self.offsets_pending = asyncio.Event()
         self._positions: list[TopicPartition] = []
         self._group_metadata: Any = None
-        #: the group dropped this member once (its partitions were lost, not revoked)
-        self._dropped = False
 
     @property
     def owned(self) -> frozenset[int]:
@@ -90,7 +87,6 @@ class Ownership:
     async def lost(self, lost: list[TopicPartition]) -> None:
         """The group dropped this member (its session timed out): the tasks
         stream elsewhere already."""
-        self._dropped = True
         log.warning(
             "coordination partitions lost", extra={"partitions": [tp.partition for tp in lost]}
         )
@@ -162,15 +158,8 @@ class Ownership:
         """(Nothing waits on them: they only prove ownership.)"""
 
     async def rejected(self) -> None:
-        member = self._member
-        if member is not None:
-            # (waits for the running consume: its rebalance callbacks run first)
-            self._group_metadata = await member.consumer.consumer_group_metadata()
-        if self._dropped:
-            raise FencedError(
-                "the coordination group dropped this replica and gave its tasks to "
-                "others; what it was sending for them belongs to them now"
-            )
+        if self._member is not None:
+            self._group_metadata = await self._member.confirmed_group_metadata("coordination")
 
     def _read_group_state(self) -> None:
         """Only where no ``consume`` runs: between rounds and in rebalance callbacks."""

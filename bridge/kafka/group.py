@@ -23,6 +23,7 @@ from confluent_kafka.aio import AIOConsumer
 
 from bridge.config import KafkaConfig
 from bridge.core.message import InMessage
+from bridge.errors import FencedError
 from bridge.kafka.rdkafka import consumer_config
 
 __all__ = ["GroupMember", "PartitionsCallback", "group_config", "in_message"]
@@ -106,6 +107,9 @@ class GroupMember:
         options["error_cb"] = self._error
         self.consumer = AIOConsumer(options, max_workers=4)
         self._closed = False
+        #: the group dropped this member once (partitions lost, not revoked: its
+        #: session ran out, e.g. a paused process), so their work went to others
+        self.dropped = False
 
     async def _error(self, error: KafkaError) -> None:
         unreachable = error.code() in _UNREACHABLE
@@ -124,6 +128,7 @@ class GroupMember:
             await self._on_revoked(list(partitions))
 
         async def lost(_: AIOConsumer, partitions: list[TopicPartition]) -> None:
+            self.dropped = True
             await self._on_lost(list(partitions))
 
         await self.consumer.subscribe(
@@ -151,6 +156,18 @@ class GroupMember:
         callbacks, where it answers at once."""
         # (AIOConsumer keeps its librdkafka consumer private; this call needs it bare)
         return self.consumer._consumer.consumer_group_metadata()
+
+    async def confirmed_group_metadata(self, group: str) -> Any:
+        """After the broker refused offsets sent with this member's metadata: the
+        metadata read anew (it waits for a running consume, whose rebalance
+        callbacks run first); ``FencedError`` if the group dropped this member."""
+        metadata = await self.consumer.consumer_group_metadata()
+        if self.dropped:
+            raise FencedError(
+                f"the {group} group dropped this replica and gave its partitions to "
+                "others; what it was sending for them belongs to them now"
+            )
+        return metadata
 
     def positions(self) -> list[TopicPartition]:
         """Where the member reads each assigned partition, for those it knows:

@@ -40,7 +40,6 @@ from bridge.config import KafkaConfig, ReportsConfig
 from bridge.core.acks import OrderedAcks
 from bridge.core.message import InMessage
 from bridge.core.record import CURRENT_INPUT, OutRecord
-from bridge.errors import FencedError
 from bridge.kafka.group import GroupMember, group_config, in_message
 from bridge.kafka.options import KAFKA_RETRY
 from bridge.observability.metrics import Metrics
@@ -120,8 +119,6 @@ class PartitionedConsumer:
         self._committed_moved = asyncio.Event()
         #: the member's generation for transactional offset commits (see ``current``)
         self._group_metadata: Any = None
-        #: the group dropped this member once (its partitions were lost, not revoked)
-        self._dropped = False
         self._stopping = False
         #: the fetch loop is running / has ended (``stop`` closes the consumer after it)
         self._running = asyncio.Event()
@@ -237,7 +234,6 @@ class PartitionedConsumer:
     async def _lose(self, lost: list[TopicPartition]) -> None:
         """The group dropped this member (session timed out: a pause, a partition
         of the network): the partitions are someone else's already."""
-        self._dropped = True
         log.warning("partitions lost", extra={"partitions": _names(lost)})
         await self._revoke(lost)
 
@@ -351,15 +347,8 @@ class PartitionedConsumer:
 
     async def rejected(self) -> None:
         """Transactions: the broker refused our offsets for their generation."""
-        member = self._member
-        if member is not None:
-            # (waits for the running consume: its rebalance callbacks run first)
-            self._group_metadata = await member.consumer.consumer_group_metadata()
-        if self._dropped:
-            raise FencedError(
-                "the reports consumer group dropped this replica and gave its partitions "
-                "to others; what it was sending belongs to them"
-            )
+        if self._member is not None:
+            self._group_metadata = await self._member.confirmed_group_metadata("reports")
 
     def _read_group_metadata(self, member: GroupMember | None) -> None:
         """Only where no ``consume`` runs: between rounds and in rebalance callbacks."""
