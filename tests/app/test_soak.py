@@ -13,15 +13,17 @@ closing note of the change that runs it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import orjson
 import pytest
-from support.e2e import bridge_config, by_task, consume_until, covers, discovery_ready
+from support.e2e import bridge_config, by_task, covers, discovery_ready
+from support.follow import Follower
 from support.kafka import KafkaOutage, consume
 from support.waiting import eventually
 
@@ -47,7 +49,7 @@ PAUSE_EVERY_S = 90.0
 PAUSE_S = 8.0
 
 
-@pytest.mark.timeout(SECONDS + 600)
+@pytest.mark.timeout(SECONDS + 1200)
 async def test_soak_loses_nothing(
     kafka_outage: KafkaOutage, new_topic: Callable[[str], str]
 ) -> None:
@@ -81,7 +83,8 @@ async def test_soak_loses_nothing(
             pipeline={"shutdown_timeout_s": 30},
             coordination={"enabled": False},
         )
-        async with Bridge(config) as bridge:
+        follower = Follower(kafka_outage.bootstrap_servers, [config.topics.events])
+        async with Bridge(config) as bridge, _following(follower):
             await discovery_ready(bridge)
             emu.start_scenario(emu.settings.scenario)
             huge: list[str] = []
@@ -117,10 +120,11 @@ async def test_soak_loses_nothing(
             malformed = sum(
                 1 for events in expected for e in emu.events(events) if e.malformed_before
             )
-            records = await consume_until(
-                kafka_outage, config.topics.events, covers(expected, set(expected)), 600
+            records = await asyncio.to_thread(
+                follower.wait_until, covers(expected, set(expected)), 600
             )
             stats = emu.stats()
+            transactions = _samples(bridge, "xpander_bridge_transactions_total", "outcome")
     published = by_task(records)
     lost = 0
     for task_id, emitted in expected.items():
@@ -152,6 +156,7 @@ async def test_soak_loses_nothing(
         "huge_lines": len(huge),
         "broker_pauses": pauses,
         "dlq": dict(reasons),
+        "transactions": transactions,
     }
     print("SOAK", orjson.dumps(summary, option=orjson.OPT_NON_STR_KEYS).decode())
     assert lost == 0
@@ -159,3 +164,22 @@ async def test_soak_loses_nothing(
     # (the server resends it with the events after the last id) comes twice.
     assert reasons["frame_too_large"] >= len(huge)
     assert reasons["invalid_json"] + reasons["not_an_event"] >= malformed
+
+
+@contextlib.asynccontextmanager
+async def _following(follower: Follower) -> AsyncIterator[Follower]:
+    await asyncio.to_thread(follower.__enter__)
+    try:
+        yield follower
+    finally:
+        await asyncio.to_thread(follower.__exit__)
+
+
+def _samples(bridge: Bridge, name: str, label: str) -> dict[str, float]:
+    """One counter of the bridge's registry, by *label*."""
+    return {
+        sample.labels[label]: sample.value
+        for metric in bridge.metrics.registry.collect()
+        for sample in metric.samples
+        if sample.name == name
+    }

@@ -270,12 +270,13 @@ class PartitionedConsumer:
             message = partition.backlog.popleft()
             if partition.acks is None:
                 partition.acks = OrderedAcks(start=message.offset)
-                partition.written = OrderedAcks(start=message.offset)
+                if self._transactional:  # only transactions send written runs
+                    partition.written = OrderedAcks(start=message.offset)
                 # Where consumption started needs no commit: only progress does.
                 partition.committed = message.offset
             partition.acks.track(message.offset)
-            assert partition.written is not None
-            partition.written.track(message.offset)
+            if partition.written is not None:
+                partition.written.track(message.offset)
             task = self._loop.create_task(self._process(partition, message))
             partition.tasks.add(task)
             task.add_done_callback(partition.tasks.discard)
@@ -314,6 +315,10 @@ class PartitionedConsumer:
         if self._member is None or (
             not force and now - self._last_commit < self._settings.commit_interval_s
         ):
+            return
+        if self._transactional and not force:
+            # The delivery loop's transactions carry the offsets: waiting here
+            # for them would only stall the fetch loop every interval.
             return
         self._last_commit = now
         await self._commit_offsets(list(self._partitions.values()))
