@@ -1,7 +1,7 @@
 """Shared by the deployment tests: where things are, the real tools, the chart.
 
 Tools are found in this order: an environment variable naming the binary
-(``HELM_BIN``, ``PROMTOOL_BIN``, ``HADOLINT_BIN``), ``.tools/bin`` (where
+(``HELM_BIN``, ``PROMTOOL_BIN``, ``HADOLINT_BIN``, ``KCAT_BIN``), ``.tools/bin`` (where
 ``make tools`` / ``scripts/install-tools.sh`` puts them), the virtualenv's
 ``bin``, then ``PATH``. A missing tool skips the test with the reason, except
 under CI (``CI`` set), where it fails: ``make test`` installs every tool, so a
@@ -39,6 +39,7 @@ TOOL_ENV = {
     "promtool": "PROMTOOL_BIN",
     "prometheus": "PROMETHEUS_BIN",
     "hadolint": "HADOLINT_BIN",
+    "kcat": "KCAT_BIN",
 }
 
 Manifest = dict[str, Any]

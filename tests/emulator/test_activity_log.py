@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import httpx
 import orjson
 import pytest
+from support.emulators import completing_tasks
 from xpander_sdk import AgentExecutionStatus, Configuration, Tasks
 from xpander_sdk.exceptions.module_exception import ModuleException
 from xpander_sdk.models.activity import (
@@ -25,7 +26,7 @@ from xpander_sdk.models.user import User
 
 from bridge.emulator.activity import FILLER_TOOL
 from bridge.emulator.server import Emulator
-from bridge.emulator.settings import EmulatorSettings, HttpFaultRule, TaskProfile
+from bridge.emulator.settings import EmulatorSettings, HttpFaultRule
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,15 +36,7 @@ AGENT = "agent-emulator-1"
 @pytest.fixture
 async def emu() -> AsyncIterator[Emulator]:
     settings = EmulatorSettings()
-    settings.tasks = TaskProfile(
-        event_interval_s=0.002,
-        events_per_task=30,
-        fail_share=0.0,
-        error_share=0.0,
-        stop_share=0.0,
-        pause_share=0.0,
-        event_mix={"chunk": 2.0, "tool_call": 2.0, "think": 1.0, "analyze": 1.0},
-    )
+    settings.tasks = completing_tasks(30, chunk=2.0, tool_call=2.0, think=1.0, analyze=1.0)
     async with Emulator(settings) as emulator:
         yield emulator
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from deploy.helpers import require_tool
 from support.kafka import KafkaService
 
-from interop.helpers import Published, publish, require_tool
+from interop.helpers import Published, publish
 
 
 @pytest.fixture(scope="package")
@@ -17,4 +18,4 @@ def published(kafka: KafkaService) -> Published:
 
 @pytest.fixture(scope="session")
 def kcat() -> Path:
-    return require_tool("kcat", "KCAT_BIN")
+    return require_tool("kcat")

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
 import re
-import shutil
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 from support.e2e import all_finished, bridge_config, consume_until, covers, discovery_ready
 from support.e2e import expected_events as emitted_events
 from support.kafka import ConsumedRecord, KafkaService, consume, topic_name
@@ -83,26 +80,6 @@ def publish(kafka: KafkaService) -> Published:
         "events of tasks the emulator does not know"
     )
     return result
-
-
-def require_tool(name: str, env: str) -> Path:
-    """The tool from ``$env``, ``.tools/bin`` (``make tools``) or ``PATH``; a skip
-    when it is missing, a failure under CI (which installs it), as tests/deploy does."""
-    override = os.environ.get(env)
-    candidates = [Path(override)] if override else [ROOT / ".tools" / "bin" / name]
-    found = shutil.which(name)
-    if not override and found:
-        candidates.append(Path(found))
-    for candidate in candidates:
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    reason = (
-        f"{name} not found: run `make tools` (scripts/install-tools.sh installs Debian's "
-        f"{name}), set {env}, or put {name} on PATH"
-    )
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI installs every tool, so this is a broken install)")
-    pytest.skip(reason)
 
 
 #: kcat 1.7.1 (Debian 12, librdkafka 2.0.2) cannot parse tansu 0.6.0's

@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from support.emulators import completing_tasks
 from xpander_sdk import Configuration, Tasks
 from xpander_sdk.models.activity import AgentActivityThread
 
 from bridge.config import PlatformConfig, StreamsConfig
 from bridge.emulator.activity import FILLER_TOOL
 from bridge.emulator.server import Emulator
-from bridge.emulator.settings import EmulatorSettings, HttpFaultRule, TaskProfile
+from bridge.emulator.settings import EmulatorSettings, HttpFaultRule
 from bridge.errors import (
     AuthError,
     InvalidDataError,
@@ -34,14 +35,7 @@ AGENT = "agent-emulator-1"
 @pytest.fixture
 async def emu() -> AsyncIterator[Emulator]:
     settings = EmulatorSettings()
-    settings.tasks = TaskProfile(
-        event_interval_s=0.002,
-        events_per_task=20,
-        fail_share=0.0,
-        error_share=0.0,
-        stop_share=0.0,
-        event_mix={"chunk": 2.0, "tool_call": 2.0, "think": 1.0},
-    )
+    settings.tasks = completing_tasks(20, chunk=2.0, tool_call=2.0, think=1.0)
     settings.stream.start_on_subscribe = False  # tasks run to their end unwatched
     async with Emulator(settings) as emulator:
         yield emulator

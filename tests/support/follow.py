@@ -20,8 +20,6 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
-from bridge.kafka.group import in_message
-
 from .kafka import ConsumedRecord, _partitions_of
 
 __all__ = ["Follower"]
@@ -67,7 +65,11 @@ class Follower:
             self._assigned.set()
             while not self._stop.is_set():
                 batch = self._consumer.consume(10_000, 0.5)
-                fresh = [_record(m) for m in batch if m.error() is None and m.value() is not None]
+                fresh = [
+                    ConsumedRecord.of(m)
+                    for m in batch
+                    if m.error() is None and m.value() is not None
+                ]
                 with self._lock:
                     self._records.extend(fresh)
         finally:
@@ -104,16 +106,3 @@ class Follower:
             if tp.offset < high:
                 lines.append(f"{tp.topic}[{tp.partition}] at {tp.offset} of {high}")
         return "behind: " + (", ".join(lines) or "none (every partition read to its end)")
-
-
-def _record(message: Any) -> ConsumedRecord:
-    m = in_message(message)
-    return ConsumedRecord(
-        topic=m.topic,
-        partition=m.partition,
-        offset=m.offset,
-        timestamp=m.timestamp,
-        key=m.key,
-        value=m.value,
-        headers=tuple(m.headers),
-    )

@@ -345,6 +345,20 @@ class ConsumedRecord:
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
 
+    @classmethod
+    def of(cls, raw: Any) -> ConsumedRecord:
+        """From a confluent-kafka message."""
+        m = in_message(raw)
+        return cls(
+            topic=m.topic,
+            partition=m.partition,
+            offset=m.offset,
+            timestamp=m.timestamp,
+            key=m.key,
+            value=m.value,
+            headers=tuple(m.headers),
+        )
+
     def required_value(self) -> bytes:
         """The value of a record that must have one (a tombstone fails here)."""
         assert self.value is not None, f"{self.topic}/{self.partition}@{self.offset} is a tombstone"
@@ -475,18 +489,7 @@ def _consume(
             for m in batch:
                 if m.error() is not None:
                     continue
-                message = in_message(m)
-                out.append(
-                    ConsumedRecord(
-                        topic=message.topic,
-                        partition=message.partition,
-                        offset=message.offset,
-                        timestamp=message.timestamp,
-                        key=message.key,
-                        value=message.value,
-                        headers=tuple(message.headers),
-                    )
-                )
+                out.append(ConsumedRecord.of(m))
     finally:
         consumer.close()
     return out
