@@ -28,6 +28,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from bridge.app.follow_hints import FollowHints
 from bridge.app.report_flow import ReportFlow
 from bridge.config import BridgeConfig
 from bridge.coordination.checkpointer import Checkpointer
@@ -149,6 +150,8 @@ class Bridge:
         self.ownership: Ownership | None = None
         self.checkpointer: Checkpointer | None = None
         self.gc_policy: GcPolicy | None = None
+        #: tasks created by commands stream at once on their owner (``app.follow_hints``)
+        self.follow_hints: FollowHints | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         #: records handed to the queue; at a clean stop, all of them were delivered
         self.records_enqueued = 0
@@ -318,6 +321,9 @@ class Bridge:
         self.discovery = Discovery(
             context, self.supervisor, config.discovery, claims=claims, wake=relist
         )
+        self.follow_hints = FollowHints(
+            config.coordination, self._publish, self.metrics, self.discovery
+        )
         self.health.set("platform", False, "first listing pending")
         self._spawn("discovery", self.discovery.run())
 
@@ -342,6 +348,9 @@ class Bridge:
             self.metrics,
             on_assigned=handover.assigned,
             on_revoked=handover.revoked,
+            on_record=lambda message: (
+                self.follow_hints(message) if self.follow_hints is not None else None
+            ),
         )
         self.health.set("coordination", False, "waiting for a partition assignment")
         self.metrics.coordination_partitions.set(config.coordination.partitions)

@@ -10,8 +10,9 @@ The group runs the cooperative protocol (``bridge.kafka.group``): on a
 rebalance only the partitions that change owner are revoked (``on_revoked``:
 stop those streams, write their checkpoints) and then assigned to their new
 owner (``on_assigned``: read the checkpoints, resume); every other stream
-keeps flowing. The consumer reads the topic's records only to stay in the
-group; they are informational (which replica streams which task).
+keeps flowing. The topic's records are notes for the owner of their
+partition: ``on_record`` gets those of owned partitions (``FollowHint``: a
+task created by a command, to stream at once).
 
 With transactions, every transaction carries this member's offsets on the
 coordination topic with its group metadata (``OffsetSource``, KIP-447): the
@@ -28,11 +29,12 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaException, Message, TopicPartition
 
 from bridge.config import CoordinationConfig, KafkaConfig
 from bridge.coordination.partitioning import partition_for
-from bridge.kafka.group import GroupMember, group_config
+from bridge.core.message import InMessage
+from bridge.kafka.group import GroupMember, group_config, in_message
 from bridge.kafka.options import KAFKA_RETRY
 from bridge.observability.metrics import Metrics
 
@@ -52,12 +54,14 @@ class Ownership:
         *,
         on_assigned: PartitionNumbersCallback,
         on_revoked: PartitionNumbersCallback,
+        on_record: Callable[[InMessage], None] | None = None,
     ) -> None:
         self._kafka = kafka
         self._config = config
         self._metrics = metrics
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
+        self._on_record = on_record
         self._owned: frozenset[int] = frozenset()
         self._member: GroupMember | None = None
         self._closing = False
@@ -110,14 +114,23 @@ class Ownership:
         backoff = KAFKA_RETRY.backoff()
         while True:
             try:
-                # The records are not needed; consuming keeps the membership alive
-                # (and runs the rebalance callbacks).
-                await member.consume(500, 1.0)
+                # Consuming keeps the membership alive (and runs the rebalance
+                # callbacks); the records are notes for the owner (``FollowHint``).
+                messages = await member.consume(500, 1.0)
                 self._read_group_state()
+                self._deliver(messages)
                 backoff.reset()
             except KafkaException as exc:
                 log.warning("coordination consumer error; retrying", extra={"error": str(exc)})
                 await KAFKA_RETRY.wait(backoff)
+
+    def _deliver(self, messages: list[Message]) -> None:
+        on_record = self._on_record
+        if on_record is None:
+            return
+        for raw in messages:
+            if raw.partition() in self._owned:
+                on_record(in_message(raw))
 
     def _connect(self) -> GroupMember:
         config = self._config
@@ -131,7 +144,11 @@ class Ownership:
             # A revoke waits for in-flight acks and writes checkpoints
             # (seconds): the group must wait for it rather than evict us.
             rebalance_timeout_ms=max(60_000, config.session_timeout_ms),
-            offset_reset="latest",
+            # A partition new to the group is read from its start: a note
+            # written just before the first assignment still reaches its owner
+            # ("latest" lost it: the end was looked up after the write). The
+            # notes are few (each is deleted once acted on) and old ones ignored.
+            offset_reset="earliest",
         )
         self._member = GroupMember(
             options,

@@ -48,6 +48,7 @@ __all__ = [
     "DeadLetterReason",
     "DropReason",
     "GcGeneration",
+    "HintOutcome",
     "LabelledChildren",
     "ListingError",
     "Metrics",
@@ -117,6 +118,16 @@ class ResyncOutcome(StrEnum):
     TERMINAL = "terminal"
     RUNNING = "running"
     FAILED = "failed"
+
+
+class HintOutcome(StrEnum):
+    """``follow_hints_total{outcome}``: what the owner did with a follow note
+    (``bridge.core.hint``) read from the coordination topic."""
+
+    FOLLOWED = "followed"  #: the task streams now
+    ALREADY = "already"  #: followed already, or not to follow (checkpoint, not owned)
+    STALE = "stale"  #: older than the bound: a listing finds the task
+    INVALID = "invalid"  #: not a note this version reads
 
 
 class DropReason(StrEnum):
@@ -646,6 +657,16 @@ class Metrics:
             "xpander_bridge_rebalances_total",
             "Ownership assignments received from the consumer group.",
             registry=r,
+        )
+        self.follow_hints = ByLabel(
+            Counter(
+                "xpander_bridge_follow_hints_total",
+                "Follow notes (tasks created by commands) read by the owner of their "
+                "partition, by what it did.",
+                ["outcome"],
+                registry=r,
+            ),
+            HintOutcome,
         )
         self.resumes = ByLabel(
             Counter(

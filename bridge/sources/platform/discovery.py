@@ -161,6 +161,17 @@ class Discovery:
         """List now (e.g. this replica was just given partitions)."""
         self._wake.set()
 
+    def hinted(self, item: dict[str, Any]) -> bool:
+        """A task known before any listing shows it (the bridge created it):
+        considered at once, as a listing item would be; ``True`` when it is
+        followed now. Ownership, checkpoints and tasks already followed are
+        respected exactly as for a listed task."""
+        task_id = item.get("id")
+        if not isinstance(task_id, str) or self._supervisor.is_known(task_id):
+            return False
+        self._consider(task_id, item, None, set(), set())
+        return self._supervisor.is_known(task_id)
+
     @property
     def full_rounds(self) -> int:
         """How many times every listing has been fully listed, at least."""
