@@ -98,8 +98,13 @@ class OffsetSource(Protocol):
         ...
 
 
-#: failed aborts in a row after which the producer is replaced
-_ABORTS_BEFORE_RESET = 3
+#: failed aborts in a row after which the producer is replaced. One: a new
+#: producer with the same transactional id aborts the open transaction at its
+#: InitProducerId, which is what a retried abort would do at best; waiting for
+#: three (each up to kafka.request_timeout_ms, plus back-off) kept the bridge
+#: unready for over 30 s after a broker outage on tansu, whose epoch bump after
+#: a sequence gap never succeeds (librdkafka retried it all along).
+_ABORTS_BEFORE_RESET = 1
 
 
 class _Failed(Exception):
