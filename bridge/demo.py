@@ -2,21 +2,28 @@
 one process tree, with a live summary in the terminal until Ctrl-C.
 
 Nothing here is demo-only logic: the bridge is the same ``Bridge`` that
-``run`` starts, configured to point at the emulator and the broker (with
-idempotence off, since the embedded broker has none).
+``run`` starts, configured to point at the emulator and the broker. The
+summary is read from the bridge's own metrics (the figures the dashboard
+shows, since the start rather than per minute): events by type, and per
+agent the tasks by status, duration p50/p95, tokens, tool errors, paused
+tasks now and the oldest one's age; then the paused tasks themselves (the
+emulator's demo scenario pauses some tasks for a while, as a task waiting for
+a human approval would, then resumes them). Without a terminal, one line a
+second and the whole summary once at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import shlex
 import signal
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
 from prometheus_client.metrics import MetricWrapperBase
@@ -29,8 +36,18 @@ from bridge.emulator.settings import EmulatorSettings
 from bridge.errors import ConfigError, UnavailableError
 from bridge.kafka.embedded import EmbeddedBroker
 from bridge.observability.logging import configure_logging
+from bridge.observability.metrics import Metrics
 
-__all__ = ["DEMO_KAFKA_PORT", "KAFKA_PORT_ENV", "demo_kafka_port", "run_demo", "tail_command"]
+__all__ = [
+    "DEMO_KAFKA_PORT",
+    "KAFKA_PORT_ENV",
+    "AgentFigures",
+    "agent_figures",
+    "demo_kafka_port",
+    "histogram_quantile",
+    "run_demo",
+    "tail_command",
+]
 
 #: The demo's broker listens here while the demo runs, so the command that
 #: tails it stays the same from one run to the next.
@@ -85,6 +102,127 @@ def _samples(metric: MetricWrapperBase, label: str) -> dict[str, float]:
             if sample.name.endswith("_total"):
                 totals[sample.labels.get(label, "")] += sample.value
     return totals
+
+
+def _labelled(metric: MetricWrapperBase, name: str) -> Iterator[tuple[dict[str, str], float]]:
+    """(labels, value) of the samples called ``name`` (e.g. ``..._bucket``)."""
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name == name:
+                yield sample.labels, float(sample.value)
+
+
+def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:
+    """The q-quantile of cumulative bucket counts (upper bound -> count, +Inf
+    included), interpolated within its bucket as Prometheus's
+    ``histogram_quantile`` does; None without observations."""
+    bounds = sorted(buckets)
+    if not bounds or bounds[-1] != math.inf:
+        return None
+    total = buckets[math.inf]
+    if total <= 0:
+        return None
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if bound == math.inf:
+                return lower  # in the open bucket: its lower bound, as Prometheus says
+            if count == below:
+                return bound
+            return lower + (bound - lower) * (rank - below) / (count - below)
+        lower, below = bound, count
+    return lower
+
+
+class AgentFigures:
+    """One agent's figures, from the bridge's per-agent metrics."""
+
+    __slots__ = (
+        "finished",
+        "now",
+        "oldest_paused_s",
+        "p50_s",
+        "p95_s",
+        "tokens",
+        "tool_calls",
+        "tool_errors",
+    )
+
+    def __init__(self) -> None:
+        #: unfinished tasks followed, by status (pending, executing, paused)
+        self.now: dict[str, float] = defaultdict(float)
+        #: tasks finished, by terminal status
+        self.finished: dict[str, float] = defaultdict(float)
+        self.p50_s: float | None = None
+        self.p95_s: float | None = None
+        self.tokens = 0.0
+        self.tool_calls = 0.0
+        self.tool_errors = 0.0
+        self.oldest_paused_s = 0.0
+
+
+def agent_figures(metrics: Metrics) -> dict[str, AgentFigures]:
+    """Per agent label: what the dashboard's agent row shows, since the start."""
+    agents: dict[str, AgentFigures] = defaultdict(AgentFigures)
+    for labels, value in _labelled(metrics.agent_tasks.metric, "xpander_bridge_agent_tasks"):
+        agents[labels["agent_id"]].now[labels["status"]] += value
+    finished = metrics.tasks_finished.metric
+    for labels, value in _labelled(finished, "xpander_bridge_tasks_finished_total"):
+        agents[labels["agent_id"]].finished[labels["status"]] += value
+    buckets: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
+    duration = metrics.task_duration.metric
+    for labels, value in _labelled(duration, "xpander_bridge_task_duration_seconds_bucket"):
+        buckets[labels["agent_id"]][float(labels["le"])] += value  # summed over statuses
+    for agent, counts in buckets.items():
+        agents[agent].p50_s = histogram_quantile(0.50, counts)
+        agents[agent].p95_s = histogram_quantile(0.95, counts)
+    for labels, value in _labelled(metrics.tokens.metric, "xpander_bridge_tokens_total"):
+        agents[labels["agent_id"]].tokens += value
+    for labels, value in _labelled(metrics.tool_calls.metric, "xpander_bridge_tool_calls_total"):
+        agents[labels["agent_id"]].tool_calls += value
+    errors = metrics.tool_errors.metric
+    for labels, value in _labelled(errors, "xpander_bridge_tool_errors_total"):
+        agents[labels["agent_id"]].tool_errors += value
+    oldest = metrics.oldest_paused_task.metric
+    for labels, value in _labelled(oldest, "xpander_bridge_oldest_paused_task_seconds"):
+        figures = agents[labels["agent_id"]]
+        figures.oldest_paused_s = max(figures.oldest_paused_s, value)
+    return dict(agents)
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 60:
+        return f"{value:.1f}s"
+    if value < 3600:
+        return f"{value / 60:.1f}m"
+    return f"{value / 3600:.1f}h"
+
+
+_AGENT_HEADER = (
+    f"  {'agent':<20} {'pending':>7} {'exec':>5} {'paused':>6}   "
+    f"{'ok':>5} {'failed':>6} {'error':>5} {'stop':>5}   {'p50':>6} {'p95':>6}   "
+    f"{'tokens':>9}   {'tool err/calls':>14}   {'oldest paused':>13}"
+)
+
+
+def _agent_line(agent: str, f: AgentFigures) -> str:
+    tools = f"{f.tool_errors:.0f}/{f.tool_calls:.0f}"
+    oldest = _seconds(f.oldest_paused_s) if f.now.get("paused") else "-"
+    return (
+        f"  {agent[:20]:<20} {f.now.get('pending', 0):>7.0f} {f.now.get('executing', 0):>5.0f} "
+        f"{f.now.get('paused', 0):>6.0f}   {f.finished.get('completed', 0):>5.0f} "
+        f"{f.finished.get('failed', 0):>6.0f} {f.finished.get('error', 0):>5.0f} "
+        f"{f.finished.get('stopped', 0):>5.0f}   {_seconds(f.p50_s):>6} {_seconds(f.p95_s):>6}   "
+        f"{f.tokens:>9.0f}   {tools:>14}   {oldest:>13}"
+    )
+
+
+#: Paused tasks listed by name (the oldest); the rest are counted.
+PAUSED_LISTED = 8
 
 
 def demo_config(emu: Emulator, bootstrap_servers: str, http_port: int) -> BridgeConfig:
@@ -153,8 +291,29 @@ class Summary:
         lines.append("tasks finished by status: " + _inline(finished))
         lines.append("emulator tasks by status: " + _inline(self._emu.stats()["tasks_by_status"]))
         lines.append("")
+        lines += self.agent_lines()
+        lines.append("")
         lines.append("Ctrl-C stops: streams close, the queue drains, the producer flushes.")
         return "\n".join(lines)
+
+    def agent_lines(self) -> list[str]:
+        """The agents' table and the paused tasks, as the bridge counts them."""
+        agents = agent_figures(self._bridge.metrics)
+        lines = ["agents (tasks now | finished | duration | tokens | tools | oldest paused):"]
+        lines.append(_AGENT_HEADER)
+        for agent in sorted(agents):
+            lines.append(_agent_line(agent, agents[agent]))
+        paused = self._bridge.agent_stats.paused_tasks()
+        lines.append("")
+        lines.append(f"paused tasks (waiting for a human): {len(paused)}")
+        for agent, task_id, waited in paused[:PAUSED_LISTED]:
+            lines.append(f"  {agent[:20]:<20} {task_id:<40} paused {_seconds(waited)}")
+        if len(paused) > PAUSED_LISTED:
+            lines.append(f"  ... and {len(paused) - PAUSED_LISTED} more")
+        return lines
+
+    def paused_now(self) -> int:
+        return len(self._bridge.agent_stats.paused_tasks())
 
     def show(self) -> None:
         text = self.render()
@@ -162,7 +321,7 @@ class Summary:
             self._out.write("\x1b[H\x1b[2J" + text + "\n")
         else:
             first = next((line for line in text.splitlines() if line.startswith("events/s")), "")
-            self._out.write(first.strip() + "\n")
+            self._out.write(f"{first.strip()}   paused {self.paused_now()}\n")
         self._out.flush()
 
 
@@ -227,6 +386,9 @@ async def _run(
                 if duration_s is not None and time.monotonic() - started >= duration_s:
                     break
         finally:
+            if not stream.isatty():
+                # the whole summary once: a log or a pipe gets the figures too
+                stream.write("\n" + "\n".join(summary.agent_lines()) + "\n")
             stream.write("\nstopping: draining the queue and flushing the producer...\n")
             report = await bridge.shutdown()
         published = sum(_samples(bridge.metrics.envelopes_published.metric, "topic").values())

@@ -5,8 +5,8 @@ A plan is drawn once, when the task is created, from the task's own seeded
 
     start      task_created (status pending)
     executing  task_updated (status executing)
-    pause      task_updated (status paused)      } sometimes, once
-    resume     task_updated (status executing)   }
+    pause      task_updated (status paused)      } sometimes (pause_share), once,
+    resume     task_updated (status executing)   } pause_s apart
     <body>     chunk, tool_call_request, tool_call_result, think, analyze,
                plan_updated, sub_agent_trigger, context_status, future_insight,
                or any other kind named in the profile's event_mix
@@ -104,9 +104,11 @@ def build_plan(  # noqa: C901  (one branch per knob of the plan)
     steps = ["start", "executing", *body, "finish"]
     delays = [0.0] + [_delay(rng, profile) for _ in steps[1:]]
     if pauses:
-        # a pause lasts longer than the gap between two events, as a real one would
+        # a pause lasts longer than the gap between two events, as a real one
+        # would: the profile's pause_s, else three gaps
         resume_at = steps.index("resume")
-        delays[resume_at] *= 3.0
+        pause_s = profile.pause_s
+        delays[resume_at] = delays[resume_at] * 3.0 if pause_s is None else pause_s
     if not streaming:
         kept_steps: list[str] = []
         kept_delays: list[float] = []

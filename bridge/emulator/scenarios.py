@@ -1,7 +1,8 @@
 """Scenario presets: named workloads for demos, end-to-end tests and benchmarks.
 
     idle    no tasks of its own (the test default)
-    demo    a trickle of varied tasks, forever: the CLI default
+    demo    a trickle of varied tasks, forever, some pausing a while for a human
+            (HITL) then resuming: the CLI default
     burst   400 streaming tasks x 100 events, all at once, back to back
     wide    2,000 concurrent streaming tasks x 20 events
     steady  N concurrent streams at a fixed total event rate for a fixed time,
@@ -18,9 +19,13 @@ from typing import Any
 
 from bridge.emulator.settings import ScenarioSettings, TaskProfile
 
-__all__ = ["PRESETS", "preset"]
+__all__ = ["DEMO_PAUSE_S", "DEMO_PAUSE_SHARE", "PRESETS", "preset"]
 
 PRESETS = ("idle", "demo", "burst", "wide", "steady")
+#: The demo's share of tasks that pause (human in the loop), and for how long:
+#: long enough to be seen paused, and to resume while the demo runs.
+DEMO_PAUSE_SHARE = 0.05
+DEMO_PAUSE_S = 20.0
 
 
 def _bench_profile(events: int, interval: float, *, stamp: bool = False) -> TaskProfile:
@@ -44,7 +49,8 @@ def preset(name: str, **params: Any) -> ScenarioSettings:
     burst:  tasks=400, events=100
     wide:   tasks=2000, events=20, interval_s=0.05
     steady: streams=10000, rate=20000 (events/s in total), duration_s=30
-    demo:   interval_s=0.5 (mean gap between arrivals)
+    demo:   interval_s=0.5 (mean gap between arrivals), max_active=200,
+            pause_share=0.05 and pause_s=20 (tasks that wait for a human, then resume)
     """
     if name == "idle":
         return ScenarioSettings(task_count=0)
@@ -53,7 +59,12 @@ def preset(name: str, **params: Any) -> ScenarioSettings:
             task_count=None,
             arrival_interval_s=float(params.get("interval_s", 0.5)),
             max_active=int(params.get("max_active", 200)),
-            profile=TaskProfile(event_interval_s=0.15, events_per_task=40),
+            profile=TaskProfile(
+                event_interval_s=0.15,
+                events_per_task=40,
+                pause_share=float(params.get("pause_share", DEMO_PAUSE_SHARE)),
+                pause_s=float(params.get("pause_s", DEMO_PAUSE_S)),
+            ),
         )
     if name == "burst":
         return ScenarioSettings(

@@ -102,6 +102,12 @@ class TaskProfile(_Knobs):
     pause_share: float = Field(
         0.1, ge=0.0, le=1.0, description="Share of tasks that pause once, then resume."
     )
+    pause_s: float | None = Field(
+        None,
+        ge=0.0,
+        description="How long a pause lasts (status paused, waiting for a human), exactly; "
+        "null = 3 times a drawn event interval.",
+    )
     fail_share: float = Field(0.1, ge=0.0, le=1.0, description="Share ending `failed`.")
     error_share: float = Field(0.05, ge=0.0, le=1.0, description="Share ending `error`.")
     stop_share: float = Field(

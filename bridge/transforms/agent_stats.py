@@ -188,6 +188,19 @@ class AgentStats:
         if data.get("is_error") is True:
             errors.inc()
 
+    # --- a view ------------------------------------------------------------------
+
+    def paused_tasks(self) -> list[tuple[str, str, float]]:
+        """The paused tasks this replica follows, oldest first: (agent label,
+        task id, seconds paused), as ``oldest_paused_task_seconds`` counts them."""
+        now = self._clock()
+        found = [
+            (agent, task_id, max(0.0, now - since))
+            for agent, paused in self._paused.items()
+            for task_id, since in list(paused.items())
+        ]
+        return sorted(found, key=lambda item: (-item[2], item[0], item[1]))
+
     # --- pieces ------------------------------------------------------------------
 
     def _tool_counters(self, agent: str, name: str) -> tuple[Counter, Counter]:

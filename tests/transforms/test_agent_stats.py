@@ -326,3 +326,21 @@ def test_without_stats_the_normalizer_counts_no_agent_statistics() -> None:
     normalizer.from_frame(task, frame, None, 0.0)
     assert sample(metrics, "xpander_bridge_agent_tasks", agent_id=AGENT, status="paused") == 0
     assert sample(metrics, "xpander_bridge_tokens_total", agent_id=AGENT, kind="prompt") == 0
+
+
+def test_paused_tasks_lists_each_paused_task_oldest_first() -> None:
+    # what the demo's summary lists under the agents' table
+    rig = Rig(agents=(AGENT, "a-2"))
+    first, second, elsewhere = rig.task("t-1"), rig.task("t-2"), rig.task("t-3", "a-2")
+    rig.clock.now = T0 + 600
+    rig.lifecycle(first, "task_updated", "paused", paused_at=iso(500))
+    rig.lifecycle(second, "task_updated", "paused", paused_at=iso(0))
+    rig.lifecycle(elsewhere, "task_updated", "paused", paused_at=iso(590))
+    assert rig.stats.paused_tasks() == [
+        (AGENT, "t-2", 600),
+        (AGENT, "t-1", 100),
+        ("a-2", "t-3", 10),
+    ]
+    rig.lifecycle(second, "task_updated", "executing")
+    rig.stats.release(elsewhere)
+    assert rig.stats.paused_tasks() == [(AGENT, "t-1", 100)]
