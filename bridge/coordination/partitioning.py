@@ -5,6 +5,8 @@ the producer partitions by key land where ``partition_for`` says."""
 
 from __future__ import annotations
 
+import functools
+
 __all__ = ["murmur2", "partition_for"]
 
 _SEED = 0x9747B28C
@@ -37,5 +39,9 @@ def murmur2(data: bytes) -> int:
     return h
 
 
+@functools.lru_cache(maxsize=65_536)
 def partition_for(task_id: str, partitions: int) -> int:
+    # Cached: asked for every checkpoint and ownership check of a followed task
+    # (pure-Python murmur2 was 2.7% of the event loop at 10,000 streams); the
+    # followed tasks fit, and a miss only costs the hash again.
     return (murmur2(task_id.encode()) & 0x7FFFFFFF) % partitions
