@@ -42,8 +42,10 @@ from bridge.config import BridgeConfig, KafkaConfig
 from bridge.core.dead_letter import MAX_ERROR_CHARS
 from bridge.core.task import TaskState
 from bridge.docgen import SCHEMAS, render_schema
-from bridge.envelope import Envelope
+from bridge.envelope import ActivityEnvelope, Envelope
 from bridge.observability.metrics import DeadLetterReason, Metrics, ReportKind
+from bridge.transforms.activity import ActivityRecords
+from bridge.transforms.commands import CommandResult, CreateCommand, StopCommand, UpdateCommand
 from bridge.transforms.normalize import CE_TYPE_PREFIX, Normalizer
 from bridge.transforms.reports import ExternalTaskReport, MetricsReport, parse_message
 
@@ -110,10 +112,16 @@ TOPICS: tuple[Topic, ...] = (
           "Task state"),
     Topic("dlq", "topics", "dlq", "send", "publishDeadLetters", "deadLetter", True,
           "Dead letters"),
+    Topic("activity", "topics", "activity", "send", "publishTaskActivity", "taskActivity", True,
+          "Task activity"),
     Topic("reports", "reports", "reports_topic", "receive", "receiveTaskReports", "taskReport",
           False, "External task reports"),
     Topic("metrics", "reports", "metrics_topic", "receive", "receiveMetricsReports",
           "metricsReport", False, "Execution metrics"),
+    Topic("commands", "commands", "commands_topic", "receive", "receiveTaskCommands",
+          "taskCommand", False, "Task commands"),
+    Topic("commandResults", "commands", "results_topic", "send", "publishCommandResults",
+          "commandResult", False, "Task command results"),
 )  # fmt: skip
 
 #: Topics the bridge uses among its replicas only (ownership, checkpoints):
@@ -178,7 +186,11 @@ DLQ_HEADERS: dict[str, tuple[dict[str, Any], str]] = {
     "dlq.task_id": ({"type": "string"}, "The task (sources sse and bridge)."),
     "dlq.sse_id": ({"type": "string"}, "The SSE id of the frame, when the server sent one."),
     "dlq.bytes": (_DIGITS, "`frame_too_large`: the event's size; the value is its head only."),
-    "dlq.event_id": ({"type": "string"}, "`oversized`: the `event_id` of the truncated stub."),
+    "dlq.event_id": (
+        {"type": "string"},
+        "`oversized`: the `event_id` of the truncated stub; `activity_rejected`: the "
+        "`activity_id` the thread would have had.",
+    ),
     "dlq.part": (_DIGITS, "`oversized`: this record's part, 1 to `dlq.parts`."),
     "dlq.parts": (_DIGITS, "`oversized`: how many parts the envelope was split in."),
     "dlq.sha256": (
@@ -188,7 +200,10 @@ DLQ_HEADERS: dict[str, tuple[dict[str, Any], str]] = {
     "dlq.original_topic": ({"type": "string"}, "Source kafka: the message's topic."),
     "dlq.original_partition": (_DIGITS, "Source kafka: the message's partition."),
     "dlq.original_offset": (_DIGITS, "Source kafka: the message's offset."),
-    "dlq.status": (_DIGITS, "`platform_rejected`: the platform's HTTP status."),
+    "dlq.status": (
+        _DIGITS,
+        "`platform_rejected`, `activity_rejected`: the platform's HTTP status.",
+    ),
 }
 _DLQ_REQUIRED = ("dlq.reason", "dlq.error", "dlq.source")
 
@@ -333,6 +348,32 @@ _EXAMPLE_TASK = {
     "result": "12 tickets, 3 urgent",
 }
 _EXAMPLE_OBSERVED_AT = "2026-11-26T03:00:01.251042+00:00"
+_EXAMPLE_THREAD = {
+    "id": _EXAMPLE_TASK["id"],
+    "created_at": _EXAMPLE_TASK["created_at"],
+    "messages": [
+        {
+            "id": "m-1",
+            "created_at": _EXAMPLE_TASK["created_at"],
+            "role": "user",
+            "content": {"text": "Summarize yesterday's tickets", "files": []},
+        },
+        {
+            "id": "call-1",
+            "created_at": "2026-11-26T03:00:00.800000+00:00",
+            "tool_name": "zendesk.search",
+            "payload": {"query": "created>yesterday"},
+            "is_error": False,
+            "result": "12 tickets",
+        },
+        {
+            "id": "m-2",
+            "created_at": _EXAMPLE_TASK["finished_at"],
+            "role": "agent",
+            "content": {"text": _EXAMPLE_TASK["result"], "files": []},
+        },
+    ],
+}
 _EXAMPLE_REPORT = {
     "agent_id": "agent-123",
     "id": "nightly-batch-2026-11-26",
@@ -389,12 +430,24 @@ def _normalizer_examples() -> dict[str, dict[str, Any]]:
     }
     envelope = normalizer.from_frame(task, orjson.dumps(event), "17", 0.0)[0]
     broken = normalizer.from_frame(task, b'{"data": "an event without a type"}', "18", 0.0)[0]
+    activity = ActivityRecords(
+        config.topics.activity,
+        config.topics.dlq,
+        max_part_bytes=config.activity.max_part_bytes,
+        max_request_bytes=config.kafka.max_request_bytes,
+    ).build(task, orjson.dumps(_EXAMPLE_THREAD), _EXAMPLE_OBSERVED_AT, 0.0)[0]
     return {
         "taskEnvelope": _record_example(
             "taskFinished",
             "The end of a task, read from its stream (it goes to the state topic too).",
             envelope.headers,
             envelope.value,
+        ),
+        "taskActivity": _record_example(
+            "taskActivity",
+            "The activity thread of an ended task, in one record.",
+            activity.headers,
+            activity.value,
         ),
         "deadLetter": _record_example(
             "notAnEvent",
@@ -469,8 +522,20 @@ _OPERATION_SUMMARIES = {
         "The bridge publishes what it could not handle, the bytes untouched and why in "
         "headers; and the parts of envelopes over the size limit."
     ),
+    "activity": (
+        "When a task ends, the bridge publishes its activity thread (activity.enabled, but for "
+        "activity.exclude_agent_ids), keyed by task id: one record, or ordered parts."
+    ),
     "reports": "The bridge records each message on the platform as an external task run.",
     "metrics": "The bridge records each message on the platform as execution metrics.",
+    "commands": (
+        "The bridge runs each command (create, update, stop) on the platform once "
+        "(commands.enabled; docs/COMMANDS.md) and answers it on the results topic."
+    ),
+    "commandResults": (
+        "The bridge publishes one reply per command, keyed by command_id (to the command's "
+        "kafka_replyTopic header when it has one), in the transaction of the command's offset."
+    ),
 }
 
 
@@ -480,7 +545,8 @@ def _operation(config: BridgeConfig, topic: Topic) -> dict[str, Any]:
         "bindingVersion": KAFKA_BINDING_VERSION,
     }
     if topic.action == "receive":
-        binding = {"groupId": {"type": "string", "default": config.reports.group_id}, **binding}
+        group_id = getattr(config, topic.section).group_id
+        binding = {"groupId": {"type": "string", "default": group_id}, **binding}
     return {
         "action": topic.action,
         "channel": {"$ref": f"#/channels/{topic.channel}"},
@@ -529,6 +595,33 @@ def _messages() -> dict[str, Any]:
                 }
             },
             "examples": [examples["taskEnvelope"]],
+        },
+        "taskActivity": {
+            "name": "TaskActivity",
+            "title": "Task activity",
+            "summary": "An ended task's activity thread (schemas/activity.v1.json).",
+            "description": (
+                "`data` is the thread as the platform sent it; a thread over "
+                "`activity.max_part_bytes` comes in `parts` records with a `chunk` each: "
+                "concatenate the chunks in `part` order and parse (docs/CONSUMING.md)."
+            ),
+            "contentType": STATIC_CE_HEADERS["content-type"],
+            "headers": _ce_headers_schema(),
+            "payload": _schema_ref(ActivityEnvelope),
+            "correlationId": {
+                "description": "The task.",
+                "location": "$message.payload#/task_id",
+            },
+            "bindings": {
+                "kafka": {
+                    "key": {
+                        "type": "string",
+                        "description": "The task id: a thread's parts share a partition, in order.",
+                    },
+                    "bindingVersion": KAFKA_BINDING_VERSION,
+                }
+            },
+            "examples": [examples["taskActivity"]],
         },
         "deadLetter": {
             "name": "DeadLetter",
@@ -581,6 +674,85 @@ def _messages() -> dict[str, Any]:
             },
             "bindings": {"kafka": {"key": report_key, "bindingVersion": KAFKA_BINDING_VERSION}},
             "examples": [_report_example(ReportKind.METRICS, _EXAMPLE_METRICS)],
+        },
+        "taskCommand": {
+            "name": "TaskCommand",
+            "title": "Task command",
+            "summary": (
+                "create, update or stop a task (schemas/command-create.v1.json, "
+                "command-update.v1.json, command-stop.v1.json)."
+            ),
+            "contentType": "application/json",
+            "payload": {
+                "oneOf": [_schema_ref(m) for m in (CreateCommand, UpdateCommand, StopCommand)]
+            },
+            "correlationId": {
+                "description": (
+                    "The command id (when absent, derived from the message's topic, partition "
+                    "and offset); a create's task id is uuid5 of it."
+                ),
+                "location": "$message.payload#/command_id",
+            },
+            "bindings": {
+                "kafka": {
+                    "key": {
+                        "type": "string",
+                        "description": (
+                            "The task the command is about: messages with one key run one "
+                            "after the other."
+                        ),
+                    },
+                    "bindingVersion": KAFKA_BINDING_VERSION,
+                }
+            },
+            "examples": [
+                {
+                    "name": "create",
+                    "summary": "As the bridge takes it.",
+                    "payload": {
+                        "command": "create",
+                        "command_id": "order-7",
+                        "agent_id": "agent-1",
+                        "prompt": "Summarize order 7",
+                    },
+                }
+            ],
+        },
+        "commandResult": {
+            "name": "CommandResult",
+            "title": "Task command result",
+            "summary": "The reply to one command (schemas/command-result.v1.json).",
+            "contentType": "application/json",
+            "payload": _schema_ref(CommandResult),
+            "correlationId": {
+                "description": "The command id (also the key).",
+                "location": "$message.payload#/command_id",
+            },
+            "bindings": {
+                "kafka": {
+                    "key": {"type": "string", "description": "The command id."},
+                    "bindingVersion": KAFKA_BINDING_VERSION,
+                }
+            },
+            "examples": [
+                {
+                    "name": "ok",
+                    "summary": "A create done on the platform.",
+                    "payload": CommandResult.model_validate(
+                        {
+                            "v": 1,
+                            "command_id": "order-7",
+                            "command": "create",
+                            "outcome": "ok",
+                            "task_id": "0b9d6a35-4a43-5b0e-9c1f-3f3b2f7d6a10",
+                            "agent_id": "agent-1",
+                            "status": "pending",
+                            "error": None,
+                            "time": "2026-12-03T10:20:00.123Z",
+                        }
+                    ).model_dump(mode="json"),
+                }
+            ],
         },
     }
 

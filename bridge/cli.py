@@ -137,6 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
     report_cli.configure_parser(report)
     report.set_defaults(handler=report_cli.run)
 
+    command = commands.add_parser(
+        "command",
+        help="write one task command (create, update, stop) to Kafka; --wait prints the reply",
+        description=(
+            "Validate and write one command to the commands topic, as the bridge will consume "
+            "it (commands.enabled). Kafka settings come from the config file and the "
+            "environment, exactly as for `run`."
+        ),
+    )
+    from bridge import command_cli
+
+    command_cli.configure_parser(command)
+    command.set_defaults(handler=command_cli.run)
+
     tail = commands.add_parser(
         "tail",
         help="follow the events topic (or another of the bridge's topics) in the terminal",

@@ -386,6 +386,10 @@ class TopicsConfig(Section):
         default="xpander.bridge.dlq",
         description="Dead letters: raw input with the reason in headers.",
     )
+    activity: str = Field(
+        default="xpander.task.activity",
+        description="Each ended task's activity thread (activity.enabled), keyed by task id.",
+    )
     create: bool = Field(
         default=True, description="Create missing topics at start-up (else only verify them)."
     )
@@ -398,6 +402,25 @@ class TopicsConfig(Section):
     )
     routes: list[RouteRule] = Field(
         default_factory=list, description="Routing rules by event type, first match wins."
+    )
+
+
+class ActivityConfig(Section):
+    """The activity topic: each ended task's whole thread, fetched once it ends."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Fetch each ended task's activity log and publish it to topics.activity.",
+    )
+    exclude_agent_ids: list[str] = Field(
+        default_factory=list,
+        description="Agents whose tasks' activity is not fetched nor published (opt-out).",
+    )
+    max_part_bytes: int = Field(
+        default=524_288,
+        ge=4096,
+        description="Largest activity record; a larger thread is published in ordered parts "
+        "of at most this size (kept under kafka.max_request_bytes, with room for batching).",
     )
 
 
@@ -560,6 +583,64 @@ class LoggingConfig(Section):
     )
 
 
+class CommandsConfig(Section):
+    """Task commands from Kafka: create, update and stop tasks, with replies
+    (``docs/COMMANDS.md``). Off until enabled."""
+
+    enabled: bool = Field(default=False, description="Run task commands from Kafka.")
+    commands_topic: str = Field(
+        default="xpander.task.commands", description="Commands: create, update, stop."
+    )
+    results_topic: str = Field(
+        default="xpander.task.command-results",
+        description="Replies, keyed by command_id (a kafka_replyTopic header overrides it).",
+    )
+    reply_topics: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Topics a command's kafka_replyTopic header may name besides results_topic (they "
+            "must exist: a send to a missing topic would hold the delivery of everything)."
+        ),
+    )
+    group_id: str = Field(
+        default="xpander-bridge-commands", description="Consumer group of the command consumers."
+    )
+    agent_ids: list[str] | None = Field(
+        default=None,
+        description="Agents commands may address; unset: discovery.agent_ids.",
+    )
+    create_rate_per_s: float = Field(
+        default=20.0, gt=0, description="Token bucket: creates per second (waits, never drops)."
+    )
+    create_burst: int = Field(default=20, ge=1, description="Token bucket: burst of creates.")
+    id_namespace: str = Field(
+        default="8f4e2c7a-3b1d-4f6e-9c2a-7d5b1e0f3a64",
+        description="UUID namespace of task ids derived from command ids (uuid5).",
+    )
+    max_in_flight_per_partition: int = Field(
+        default=8, ge=1, description="Concurrent commands per partition (order kept per key)."
+    )
+    retry_initial_s: float = Field(default=0.5, gt=0, description="First retry back-off.")
+    retry_max_s: float = Field(default=30.0, gt=0, description="Cap of the retry back-off.")
+    commit_interval_s: float = Field(
+        default=0.5, gt=0, description="Most time between two offset commits while working."
+    )
+    session_timeout_ms: int = Field(
+        default=10_000, ge=1000, description="Consumer group session timeout."
+    )
+    heartbeat_interval_ms: int = Field(
+        default=3_000, ge=100, description="Consumer group heartbeat interval."
+    )
+    rebalance_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "On a rebalance, how long in-flight commands of revoked partitions may take to "
+            "finish before they are abandoned (the new owner runs them again, idempotently)."
+        ),
+    )
+
+
 class BridgeConfig(Section):
     """Everything the daemon reads at start-up."""
 
@@ -571,6 +652,12 @@ class BridgeConfig(Section):
     kafka: KafkaConfig = Field(default_factory=KafkaConfig, description="Kafka.")
     topics: TopicsConfig = Field(default_factory=TopicsConfig, description="Topics.")
     reports: ReportsConfig = Field(default_factory=ReportsConfig, description="Reports.")
+    commands: CommandsConfig = Field(
+        default_factory=CommandsConfig, description="Task commands from Kafka."
+    )
+    activity: ActivityConfig = Field(
+        default_factory=ActivityConfig, description="Activity threads of ended tasks."
+    )
     coordination: CoordinationConfig = Field(
         default_factory=CoordinationConfig, description="Replicas and checkpoints."
     )

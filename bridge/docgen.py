@@ -14,7 +14,8 @@ import orjson
 from pydantic import BaseModel
 
 from bridge.config_doc import render_env_table, render_example
-from bridge.envelope import Envelope, TaskSnapshot, ToolCallData, TruncatedData
+from bridge.envelope import ActivityEnvelope, Envelope, TaskSnapshot, ToolCallData, TruncatedData
+from bridge.transforms.commands import CommandResult, CreateCommand, StopCommand, UpdateCommand
 from bridge.transforms.reports import ExternalTaskReport, MetricsReport
 
 __all__ = ["SCHEMAS", "render_readme", "render_schema", "write_all"]
@@ -22,11 +23,16 @@ __all__ = ["SCHEMAS", "render_readme", "render_schema", "write_all"]
 #: schema file name -> the model it documents
 SCHEMAS: dict[str, type[BaseModel]] = {
     "envelope.v1.json": Envelope,
+    "activity.v1.json": ActivityEnvelope,
     "task-snapshot.v1.json": TaskSnapshot,
     "tool-call-data.v1.json": ToolCallData,
     "truncated-data.v1.json": TruncatedData,
     "task-report.v1.json": ExternalTaskReport,
     "metrics-report.v1.json": MetricsReport,
+    "command-create.v1.json": CreateCommand,
+    "command-update.v1.json": UpdateCommand,
+    "command-stop.v1.json": StopCommand,
+    "command-result.v1.json": CommandResult,
 }
 
 _TABLE_START = "| variable | setting | description |"

@@ -20,6 +20,7 @@ of the bridge.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -31,9 +32,12 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 __all__ = [
+    "ACTIVITY_TYPE",
     "CATEGORY_BY_TYPE",
     "LIFECYCLE_TYPES",
     "SCHEMA_VERSION",
+    "ActivityAssembler",
+    "ActivityEnvelope",
     "AiokafkaRecord",
     "Category",
     "ConfluentMessage",
@@ -45,6 +49,7 @@ __all__ = [
     "ToolCallData",
     "TruncatedData",
     "UnsupportedSchemaVersion",
+    "read_activity",
     "read_aiokafka",
     "read_confluent",
     "read_envelope",
@@ -191,6 +196,58 @@ class Envelope(BaseModel):
             "The event's payload: a TaskSnapshot on lifecycle events, ToolCallData on "
             "tool events, a string on chunk, TruncatedData when truncated, else as sent."
         )
+    )
+
+
+#: ``type`` of the activity topic's records (``ce_type`` ``ai.xpander.task.activity``).
+ACTIVITY_TYPE = "activity"
+
+
+class ActivityEnvelope(BaseModel):
+    """An ended task's activity thread, as published to the activity topic (key:
+    ``task_id``). A thread whose record would be over ``activity.max_part_bytes``
+    comes as ``parts`` records (same key, so same partition, in order), each
+    with ``part`` and a ``chunk`` of the thread's JSON text: concatenate the
+    chunks in ``part`` order and parse (:class:`ActivityAssembler` does)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: str = Field(
+        default=SCHEMA_VERSION,
+        pattern=r"^1\.\d+$",
+        description="Major.minor; consumers accept any 1.x.",
+    )
+    event_id: str = Field(
+        description="Deterministic id of this record (of this part, when in parts): "
+        "a repeat after a restart has the same id."
+    )
+    activity_id: str = Field(
+        description="Deterministic id of the task's activity thread (from the task id): "
+        "deduplicate threads on it; every part of one thread carries it."
+    )
+    type: Literal["activity"] = Field(description="Always activity.")
+    task_id: str = Field(description="The task; also the Kafka key.")
+    agent_id: str | None = Field(description="The task's agent.")
+    organization_id: str | None = Field(description="The organization.")
+    status: str | None = Field(default=None, description="The task's final status.")
+    observed_at: datetime = Field(description="When the bridge fetched the thread.")
+    part: int = Field(default=1, ge=1, description="This record's place among parts, from 1.")
+    parts: int = Field(default=1, ge=1, description="How many records carry the thread.")
+    thread_bytes: int = Field(
+        ge=0, description="Size of the thread's JSON text (UTF-8 bytes), as the platform sent it."
+    )
+    sha256: str | None = Field(
+        default=None,
+        description="In parts: SHA-256 (hex) of the thread's JSON text, to check the reassembly.",
+    )
+    data: Any = Field(
+        default=None,
+        description="The thread (AgentActivityThread: id, created_at, messages, ...) exactly "
+        "as the platform sent it, unknown fields included; null when in parts.",
+    )
+    chunk: str | None = Field(
+        default=None,
+        description="In parts: this part's slice of the thread's JSON text (whole characters).",
     )
 
 
@@ -379,7 +436,7 @@ def _describe(exc: ValidationError) -> str:
 
 
 def _check_headers(
-    envelope: Envelope,
+    envelope: Envelope | ActivityEnvelope,
     headers: Mapping[str, HeaderValue] | Iterable[tuple[str, HeaderValue]],
 ) -> None:
     expected = {
@@ -409,3 +466,68 @@ def _header_text(name: str, header: HeaderValue) -> str | None:
         return bytes(header).decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidEnvelope(f"header {name} is not UTF-8") from None
+
+
+def read_activity(
+    value: bytes | bytearray | memoryview | str | None, headers: RecordHeaders = None
+) -> ActivityEnvelope:
+    """Validate one record of the activity topic into an :class:`ActivityEnvelope`
+    (versions and headers as :func:`read_envelope`). A thread in parts gives one
+    envelope per part: hand them to an :class:`ActivityAssembler`."""
+    if value is None:
+        raise InvalidEnvelope("a tombstone (a record without a value) is not an envelope")
+    parsed = _parse_json(value)
+    if not isinstance(parsed, dict):
+        raise InvalidEnvelope(f"not an envelope: the value is a JSON {_json_kind(parsed)}")
+    if _from_newer_minor(parsed.get("schema_version", SCHEMA_VERSION)):
+        known = ActivityEnvelope.model_fields
+        parsed = {name: field for name, field in parsed.items() if name in known}
+    try:
+        envelope = ActivityEnvelope.model_validate(parsed)
+    except ValidationError as exc:
+        raise InvalidEnvelope(_describe(exc)) from None
+    if headers is not None:
+        _check_headers(envelope, headers)
+    return envelope
+
+
+class ActivityAssembler:
+    """Joins the parts of activity threads back into threads, per ``activity_id``.
+
+    ``add(envelope)`` returns the thread (the parsed JSON, big integers exact)
+    when ``envelope`` completes one, else ``None``: a whole record at once, a
+    thread in parts at its last missing part. Delivery is at least once, so a
+    part seen twice replaces itself, and a thread completed before is given
+    again (deduplicate on ``activity_id`` if that matters). A thread whose
+    reassembled text does not match its ``sha256`` raises
+    :class:`InvalidEnvelope`. Pending threads are held in memory until
+    complete: at most ``max_pending`` (the oldest is dropped beyond)."""
+
+    def __init__(self, *, max_pending: int = 1000) -> None:
+        self._pending: dict[str, dict[int, str]] = {}
+        self._max_pending = max_pending
+
+    @property
+    def pending(self) -> int:
+        """Threads with some parts seen, not all."""
+        return len(self._pending)
+
+    def add(self, envelope: ActivityEnvelope) -> Any:
+        if envelope.parts == 1 and envelope.chunk is None:
+            return envelope.data
+        if envelope.chunk is None or envelope.part > envelope.parts:
+            raise InvalidEnvelope(f"activity part {envelope.part}/{envelope.parts} without chunk")
+        chunks = self._pending.get(envelope.activity_id)
+        if chunks is None:
+            chunks = self._pending[envelope.activity_id] = {}
+            while len(self._pending) > self._max_pending:
+                del self._pending[next(iter(self._pending))]
+        chunks[envelope.part] = envelope.chunk
+        if len(chunks) < envelope.parts:
+            return None
+        del self._pending[envelope.activity_id]
+        text = "".join(chunks[index] for index in range(1, envelope.parts + 1))
+        raw = text.encode("utf-8", "surrogatepass")
+        if envelope.sha256 is not None and hashlib.sha256(raw).hexdigest() != envelope.sha256:
+            raise InvalidEnvelope(f"activity {envelope.activity_id}: parts do not match sha256")
+        return _parse_json(raw)

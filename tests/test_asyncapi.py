@@ -262,8 +262,11 @@ def test_operations_send_what_the_bridge_writes_and_receive_what_it_reads(
         "events": "send",
         "state": "send",
         "dlq": "send",
+        "activity": "send",
         "reports": "receive",
         "metrics": "receive",
+        "commands": "receive",
+        "commandResults": "send",
     }
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from bridge.app.command_flow import CommandFlow
 from bridge.app.follow_hints import FollowHints
 from bridge.app.report_flow import ReportFlow
 from bridge.config import BridgeConfig
@@ -50,11 +51,13 @@ from bridge.pipeline.transactions import TransactionalDelivery
 from bridge.platform.client import PlatformClient
 from bridge.sinks.kafka.dead_letters import DeadLetterSink
 from bridge.sinks.kafka.producer import KafkaSink
+from bridge.sinks.platform.commander import Commander
 from bridge.sinks.platform.recorder import Recorder
 from bridge.sources.kafka.consumer import PartitionedConsumer
 from bridge.sources.platform.context import WorkerContext
 from bridge.sources.platform.discovery import Discovery
 from bridge.sources.platform.supervisor import TaskSupervisor
+from bridge.transforms.activity import ActivityRecords
 from bridge.transforms.agent_stats import AgentStats
 from bridge.transforms.normalize import Normalizer
 
@@ -147,6 +150,7 @@ class Bridge:
         self.supervisor: TaskSupervisor | None = None
         self.client: PlatformClient | None = None
         self.reports: PartitionedConsumer | None = None
+        self.commands: PartitionedConsumer | None = None
         self.ownership: Ownership | None = None
         self.checkpointer: Checkpointer | None = None
         self.gc_policy: GcPolicy | None = None
@@ -203,6 +207,8 @@ class Bridge:
             self._start_platform_source()
         if config.reports.enabled:
             self._start_reports_source()
+        if config.commands.enabled:
+            self._start_commands_source()
         log.info(
             "bridge started",
             extra={
@@ -230,7 +236,9 @@ class Bridge:
             covering=self._covering,
             # the report consumer's offsets commit with the records their messages
             # produced; the ownership group's prove that this replica still owns its tasks
-            offsets=lambda: [s for s in (self.reports, self.ownership) if s is not None],
+            offsets=lambda: [
+                s for s in (self.reports, self.commands, self.ownership) if s is not None
+            ],
             max_record_bytes=kafka.max_request_bytes,
         )
 
@@ -266,8 +274,20 @@ class Bridge:
             self.client = PlatformClient(config.platform, config.streams, self.metrics)
         return self.client
 
-    def _normalizer(self, checkpointer: Checkpointer | None = None) -> Normalizer:
+    def _normalizer(
+        self, checkpointer: Checkpointer | None = None, *, activity: bool = False
+    ) -> Normalizer:
+        """``activity``: the platform source's, which publishes ended tasks' threads."""
         config = self.config
+        activity_records = None
+        if activity and config.activity.enabled and config.topics.activity:
+            activity_records = ActivityRecords(
+                config.topics.activity,
+                config.topics.dlq,
+                max_part_bytes=config.activity.max_part_bytes,
+                max_request_bytes=config.kafka.max_request_bytes,
+                exclude_agent_ids=config.activity.exclude_agent_ids,
+            )
         return Normalizer(
             config.topics,
             config.kafka,
@@ -275,6 +295,7 @@ class Bridge:
             publish_connected=config.streams.publish_connected,
             on_written=checkpointer.written if checkpointer is not None else None,
             agent_stats=self.agent_stats,
+            activity=activity_records,
         )
 
     def _start_platform_source(self) -> None:
@@ -294,7 +315,7 @@ class Bridge:
         streams = config.streams
         context = WorkerContext(
             client=client,
-            transform=self._normalizer(self.checkpointer),
+            transform=self._normalizer(self.checkpointer, activity=True),
             publish=self._publish,
             metrics=self.metrics,
             health=readiness,
@@ -390,6 +411,42 @@ class Bridge:
         )
         self._spawn("reports", self.reports.run())
 
+    def _start_commands_source(self) -> None:
+        """Task commands from Kafka (``app/command_flow.py``): a second consumer
+        group on the same machinery as reports; replies (and a created task's
+        follow note) commit in the transaction of the command's offset."""
+        config = self.config
+        self.health.set("commands", False, "joining the consumer group")
+        commander = Commander(
+            self._platform_client(),
+            self.metrics,
+            config.commands,
+            on_halt=lambda exc: self.health.set(
+                "commands", False, f"halted: the platform refuses the API key (HTTP {exc.status})"
+            ),
+            on_resume=lambda: self.health.set("commands", True),
+        )
+        flow = CommandFlow(
+            config,
+            commander,
+            self._publish,
+            self.metrics,
+            follow=lambda task: (
+                self.follow_hints.records_for(task) if self.follow_hints is not None else []
+            ),
+        )
+        self.commands = PartitionedConsumer(
+            config.kafka,
+            config.commands,
+            flow.topics,
+            flow,
+            self.metrics,
+            halted=lambda: commander.halted,
+            on_state=lambda ok, detail: self.health.set("commands", ok, detail),
+            transactional=config.kafka.transactions,
+        )
+        self._spawn("commands", self.commands.run())
+
     async def _publish(self, records: list[OutRecord]) -> None:
         """Into the queue, one call's records side by side (a transaction must
         not end inside one envelope's records): callers take turns, so a call
@@ -468,6 +525,9 @@ class Bridge:
         if self.reports is not None:
             await self._cancel("reports")  # the fetch loop; in-flight messages go on
             await self.reports.stop(deadline.left() * 0.6)
+        if self.commands is not None:
+            await self._cancel("commands")
+            await self.commands.stop(deadline.left() * 0.6)
 
     async def _drain(self, report: ShutdownReport, timeout_s: float) -> None:
         """Stage 2: every record read so far acknowledged by Kafka."""

@@ -187,7 +187,10 @@ class Checkpointer:
 
     def _record(self, task: TaskState, *, force: bool = False) -> OutRecord | None:
         done = task.acks.done
-        final = task.finished and done == task.sequence
+        # The task_finished is in Kafka; final once its activity thread is too
+        # (the activity record takes no sequence: its on_written clears the flag).
+        finished = task.finished and done == task.sequence
+        final = finished and not task.activity_due
         due = done > task.checkpointed or (final and not task.checkpoint_final)
         if not due and not (force and done >= 1):
             return None
@@ -201,8 +204,9 @@ class Checkpointer:
             last_stream_event_id=task.acked_stream_event_id,
             first_event_id=task.first_event_id,
             status=task.acked_status,
-            finished=final,
+            finished=finished,
             written_at=now(),
+            activity_due=finished and task.activity_due,
         )
         record = OutRecord(
             self._config.checkpoints_topic,
@@ -253,7 +257,7 @@ class Checkpointer:
         current = now()
         expired = []
         for checkpoint in checkpoints:
-            if checkpoint.finished:
+            if checkpoint.final:  # one with its activity due stays until that is out
                 due = checkpoint.written_at + self._config.checkpoint_retention_s
                 if due <= current:
                     expired.append(self.tombstone(checkpoint.task_id))

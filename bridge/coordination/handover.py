@@ -39,6 +39,11 @@ class StreamOwner(Protocol):
         """Stop following the tasks ``which`` selects; their states, to checkpoint."""
         ...
 
+    def fetch_activity(self, checkpoint: Checkpoint) -> None:
+        """Publish the activity thread of a task whose checkpoint says it ended
+        with the thread still due (no-op for any other checkpoint)."""
+        ...
+
 
 class Handover:
     def __init__(
@@ -71,6 +76,12 @@ class Handover:
         if expired:
             await self._publish(expired)
         self._checkpoints.update(loaded)
+        if self._streams is not None:
+            # Ended tasks whose activity thread was not yet in Kafka: now, not
+            # at the next full listing (live listings never show ended tasks).
+            for checkpoint in loaded.values():
+                if checkpoint.finished and checkpoint.activity_due:
+                    self._streams.fetch_activity(checkpoint)
         self._health.set("coordination", True)
         log.info(
             "resuming owned tasks from their checkpoints",

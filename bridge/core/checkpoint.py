@@ -43,6 +43,14 @@ class Checkpoint:
     finished: bool
     #: wall-clock seconds of the write, for the retention of finished tasks
     written_at: float
+    #: finished, but its activity thread is not yet in Kafka: whoever owns the
+    #: task next publishes it (absent from older checkpoints: false)
+    activity_due: bool = False
+
+    @property
+    def final(self) -> bool:
+        """Nothing is left to publish for the task."""
+        return self.finished and not self.activity_due
 
     def encode(self) -> bytes:
         # Written out, not dataclasses.asdict: this runs for every task with
@@ -61,6 +69,7 @@ class Checkpoint:
                 "status": self.status,
                 "finished": self.finished,
                 "written_at": self.written_at,
+                "activity_due": self.activity_due,
             }
         )
 
@@ -86,6 +95,7 @@ class Checkpoint:
                 status=data.get("status"),
                 finished=bool(data.get("finished")),
                 written_at=float(data.get("written_at", 0.0)),
+                activity_due=bool(data.get("activity_due")),
             )
         except (KeyError, TypeError, ValueError):
             return None

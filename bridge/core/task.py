@@ -44,6 +44,9 @@ class TaskState:
     status: str | None = None
     #: a ``task_finished`` envelope was emitted (from the stream, a poll or a resync)
     finished: bool = False
+    #: the task ended and its activity thread is wanted but not yet in Kafka
+    #: (a checkpoint that says so is not final: the next owner publishes it)
+    activity_due: bool = False
     #: per-sequence delivery acks; ``acks.done`` is the last sequence safely in Kafka
     acks: OrderedAcks = field(default_factory=lambda: OrderedAcks(start=1))
     key: bytes = b""
@@ -80,7 +83,9 @@ class TaskState:
         self.acked_stream_event_id = checkpoint.last_stream_event_id
         self.acked_status = self.status = checkpoint.status
         self.first_event_id = checkpoint.first_event_id
-        self.finished = self.checkpoint_final = checkpoint.finished
+        self.finished = checkpoint.finished
+        self.activity_due = checkpoint.finished and checkpoint.activity_due
+        self.checkpoint_final = checkpoint.finished and not checkpoint.activity_due
         self.learn(checkpoint.agent_id, checkpoint.organization_id)
 
     @property

@@ -35,6 +35,8 @@ async def ensure_topics(
                 "min.cleanable.dirty.ratio": "0.1",
             }
             partitions[name] = coordination.partitions
+    if topics.activity:
+        wanted[topics.activity] = {}
     if topics.state:
         # Compaction keeps the latest snapshot per task id forever; the delete
         # half lets a tombstone remove a task after the retention.

@@ -41,10 +41,14 @@ __all__ = [
     "OTHER",
     "TOOLS_PER_AGENT",
     "ActiveStatus",
+    "ActivityFetchFailure",
+    "ActivityOutcome",
     "BoundedLabel",
     "ByLabel",
     "ByLabels",
     "ByOpenAndLabel",
+    "CommandKind",
+    "CommandOutcome",
     "DeadLetterReason",
     "DropReason",
     "GcGeneration",
@@ -82,6 +86,26 @@ class DeadLetterReason(StrEnum):
     OVERSIZED = "oversized"
     INVALID_REPORT = "invalid_report"
     PLATFORM_REJECTED = "platform_rejected"
+    INVALID_COMMAND = "invalid_command"
+    COMMAND_REJECTED = "command_rejected"
+    ACTIVITY_REJECTED = "activity_rejected"
+
+
+class ActivityOutcome(StrEnum):
+    """``activity_threads_total{outcome}``: how an ended task's activity was accounted for."""
+
+    PUBLISHED = "published"  #: one record on the activity topic
+    PUBLISHED_IN_PARTS = "published_in_parts"  #: ordered parts (over activity.max_part_bytes)
+    REJECTED = "rejected"  #: the platform refused it for good: a dead-letter record
+
+
+class ActivityFetchFailure(StrEnum):
+    """``activity_fetch_failures_total{reason}``: a failed activity-log fetch."""
+
+    UNAVAILABLE = "unavailable"  #: network, 5xx, timeout: retried
+    RATE_LIMITED = "rate_limited"  #: 429: retried after Retry-After
+    REFUSED = "refused"  #: 401/403: retried, the bridge reports not ready
+    REJECTED = "rejected"  #: another 4xx (404 too), or not a JSON object: dead-lettered
 
 
 class TransactionOutcome(StrEnum):
@@ -213,6 +237,27 @@ class ReportRetryReason(StrEnum):
     UNAVAILABLE = "unavailable"
 
 
+class CommandKind(StrEnum):
+    """``commands_*{kind}``: the task commands read from Kafka
+    (``bridge.transforms.commands``); ``invalid`` is a message that is none."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    STOP = "stop"
+    INVALID = "invalid"
+
+
+class CommandOutcome(StrEnum):
+    """``commands_total{outcome}``: the reply's outcome: done on the platform
+    (``ok``), refused for good (``rejected``: invalid, an agent outside the
+    allow-list, a 4xx; dead-lettered too), or ``failed`` (a platform answer the
+    bridge cannot read)."""
+
+    OK = "ok"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
 class ResumeKind(StrEnum):
     """``resumes_total{kind}``: how a task with a checkpoint was picked up again:
     reconnecting with ``Last-Event-ID`` (``by_id``), skipping the events a
@@ -256,6 +301,9 @@ LATENCY_BUCKETS = (
 )
 
 #: Task durations (created to finished): from a second to a day.
+#: Activity thread sizes: from 1 KiB to 64 MiB, by fours.
+ACTIVITY_BYTES_BUCKETS = tuple(float(1024 * 4**n) for n in range(9))
+
 TASK_DURATION_BUCKETS = (
     1.0,
     5.0,
@@ -533,6 +581,7 @@ class Metrics:
             known_agents,
         )
         self._agent_metrics(r, known_agents)
+        self._activity_metrics(r)
         self.worker_crashes = Counter(
             "xpander_bridge_worker_crashes_total",
             "Task workers that died of an unexpected error (a bug); each restarts at the next "
@@ -628,6 +677,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self._define_commands(r)
         self.reports_halted = Gauge(
             "xpander_bridge_reports_halted",
             "1 while report recording is halted because the platform refuses the credentials.",
@@ -693,6 +743,78 @@ class Metrics:
                 registry=r,
             ),
             GcGeneration,
+        )
+
+    def _define_commands(self, r: CollectorRegistry) -> None:
+        """Task commands from Kafka (``docs/COMMANDS.md``)."""
+        self.commands = ByLabels(
+            Counter(
+                "xpander_bridge_commands_total",
+                "Task commands finished (their reply published), by kind and outcome.",
+                ["kind", "outcome"],
+                registry=r,
+            ),
+            CommandKind,
+            CommandOutcome,
+        )
+        self.command_latency = Histogram(
+            "xpander_bridge_command_seconds",
+            "From reading a task command to its platform call's answer.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.command_rate_wait = Counter(
+            "xpander_bridge_command_rate_limit_wait_seconds_total",
+            "Seconds creates waited for the commands.create_rate_per_s token bucket.",
+            registry=r,
+        )
+        self.command_retries = ByLabel(
+            Counter(
+                "xpander_bridge_command_retries_total",
+                "Platform calls of task commands that will be retried, by reason.",
+                ["reason"],
+                registry=r,
+            ),
+            ReportRetryReason,
+        )
+        self.commands_halted = Gauge(
+            "xpander_bridge_commands_halted",
+            "1 while task commands are halted because the platform refuses the credentials.",
+            registry=r,
+        )
+
+    def _activity_metrics(self, r: CollectorRegistry) -> None:
+        """The activity topic (``bridge.sources.platform.activity``)."""
+        self.activity_threads = ByLabel(
+            Counter(
+                "xpander_bridge_activity_threads_total",
+                "Ended tasks' activity threads written to Kafka, by outcome (a thread in "
+                "parts counts once).",
+                ["outcome"],
+                registry=r,
+            ),
+            ActivityOutcome,
+        )
+        self.activity_fetch_failures = ByLabel(
+            Counter(
+                "xpander_bridge_activity_fetch_failures_total",
+                "Failed activity-log fetches, by reason (all but rejected are retried).",
+                ["reason"],
+                registry=r,
+            ),
+            ActivityFetchFailure,
+        )
+        self.activity_fetch_latency = Histogram(
+            "xpander_bridge_activity_fetch_seconds",
+            "One activity-log fetch, request to parsed answer (failed ones too).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.activity_bytes = Histogram(
+            "xpander_bridge_activity_bytes",
+            "Size of each fetched activity thread, as the platform sent it.",
+            buckets=ACTIVITY_BYTES_BUCKETS,
+            registry=r,
         )
 
     def _agent_metrics(self, r: CollectorRegistry, known_agents: list[str]) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import ssl
 import time
 import urllib.parse
@@ -255,6 +256,52 @@ class PlatformClient:
             raise InvalidDataError("the activity log answer is not a JSON object")
         return thread
 
+    async def get_activity_log_bytes(self, agent_id: str, task_id: str) -> bytes:
+        """The task's activity thread as the bytes the platform sent (checked to
+        be a JSON object): the activity topic carries them untouched, so no
+        value changes in a parse and re-encode (big integers, key order)."""
+        content = await self._request(
+            "GET",
+            _path(Route.ACTIVITY_LOG, agent_id=agent_id, task_id=task_id),
+            endpoint="get_activity_log",
+            raw=True,
+        )
+        if not content.lstrip().startswith(b"{"):
+            raise InvalidDataError("the activity log answer is not a JSON object")
+        try:
+            orjson.loads(content)
+        except orjson.JSONDecodeError:
+            try:  # orjson refuses nesting past 1,024 levels; the standard parser may not
+                json.loads(content)
+            except (ValueError, RecursionError) as exc:
+                raise InvalidDataError("get_activity_log: the answer is not JSON") from exc
+        return bytes(content)
+
+    async def create_task(self, agent_id: str, body: bytes) -> dict[str, Any]:
+        """POST ``/agent-execution/{agent_id}`` (``Tasks.acreate``): the body is
+        the create request, ``id`` included when the caller wants that task id."""
+        task = await self._request(
+            "POST",
+            _path(Route.TASK_CRUD, agent_or_task_id=agent_id),
+            endpoint="create_task",
+            body=body,
+        )
+        return _as_task(task, "create")
+
+    async def update_task(self, task_id: str, body: bytes) -> dict[str, Any]:
+        """PATCH ``/agent-execution/{task_id}/update`` (``Tasks.aupdate``)."""
+        task = await self._request(
+            "PATCH", _path(Route.UPDATE_TASK, task_id=task_id), endpoint="update_task", body=body
+        )
+        return _as_task(task, "update")
+
+    async def stop_task(self, task_id: str) -> dict[str, Any]:
+        """DELETE ``/agent-execution/{task_id}`` (``Tasks.astop``)."""
+        task = await self._request(
+            "DELETE", _path(Route.TASK_CRUD, agent_or_task_id=task_id), endpoint="stop_task"
+        )
+        return _as_task(task, "stop")
+
     async def report_task(self, agent_id: str, body: bytes) -> Any:
         return await self._request(
             "POST", _path(Route.REPORT_TASK, agent_id=agent_id), endpoint="report_task", body=body
@@ -269,7 +316,13 @@ class PlatformClient:
         )
 
     async def _request(
-        self, method: str, path: str, *, endpoint: str, body: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        endpoint: str,
+        body: bytes | None = None,
+        raw: bool = False,
     ) -> Any:
         headers = {"content-type": "application/json"} if body is not None else None
         session = self._rest_session()
@@ -304,6 +357,8 @@ class PlatformClient:
         self._count(endpoint, _status_class(status))
         if status >= 400:
             raise _error(endpoint, status, content, retry_after)
+        if raw:
+            return content
         if not content:
             return None
         try:
@@ -439,6 +494,12 @@ def _error(endpoint: str, status: int, content: bytes, retry_after: str | None) 
         f"{endpoint}: HTTP {status} {text}".rstrip(),
         retry_after=parse_retry_after(retry_after),
     )
+
+
+def _as_task(task: Any, what: str) -> dict[str, Any]:
+    if not isinstance(task, dict):
+        raise InvalidDataError(f"the {what} answer is not a JSON object")
+    return task
 
 
 def _as_list_of_objects(items: Any, what: str) -> list[dict[str, Any]]:

@@ -32,7 +32,13 @@ from bridge.core.record import Headers, OutRecord
 from bridge.core.task import PendingEnvelope, TaskState
 from bridge.core.values import str_or_none
 from bridge.envelope import CATEGORY_BY_TYPE, LIFECYCLE_TYPES, SCHEMA_VERSION, Category, EventSource
-from bridge.observability.metrics import DeadLetterReason, Metrics, TaskEndStatus
+from bridge.observability.metrics import (
+    ActivityOutcome,
+    DeadLetterReason,
+    Metrics,
+    TaskEndStatus,
+)
+from bridge.transforms.activity import ActivityRecords
 from bridge.transforms.agent_stats import AgentStats
 from bridge.transforms.exact import encode_exact, needs_exact
 from bridge.wire import TERMINAL_STATUSES
@@ -141,7 +147,7 @@ def _snapshot_event(
 class Normalizer:
     """Turns platform events into envelope records for one bridge instance."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  (keyword-only beyond three: each a port or a setting)
         self,
         topics: TopicsConfig,
         kafka: KafkaConfig,
@@ -151,6 +157,7 @@ class Normalizer:
         clock: Callable[[], str] = _iso_now,
         publish_connected: bool = False,
         agent_stats: AgentStats | None = None,
+        activity: ActivityRecords | None = None,
     ) -> None:
         self._events_topic = topics.events
         self._state_topic = topics.state
@@ -170,6 +177,8 @@ class Normalizer:
         self._received = metrics.sse_events_received
         self._filtered = metrics.events_filtered
         self._stats = agent_stats
+        #: ended tasks' activity threads (``None``: not published)
+        self._activity = activity
 
     # --- entry points ---------------------------------------------------------
 
@@ -301,6 +310,47 @@ class Normalizer:
         self._join_acks(task, sequence, records)
         return records
 
+    def from_activity(self, task: TaskState, thread: bytes, received_at: float) -> list[OutRecord]:
+        """An ended task's activity thread (as the platform sent it): its record,
+        or its ordered parts (``bridge.transforms.activity``). They take no
+        sequence number (the events stay gapless); once all are written the
+        task's activity is no longer due and its final checkpoint can follow."""
+        assert self._activity is not None, "no activity topic configured"
+        records = self._activity.build(task, thread, self._clock(), received_at)
+        outcome = ActivityOutcome.PUBLISHED
+        if len(records) > 1:
+            outcome = ActivityOutcome.PUBLISHED_IN_PARTS
+        self._activity_done(task, records, outcome)
+        return records
+
+    def from_activity_rejected(
+        self, task: TaskState, error: str, status: int | None, received_at: float
+    ) -> list[OutRecord]:
+        """The platform refused the thread for good: its dead-letter record,
+        which settles the task's activity as the record would have."""
+        assert self._activity is not None, "no activity topic configured"
+        records = [self._activity.rejected(task, error, status, received_at)]
+        self._activity_done(task, records, ActivityOutcome.REJECTED)
+        return records
+
+    def _activity_done(
+        self, task: TaskState, records: list[OutRecord], outcome: ActivityOutcome
+    ) -> None:
+        remaining = len(records)
+        counter = self._metrics.activity_threads(outcome)
+
+        def part_written(_: OutRecord) -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0:
+                counter.inc()
+                task.activity_due = False
+                if self._on_written is not None:  # the final checkpoint, same transaction
+                    self._on_written(task, task.sequence)
+
+        for record in records:
+            record.on_written = part_written
+
     # --- pieces ---------------------------------------------------------------
 
     def _topic(self, event_type: str, label: str) -> str | None:
@@ -344,6 +394,9 @@ class Normalizer:
         if status is not None:
             task.status = status
         if event_type == "task_finished":
+            if not task.finished and self._activity is not None:
+                # Due until its record is written (the checkpoint is not final before).
+                task.activity_due = self._activity.wanted(task)
             task.finished = True
             end = _END_STATUSES.get(status) if status is not None else None
             if end is not None:

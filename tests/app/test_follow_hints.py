@@ -62,16 +62,14 @@ async def test_a_created_task_streams_before_any_listing_shows_it(
                     timeout_s=30,
                     what="every coordination partition owned",
                 )
-            rounds = bridge.discovery.rounds if bridge.discovery else 0
             task = emu.control.create_task(events=8)
             assert bridge.follow_hints is not None
             started = time.monotonic()
             await bridge._publish(bridge.follow_hints.records_for(task))
             await consume_until(kafka, config.topics.events, _finished(task["id"]), 30)
             took = time.monotonic() - started
-            assert bridge.discovery is not None and bridge.discovery.rounds == rounds, (
-                "a listing ran: the test proves nothing"
-            )
+            # FOLLOWED (not ALREADY) says the note started the stream, not a
+            # listing (the relist after the assignment may still run meanwhile).
             followed = bridge.metrics.follow_hints(HintOutcome.FOLLOWED)._value.get()
             assert followed == 1
             print(f"created -> task_finished on Kafka: {took:.2f} s")

@@ -81,11 +81,16 @@ class StreamOwner:
 
     tasks: dict[str, TaskState] = field(default_factory=dict)
     asked: list[Callable[[str], bool]] = field(default_factory=list)
+    #: task ids whose activity thread it was asked to publish
+    activity: list[str] = field(default_factory=list)
 
     async def release(self, which: Callable[[str], bool]) -> list[TaskState]:
         self.asked.append(which)
         leaving = [t for t in self.tasks if which(t)]
         return [self.tasks.pop(t) for t in leaving]
+
+    def fetch_activity(self, checkpoint: Checkpoint) -> None:
+        self.activity.append(checkpoint.task_id)
 
 
 @dataclass

@@ -75,7 +75,8 @@ def test_names_follow_the_convention() -> None:
         else:
             assert not name.endswith("_total"), f"{name} is a {kind}, not a counter"
         if kind == "histogram":
-            assert name.endswith("_seconds"), f"{name}: a histogram names its unit"
+            # its base unit (Prometheus naming): seconds, or bytes
+            assert name.endswith(("_seconds", "_bytes")), f"{name}: a histogram names its unit"
 
 
 def test_counters_are_declared_with_total_in_the_source() -> None:

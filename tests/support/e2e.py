@@ -62,6 +62,7 @@ def bridge_config(
             "events": new_topic("events"),
             "state": new_topic("state"),
             "dlq": new_topic("dlq"),
+            "activity": new_topic("activity"),
             "partitions": 3,
         },
         "reports": {"enabled": False},

@@ -32,11 +32,11 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 from confluent_kafka import KafkaException, TopicPartition
 
-from bridge.config import KafkaConfig, ReportsConfig
+from bridge.config import KafkaConfig
 from bridge.core.acks import OrderedAcks
 from bridge.core.message import InMessage
 from bridge.core.record import CURRENT_INPUT, OutRecord
@@ -44,7 +44,7 @@ from bridge.kafka.group import GroupMember, group_config, in_message
 from bridge.kafka.options import KAFKA_RETRY
 from bridge.observability.metrics import Metrics
 
-__all__ = ["Message", "MessageHandler", "PartitionedConsumer"]
+__all__ = ["ConsumerSettings", "Message", "MessageHandler", "PartitionedConsumer"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,24 @@ Message: TypeAlias = InMessage
 MessageHandler = Callable[[Message], Awaitable[None]]
 #: a partition, as a dict key (librdkafka's TopicPartition carries an offset too)
 _Key: TypeAlias = tuple[str, int]
+
+
+class ConsumerSettings(Protocol):
+    """What the consumer reads of its config section (``ReportsConfig``,
+    ``CommandsConfig``): one group per direction."""
+
+    @property
+    def group_id(self) -> str: ...
+    @property
+    def max_in_flight_per_partition(self) -> int: ...
+    @property
+    def commit_interval_s(self) -> float: ...
+    @property
+    def session_timeout_ms(self) -> int: ...
+    @property
+    def heartbeat_interval_ms(self) -> int: ...
+    @property
+    def rebalance_timeout_s(self) -> float: ...
 
 
 @dataclass(eq=False)
@@ -92,7 +110,7 @@ class PartitionedConsumer:
     def __init__(  # noqa: PLR0913  (the wiring sets the gate, the state and the mode)
         self,
         kafka: KafkaConfig,
-        settings: ReportsConfig,
+        settings: ConsumerSettings,
         topics: list[str],
         handler: MessageHandler,
         metrics: Metrics,
@@ -353,7 +371,9 @@ class PartitionedConsumer:
     async def rejected(self) -> None:
         """Transactions: the broker refused our offsets for their generation."""
         if self._member is not None:
-            self._group_metadata = await self._member.confirmed_group_metadata("reports")
+            self._group_metadata = await self._member.confirmed_group_metadata(
+                self._settings.group_id
+            )
 
     def _read_group_metadata(self, member: GroupMember | None) -> None:
         """Only where no ``consume`` runs: between rounds and in rebalance callbacks."""

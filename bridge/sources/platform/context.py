@@ -47,6 +47,18 @@ class EventTransform(Protocol):
         """A task status snapshot: ``task_finished`` when terminal, else ``task_updated``."""
         ...
 
+    def from_activity(self, task: TaskState, thread: bytes, received_at: float) -> list[OutRecord]:
+        """An ended task's activity thread (the platform's bytes): its record or
+        ordered parts; once written, ``task.activity_due`` is cleared."""
+        ...
+
+    def from_activity_rejected(
+        self, task: TaskState, error: str, status: int | None, received_at: float
+    ) -> list[OutRecord]:
+        """The platform refused the thread for good: its dead-letter record
+        (settles ``task.activity_due`` the same way)."""
+        ...
+
 
 class PlatformHealth(Protocol):
     """Readiness of the platform side, as workers and discovery observe it."""

@@ -324,6 +324,9 @@ class Discovery:
             return
         checkpoint = self._claims.checkpoint(task_id)
         if checkpoint is not None and checkpoint.finished:
+            # Its end is in Kafka; its activity thread may not be (usually
+            # started at the assignment already: then this is a no-op).
+            supervisor.fetch_activity(checkpoint)
             return
         if not terminal or (checkpoint is not None and checkpoint.last_stream_event_id):
             # Running, or ended while its stream was unread: the stream

@@ -21,6 +21,7 @@ from bridge.core.values import str_or_none
 from bridge.envelope import EventSource
 from bridge.errors import AuthError, BridgeError, NotFoundError
 from bridge.observability.metrics import DropReason, TrackingMode
+from bridge.sources.platform.activity import publish_activity
 from bridge.sources.platform.context import WorkerContext
 from bridge.sources.platform.poller import TaskPoller
 from bridge.sources.platform.stream import StreamOutcome, TaskStreamer
@@ -86,6 +87,19 @@ class TaskSupervisor:
         streamed it): emit its end, after its checkpoint's sequence."""
         self._start(item, checkpoint, self._end_unseen, "end")
 
+    def fetch_activity(self, checkpoint: Checkpoint) -> None:
+        """A task that ended with its activity thread not yet in Kafka (its
+        checkpoint says so: the bridge stopped, or the task moved, in between):
+        publish the thread, then its final checkpoint follows."""
+        if not (checkpoint.finished and checkpoint.activity_due):
+            return
+        item = {
+            "id": checkpoint.task_id,
+            "agent_id": checkpoint.agent_id,
+            "organization_id": checkpoint.organization_id,
+        }
+        self._start(item, checkpoint, self._activity_only, "activity")
+
     def _start(
         self,
         item: dict[str, Any],
@@ -137,16 +151,19 @@ class TaskSupervisor:
         try:
             if terminal and state.acked_stream_event_id is None:
                 await self._emit_end(state)
-                return
-            # A listing that says the task runs is enough to open its stream:
-            # fetching every task first doubled the requests and was a quarter
-            # of the CPU at 10,000 streams. A task without a stream is found
-            # out by the stream's own answer (the streamer falls back to polling).
-            outcome = StreamOutcome.NOT_STREAMABLE
-            if streaming:
-                outcome = await self._run(TrackingMode.STREAM, TaskStreamer(state, self._ctx).run())
-            if outcome is StreamOutcome.NOT_STREAMABLE:
-                await self._run(TrackingMode.POLL, TaskPoller(state, self._ctx).run())
+            else:
+                # A listing that says the task runs is enough to open its stream:
+                # fetching every task first doubled the requests and was a quarter
+                # of the CPU at 10,000 streams. A task without a stream is found
+                # out by the stream's own answer (the streamer falls back to polling).
+                outcome = StreamOutcome.NOT_STREAMABLE
+                if streaming:
+                    stream = TaskStreamer(state, self._ctx).run()
+                    outcome = await self._run(TrackingMode.STREAM, stream)
+                if outcome is StreamOutcome.NOT_STREAMABLE:
+                    await self._run(TrackingMode.POLL, TaskPoller(state, self._ctx).run())
+            # The task ended (its task_finished is queued): its activity thread next.
+            await publish_activity(state, self._ctx)
         except NotFoundError:
             self._ctx.metrics.tasks_dropped(DropReason.NOT_FOUND).inc()
             log.warning("task vanished before it was followed", extra={"task_id": state.task_id})
@@ -198,7 +215,7 @@ class TaskSupervisor:
         while True:
             try:
                 await self._emit_end(state)
-                return
+                break
             except NotFoundError:
                 ctx.metrics.tasks_dropped(DropReason.NOT_FOUND).inc()
                 log.warning("ended task vanished", extra={"task_id": state.task_id})
@@ -211,6 +228,21 @@ class TaskSupervisor:
                     extra={"task_id": state.task_id, "error": str(exc)},
                 )
                 await ctx.reconnect.wait(backoff, exc)
+        await publish_activity(state, ctx)
+
+    async def _activity_only(self, state: TaskState) -> None:
+        """Only the activity thread of a task whose end is already in Kafka."""
+        try:
+            await publish_activity(state, self._ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug: the checkpoint still says the thread is due, so the next
+            # assignment (or a restart) tries again.
+            self._ctx.metrics.worker_crashes.inc()
+            log.exception("activity worker crashed", extra={"task_id": state.task_id})
+            return
+        self._remember_ended(state.task_id)
 
     async def _emit_end(self, state: TaskState) -> None:
         ctx = self._ctx
