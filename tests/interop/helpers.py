@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import re
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,9 @@ class Published:
     state_topic: str
     events: list[ConsumedRecord]
     state: list[ConsumedRecord]
+    activity_topic: str
+    #: every activity record (one per ended task here: the threads are small)
+    activity: list[ConsumedRecord]
     #: every emulator task (sub-tasks included) -> its final status
     statuses: dict[str, str]
 
@@ -62,13 +65,29 @@ async def _publish(kafka: KafkaService) -> Published:
             await eventually(all_finished(emu, TASKS), timeout_s=40, what="every task to finish")
             everyone = {t["id"] for t in emu.control.tasks()}
             await consume_until(kafka, config.topics.events, covers(emitted_events(emu), everyone))
+            await consume_until(kafka, config.topics.activity, _threads_of(everyone))
         statuses = {t["id"]: t["status"] for t in emu.control.tasks()}
     # The bridge has stopped: what is there now is all there will be.
-    events, state = await asyncio.gather(
+    events, state, activity = await asyncio.gather(
         consume(kafka.bootstrap_servers, config.topics.events, max_wait=3.0),
         consume(kafka.bootstrap_servers, config.topics.state, max_wait=3.0),
+        consume(kafka.bootstrap_servers, config.topics.activity, max_wait=3.0),
     )
-    return Published(kafka, config.topics.events, config.topics.state, events, state, statuses)
+    return Published(
+        kafka=kafka,
+        events_topic=config.topics.events,
+        state_topic=config.topics.state,
+        events=events,
+        state=state,
+        activity_topic=config.topics.activity,
+        activity=activity,
+        statuses=statuses,
+    )
+
+
+def _threads_of(tasks: set[str]) -> Callable[[list[ConsumedRecord]], bool]:
+    """Done when every task in ``tasks`` has its activity record."""
+    return lambda records: {(r.key or b"").decode() for r in records} >= tasks
 
 
 def publish(kafka: KafkaService) -> Published:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from support.kafka import KafkaService
 
-from bridge.envelope import Envelope, read_envelope
+from bridge.envelope import ActivityAssembler, Envelope, read_activity, read_envelope
 from interop.helpers import CONSUMING, Example, Published, examples, python_blocks
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,9 +39,12 @@ def run_example(example: Example, published: Published, tmp_path: Path) -> list[
         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "XPANDER_EVENTS_TOPIC": published.events_topic,
         "XPANDER_STATE_TOPIC": published.state_topic,
+        "XPANDER_ACTIVITY_TOPIC": published.activity_topic,
         "CONSUMER_GROUP": f"docs-{example.name}-{uuid.uuid4().hex[:8]}",
         "KAFKA_CONSUMER_CONFIG": json.dumps(consumer_config(example, kafka)),
-        "MAX_RECORDS": str(len(published.events)),
+        "MAX_RECORDS": str(
+            len(published.activity if example.name == "activity-reader" else published.events)
+        ),
     }
     try:
         proc = subprocess.run(
@@ -100,11 +103,24 @@ def check_state_table(lines: list[str], published: Published) -> None:
     }
 
 
+def check_activity_threads(lines: list[str], published: Published) -> None:
+    assembler = ActivityAssembler()
+    threads = {}
+    for record in published.activity:
+        thread = assembler.add(read_activity(record.required_value(), record.headers))
+        if thread is not None:
+            threads[(record.key or b"").decode()] = len(thread["messages"])
+    assert set(threads) == set(published.statuses), "a thread for every ended task"
+    assert min(threads.values()) > 0
+    assert sorted(lines) == sorted(f"{task} {count}" for task, count in threads.items())
+
+
 CHECKS: dict[str, Callable[[list[str], Published], None]] = {
     "aiokafka-consumer": check_printed_events,
     "confluent-consumer": check_printed_events,
     "cloudevents-consumer": check_cloudevents,
     "state-table": check_state_table,
+    "activity-reader": check_activity_threads,
 }
 
 
