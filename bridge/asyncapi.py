@@ -101,6 +101,7 @@ class Topic:
     #: message id in ``components.messages``
     message: str
     #: created by the bridge at start-up (``topics.create``), with ``topics.partitions``
+    #: (a flow's topics while the flow is enabled: ``kafka.topics.flow_topics``)
     created: bool
     title: str
 
@@ -115,13 +116,13 @@ TOPICS: tuple[Topic, ...] = (
     Topic("activity", "topics", "activity", "send", "publishTaskActivity", "taskActivity", True,
           "Task activity"),
     Topic("reports", "reports", "reports_topic", "receive", "receiveTaskReports", "taskReport",
-          False, "External task reports"),
+          True, "External task reports"),
     Topic("metrics", "reports", "metrics_topic", "receive", "receiveMetricsReports",
-          "metricsReport", False, "Execution metrics"),
+          "metricsReport", True, "Execution metrics"),
     Topic("commands", "commands", "commands_topic", "receive", "receiveTaskCommands",
-          "taskCommand", False, "Task commands"),
+          "taskCommand", True, "Task commands"),
     Topic("commandResults", "commands", "results_topic", "send", "publishCommandResults",
-          "commandResult", False, "Task command results"),
+          "commandResult", True, "Task command results"),
 )  # fmt: skip
 
 #: Topics the bridge uses among its replicas only (ownership, checkpoints):
@@ -480,7 +481,8 @@ def _field_description(config: BridgeConfig, section: str, field: str) -> str:
 
 def _channel(config: BridgeConfig, topic: Topic) -> dict[str, Any]:
     binding: dict[str, Any] = {"topic": _topic_name(config, topic)}
-    created = "Created by the bridge when missing (`topics.create`)"
+    created = "Created by the bridge when missing (`topics.create`"
+    created += ")" if topic.section == "topics" else f", while `{topic.section}.enabled`)"
     if topic.created:
         binding["partitions"] = config.topics.partitions
         if config.topics.replication_factor > 0:

@@ -5,6 +5,8 @@ command's id).
 
     xpander-bridge command create --agent A --prompt "summarize order 7" --wait
     xpander-bridge command stop --task T --wait
+
+``send_command`` and ``wait_for_reply`` serve the demo's round trip as well.
 """
 
 from __future__ import annotations
@@ -14,24 +16,37 @@ import asyncio
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from confluent_kafka import KafkaException
 
-from bridge.config import BridgeConfig, load_config
+from bridge.config import BridgeConfig, CommandsConfig, KafkaConfig, load_config
 from bridge.errors import ConfigError, InvalidDataError, UnavailableError
 from bridge.kafka.producer import AsyncProducer
 from bridge.kafka.rdkafka import producer_config
-from bridge.tail.options import Start, StartAt
+from bridge.tail.options import Start, StartAt, with_bootstrap
 from bridge.tail.reader import TailError, TopicReader
 from bridge.transforms.commands import parse_command, task_id_for
 
-__all__ = ["configure_parser", "run"]
+__all__ = [
+    "SentCommand",
+    "configure_parser",
+    "reply_reader",
+    "run",
+    "send_command",
+    "wait_for_reply",
+]
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config file (Kafka settings and topic names)")
+    parser.add_argument(
+        "--bootstrap",
+        metavar="HOST:PORT[,...]",
+        help="brokers to write to, instead of kafka.bootstrap_servers",
+    )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="create|update|stop")
     create = verbs.add_parser("create", help="start a task")
     create.add_argument("--agent", required=True, help="the agent id")
@@ -70,24 +85,35 @@ def _message(args: argparse.Namespace) -> dict[str, Any]:
     return message
 
 
-async def _send(config: BridgeConfig, args: argparse.Namespace) -> int:
-    commands = config.commands
-    args.command_id = args.command_id or str(uuid.uuid4())
-    message = _message(args)
+@dataclass(frozen=True)
+class SentCommand:
+    command_id: str
+    #: the Kafka key: the task id (a create's is derived from its command id)
+    key: str
+    topic: str
+    partition: int
+    offset: int
+
+
+async def send_command(
+    kafka: KafkaConfig, commands: CommandsConfig, message: dict[str, Any]
+) -> SentCommand:
+    """Validate ``message`` with the model the bridge consumes with, and write
+    it to the commands topic. Raises ``InvalidDataError`` for a command the
+    bridge would refuse, ``UnavailableError`` when Kafka does not take it."""
     value = orjson.dumps(message)
     namespace = uuid.UUID(commands.id_namespace)
-    # The bridge's own validation, before sending (coordinates are placeholders).
+    # coordinates are placeholders: the message carries its command id
     parsed = parse_command(
         value, namespace=namespace, topic=commands.commands_topic, partition=0, offset=0
     )
     # keyed by the task, so the commands of one task stay in order
-    key = task_id_for(namespace, parsed.command_id) if args.verb == "create" else args.task
-    reader = None
-    if args.wait:
-        reader = TopicReader(config.kafka, commands.results_topic, timeout_s=10)
-        reader.start(Start(StartAt.TIME, since_ms=int(time.time() * 1000) - 1000))
-    producer = AsyncProducer(producer_config(config.kafka))
-    timeout_s = config.kafka.request_timeout_ms / 1000
+    if message["command"] == "create":
+        key = task_id_for(namespace, parsed.command_id)
+    else:
+        key = str(message["task_id"])
+    producer = AsyncProducer(producer_config(kafka))
+    timeout_s = kafka.request_timeout_ms / 1000
     try:
         delivery = await producer.produce(commands.commands_topic, value, key.encode(), [])
         sent = await asyncio.wait_for(delivery, timeout_s)
@@ -95,30 +121,50 @@ async def _send(config: BridgeConfig, args: argparse.Namespace) -> int:
         raise UnavailableError(f"not sent to {commands.commands_topic}: {exc}") from exc
     finally:
         await producer.close(timeout_s)
-    print(
-        f"command {parsed.command_id} sent to {sent.topic} partition {sent.partition} "
-        f"offset {sent.offset}",
-        file=sys.stderr if args.wait else sys.stdout,
-    )
-    if reader is None:
-        return 0
-    try:
-        return await asyncio.to_thread(_wait, reader, parsed.command_id, args.timeout)
-    finally:
-        reader.close()
+    return SentCommand(parsed.command_id, key, sent.topic, sent.partition, sent.offset)
 
 
-def _wait(reader: TopicReader, command_id: str, timeout_s: float) -> int:
+def reply_reader(kafka: KafkaConfig, commands: CommandsConfig) -> TopicReader:
+    """A reader of the results topic from a second ago: start it before sending."""
+    reader = TopicReader(kafka, commands.results_topic, timeout_s=10)
+    reader.start(Start(StartAt.TIME, since_ms=int(time.time() * 1000) - 1000))
+    return reader
+
+
+def wait_for_reply(reader: TopicReader, command_id: str, timeout_s: float) -> bytes | None:
+    """The reply to ``command_id`` (its JSON), or ``None`` after ``timeout_s``.
+    Blocking: run it in a thread."""
     deadline = time.monotonic() + timeout_s
     wanted = command_id.encode()
     while time.monotonic() < deadline:
         for message in reader.poll(0.5):
             if message.key == wanted and message.value is not None:
-                print(message.value.decode())
-                reply = orjson.loads(message.value)
-                return 0 if reply.get("outcome") == "ok" else 1
-    print(f"no reply to {command_id} within {timeout_s:g} s", file=sys.stderr)
-    return 3
+                return message.value
+    return None
+
+
+async def _send(config: BridgeConfig, args: argparse.Namespace) -> int:
+    kafka = with_bootstrap(args.bootstrap, config.kafka)
+    args.command_id = args.command_id or str(uuid.uuid4())
+    reader = reply_reader(kafka, config.commands) if args.wait else None
+    try:
+        sent = await send_command(kafka, config.commands, _message(args))
+        print(
+            f"command {sent.command_id} sent to {sent.topic} partition {sent.partition} "
+            f"offset {sent.offset}",
+            file=sys.stderr if args.wait else sys.stdout,
+        )
+        if reader is None:
+            return 0
+        reply = await asyncio.to_thread(wait_for_reply, reader, sent.command_id, args.timeout)
+    finally:
+        if reader is not None:
+            reader.close()
+    if reply is None:
+        print(f"no reply to {sent.command_id} within {args.timeout:g} s", file=sys.stderr)
+        return 3
+    print(reply.decode())
+    return 0 if orjson.loads(reply).get("outcome") == "ok" else 1
 
 
 def run(args: argparse.Namespace) -> int:

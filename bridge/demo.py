@@ -8,8 +8,12 @@ shows, since the start rather than per minute): events by type, and per
 agent the tasks by status, duration p50/p95, tokens, tool errors, paused
 tasks now and the oldest one's age; then the paused tasks themselves (the
 emulator's demo scenario pauses some tasks for a while, as a task waiting for
-a human approval would, then resumes them). Without a terminal, one line a
-second and the whole summary once at the end.
+a human approval would, then resumes them). Once the bridge is ready, the
+demo writes a create command to the commands topic as ``xpander-bridge
+command`` does, and shows the round trip: the reply, and the created task's
+first event on the events topic (the header prints the command to try it by
+hand). Without a terminal, one line a second and the whole summary once at
+the end.
 """
 
 from __future__ import annotations
@@ -22,13 +26,16 @@ import shlex
 import signal
 import sys
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
+import orjson
 from prometheus_client.metrics import MetricWrapperBase
 
 from bridge.app import Bridge
+from bridge.command_cli import reply_reader, send_command
 from bridge.config import BridgeConfig
 from bridge.emulator import Emulator
 from bridge.emulator.scenarios import preset
@@ -37,11 +44,14 @@ from bridge.errors import ConfigError, UnavailableError
 from bridge.kafka.embedded import EmbeddedBroker
 from bridge.observability.logging import configure_logging
 from bridge.observability.metrics import Metrics
+from bridge.tail.options import Start, StartAt
+from bridge.tail.reader import TailError, TopicReader
 
 __all__ = [
     "DEMO_KAFKA_PORT",
     "KAFKA_PORT_ENV",
     "AgentFigures",
+    "CommandRoundTrip",
     "agent_figures",
     "demo_kafka_port",
     "histogram_quantile",
@@ -68,15 +78,100 @@ def demo_kafka_port(environ: Mapping[str, str] | None = None) -> int:
     return int(raw)
 
 
-def tail_command(bootstrap_servers: str) -> str:
-    """The command that follows the demo's events, as this process was started
-    (``.venv/bin/xpander-bridge`` from ``make demo``)."""
+def _program() -> str:
+    """This program, as it was started (``.venv/bin/xpander-bridge`` from ``make demo``)."""
     program = sys.argv[0] if sys.argv else ""
     if os.path.basename(program) == "xpander-bridge":
-        prefix = shlex.quote(program)
-    else:
-        prefix = f"{shlex.quote(sys.executable)} -m bridge"
-    return f"{prefix} tail --bootstrap {bootstrap_servers} --text"
+        return shlex.quote(program)
+    return f"{shlex.quote(sys.executable)} -m bridge"
+
+
+def tail_command(bootstrap_servers: str) -> str:
+    """The command that follows the demo's events."""
+    return f"{_program()} tail --bootstrap {bootstrap_servers} --text"
+
+
+def create_command(bootstrap_servers: str, agent_id: str) -> str:
+    """The command that starts a task through the demo's commands topic."""
+    return (
+        f"{_program()} command --bootstrap {bootstrap_servers} create --agent {agent_id} "
+        "--prompt 'hello from Kafka' --wait"
+    )
+
+
+class CommandRoundTrip:
+    """One create command through Kafka, timed from the send: its reply on the
+    results topic, and the created task's first event on the events topic."""
+
+    def __init__(self, bridge: Bridge, agent_id: str) -> None:
+        self._bridge = bridge
+        self._agent_id = agent_id
+        self.line = "command round trip: waiting for the command consumer's partitions"
+        #: the round trip has ended (its line is final)
+        self.done = False
+
+    async def run(self, timeout_s: float = 60.0) -> None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._run()
+        except TimeoutError:
+            self.line = f"command round trip: FAILED, not done within {timeout_s:g}s"
+        except (TailError, UnavailableError) as exc:
+            self.line = f"command round trip: FAILED, {exc}"
+        self.done = True
+
+    async def _run(self) -> None:
+        consumer = self._bridge.commands
+        while consumer is None or not consumer.assigned:
+            await asyncio.sleep(0.1)
+            consumer = self._bridge.commands
+        config = self._bridge.config
+        events = TopicReader(config.kafka, config.topics.events, timeout_s=10)
+        replies = reply_reader(config.kafka, config.commands)
+        try:
+            events.start(Start(StartAt.TIME, since_ms=int(time.time() * 1000) - 1000))
+            self.line = "command round trip: create sent, waiting for the reply"
+            started = time.monotonic()
+            message = {
+                "command": "create",
+                "command_id": f"demo-{uuid.uuid4()}",
+                "agent_id": self._agent_id,
+                "prompt": "a task started from Kafka by the demo",
+            }
+            sent = await send_command(config.kafka, config.commands, message)
+            reply = await _next_value(replies, sent.command_id)
+            replied = time.monotonic() - started
+            outcome = str(orjson.loads(reply).get("outcome"))
+            self.line = (
+                f"command round trip: create -> reply {outcome} in {replied:.2f}s, "
+                f"waiting for task {sent.key}'s first event"
+            )
+            first = str(orjson.loads(await _next_value(events, sent.key)).get("type"))
+            seen = time.monotonic() - started
+            self.line = (
+                f"command round trip: create -> reply {outcome} in {replied:.2f}s, task "
+                f"{sent.key}'s first event ({first}) on {config.topics.events} in {seen:.2f}s"
+            )
+        finally:
+            events.close()
+            replies.close()
+
+
+async def _next_value(reader: TopicReader, key: str) -> bytes:
+    """The value of the next record keyed ``key`` (the caller bounds the wait).
+    Each poll runs in a thread and is let finish even when this is cancelled:
+    the reader is closed after, never under a poll."""
+    wanted = key.encode()
+    while True:
+        poll = asyncio.ensure_future(asyncio.to_thread(reader.poll, 0.5))
+        try:
+            messages = await asyncio.shield(poll)
+        except asyncio.CancelledError:
+            await poll
+            raise
+        for message in messages:
+            if message.key == wanted and message.value is not None:
+                return message.value
 
 
 async def _start_broker(port: int) -> tuple[EmbeddedBroker, str]:
@@ -238,6 +333,8 @@ def demo_config(emu: Emulator, bootstrap_servers: str, http_port: int) -> Bridge
             "kafka": {"bootstrap_servers": [bootstrap_servers]},
             "http": {"host": "127.0.0.1", "port": http_port},
             "logging": {"format": "text", "level": "WARNING"},
+            # a short session: the first assignment comes sooner (tansu waits half of it)
+            "commands": {"enabled": True, "session_timeout_ms": 3000, "heartbeat_interval_ms": 500},
         }
     )
 
@@ -245,8 +342,16 @@ def demo_config(emu: Emulator, bootstrap_servers: str, http_port: int) -> Bridge
 class Summary:
     """Renders the once-a-second view from the bridge's own metrics."""
 
-    def __init__(self, bridge: Bridge, emu: Emulator, out: TextIO, note: str = "") -> None:
+    def __init__(
+        self,
+        bridge: Bridge,
+        emu: Emulator,
+        out: TextIO,
+        note: str = "",
+        round_trip: CommandRoundTrip | None = None,
+    ) -> None:
         self._bridge = bridge
+        self.round_trip = round_trip
         self._emu = emu
         self._out = out
         self._last: dict[str, float] = {}
@@ -254,7 +359,11 @@ class Summary:
         self._tty = out.isatty()
         self.total_published = 0.0
         self.tail_command = tail_command(bridge.config.kafka.bootstrap_servers[0])
+        self.create_command = create_command(
+            bridge.config.kafka.bootstrap_servers[0], emu.settings.agent_ids[0]
+        )
         self._note = note
+        self._round_trip_shown = False
 
     def header(self) -> str:
         return (
@@ -263,7 +372,8 @@ class Summary:
             f"metrics http://127.0.0.1:{self._bridge.http.port if self._bridge.http else '-'}"
             "/metrics\n"
             + (f"{self._note}\n" if self._note else "")
-            + f"watch the events:  {self.tail_command}"
+            + f"watch the events:  {self.tail_command}\n"
+            + f"start a task:      {self.create_command}"
         )
 
     def render(self) -> str:
@@ -291,6 +401,8 @@ class Summary:
         lines.append("tasks finished by status: " + _inline(finished))
         lines.append("emulator tasks by status: " + _inline(self._emu.stats()["tasks_by_status"]))
         lines.append("")
+        if self.round_trip is not None:
+            lines += [self.round_trip.line, ""]
         lines += self.agent_lines()
         lines.append("")
         lines.append("Ctrl-C stops: streams close, the queue drains, the producer flushes.")
@@ -322,6 +434,9 @@ class Summary:
         else:
             first = next((line for line in text.splitlines() if line.startswith("events/s")), "")
             self._out.write(f"{first.strip()}   paused {self.paused_now()}\n")
+            if self.round_trip is not None and self.round_trip.done and not self._round_trip_shown:
+                self._out.write(self.round_trip.line + "\n")  # once, when it is known
+                self._round_trip_shown = True
         self._out.flush()
 
 
@@ -373,10 +488,12 @@ async def _run(
         bridge = Bridge(demo_config(emu, broker.bootstrap_servers, http_port))
         await bridge.start()
         emu.start_scenario(emu.settings.scenario)
-        summary = Summary(bridge, emu, stream, note)
+        round_trip = CommandRoundTrip(bridge, emu.settings.agent_ids[0])
+        summary = Summary(bridge, emu, stream, note, round_trip)
         stream.write(summary.header() + "\n\n")
         stream.flush()
         started = time.monotonic()
+        trip = asyncio.create_task(round_trip.run())
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -386,8 +503,12 @@ async def _run(
                 if duration_s is not None and time.monotonic() - started >= duration_s:
                     break
         finally:
+            trip.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await trip
             if not stream.isatty():
                 # the whole summary once: a log or a pipe gets the figures too
+                stream.write(f"\n{round_trip.line}\n")
                 stream.write("\n" + "\n".join(summary.agent_lines()) + "\n")
             stream.write("\nstopping: draining the queue and flushing the producer...\n")
             report = await bridge.shutdown()

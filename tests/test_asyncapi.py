@@ -286,7 +286,12 @@ async def test_topic_bindings_are_what_the_bridge_creates(
 
     monkeypatch.setattr(kafka_topics, "_create_missing", capture)
     coordination = CoordinationConfig()
-    await kafka_topics.ensure_topics(KafkaConfig(), TopicsConfig(), coordination)
+    flows = BridgeConfig.model_validate(
+        {"discovery": {"agent_ids": ["agent-1"]}, "commands": {"enabled": True}}
+    )
+    await kafka_topics.ensure_topics(
+        KafkaConfig(), TopicsConfig(), coordination, kafka_topics.flow_topics(flows)
+    )
     internal = {coordination.tasks_topic, coordination.checkpoints_topic}
     for topic in TOPICS:
         binding = document["channels"][topic.channel]["bindings"]["kafka"]

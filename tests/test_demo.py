@@ -4,6 +4,7 @@ tail its broker, and stops cleanly."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import signal
@@ -17,6 +18,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 WATCH = "watch the events:"
+START = "start a task:"
+ROUND_TRIP = re.compile(
+    r"^command round trip: create -> reply ok in (?P<reply>[\d.]+)s, "
+    r"task (?P<task>[0-9a-f-]{36})'s first event \((?P<type>\w+)\) "
+    r"on xpander\.task\.events in (?P<first>[\d.]+)s$",
+    re.MULTILINE,
+)
 AGENTS = ("agent-emulator-1", "agent-emulator-2", "agent-emulator-3")
 #: a row of the agents' table: tasks now, finished, p50, p95, tokens, tool errors/calls, oldest
 AGENT_ROW = re.compile(
@@ -81,12 +89,18 @@ def test_the_summary_shows_each_agents_figures_and_the_paused_tasks() -> None:
     with demo:
         try:
             seen = _read_until(demo, re.compile(r"^events/s .* paused [1-9]\d*$"))
+            if not ROUND_TRIP.search(seen):  # the demo's own command, through Kafka
+                seen += _read_until(demo, re.compile(r"^command round trip: (create -> reply|FAI)"))
             demo.send_signal(signal.SIGINT)
             out, err = demo.communicate(timeout=60)
         finally:
             if demo.poll() is None:
                 demo.kill()
     assert demo.returncode == 0, err[-2000:]
+    trip = ROUND_TRIP.search(seen)
+    assert trip is not None, seen
+    assert trip["type"] == "task_created"
+    assert float(trip["reply"]) <= float(trip["first"])
     summary = out[out.index("agents (") :]
     rows = {m["agent"]: m for m in AGENT_ROW.finditer(summary)}
     assert sorted(rows) == list(AGENTS), seen + out
@@ -129,6 +143,16 @@ def test_a_taken_port_falls_back_and_the_printed_command_tails_the_demo() -> Non
                 assert f"port {port} is taken" in seen, seen
                 bootstrap = command[command.index("--bootstrap") + 1]
                 assert bootstrap != f"127.0.0.1:{port}"
+                start = demo.stdout.readline() if demo.stdout else ""
+                assert start.startswith(START), start
+                create = subprocess.run(  # the other command the header offers
+                    shlex.split(start[len(START) :]),
+                    capture_output=True,
+                    text=True,
+                    cwd=ROOT,
+                    timeout=60,
+                    check=False,
+                )
                 # what the user would paste, made to stop on its own
                 tail = subprocess.run(
                     [*command, "--max", "15", "--idle-exit", "20"],
@@ -143,6 +167,10 @@ def test_a_taken_port_falls_back_and_the_printed_command_tails_the_demo() -> Non
             finally:
                 if demo.poll() is None:
                     demo.kill()
+    assert create.returncode == 0, create.stderr
+    reply = json.loads(create.stdout)
+    assert (reply["command"], reply["outcome"]) == ("create", "ok"), reply
+    assert f"--bootstrap {bootstrap} " in start
     assert tail.returncode == 0, tail.stderr
     lines = tail.stdout.splitlines()
     assert len(lines) >= 5, tail.stdout

@@ -40,6 +40,7 @@ from bridge.core.retry import RetryPolicy
 from bridge.errors import AuthError, ConfigError, UnavailableError
 from bridge.gc_policy import GcPolicy
 from bridge.kafka.options import KAFKA_RETRY
+from bridge.kafka.topics import flow_topics
 from bridge.observability.health import Health
 from bridge.observability.http import HealthServer
 from bridge.observability.logging import register_secret
@@ -138,6 +139,7 @@ class Bridge:
             kafka,
             config.topics,
             config.coordination,
+            flow_topics=flow_topics(config),
             transactional_id=(
                 (kafka.transactional_id or f"{kafka.client_id}-{self.instance_id}")
                 if kafka.transactions

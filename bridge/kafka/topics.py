@@ -1,24 +1,43 @@
 """The bridge's topics: created at start-up when missing (``topics.create``),
 with the settings each needs (compaction for the state, coordination and
-checkpoint topics). Another replica creating them first is fine."""
+checkpoint topics). Another replica creating them first is fine. The topics
+of the enabled Kafka-to-platform flows (``flow_topics``: reports and metrics,
+task commands and their replies) are created too, so that the first message
+and the first reply have somewhere to go: a consumer subscribed to a missing
+topic only warns and waits. A kafka_replyTopic allowed by
+``commands.reply_topics`` is the requester's, and is not created."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from bridge.config import CoordinationConfig, KafkaConfig, TopicsConfig
+from bridge.config import BridgeConfig, CoordinationConfig, KafkaConfig, TopicsConfig
 from bridge.errors import ConfigError, UnavailableError
 from bridge.kafka.rdkafka import client_config
 
-__all__ = ["ensure_topics"]
+__all__ = ["ensure_topics", "flow_topics"]
+
+
+def flow_topics(config: BridgeConfig) -> list[str]:
+    """The topics the enabled Kafka-to-platform flows read and write."""
+    names: list[str] = []
+    if config.reports.enabled:
+        names += [config.reports.reports_topic, config.reports.metrics_topic]
+    if config.commands.enabled:
+        names += [config.commands.commands_topic, config.commands.results_topic]
+    return names
 
 
 async def ensure_topics(
-    kafka: KafkaConfig, topics: TopicsConfig, coordination: CoordinationConfig | None = None
+    kafka: KafkaConfig,
+    topics: TopicsConfig,
+    coordination: CoordinationConfig | None = None,
+    flows: Sequence[str] = (),
 ) -> None:
     """Create the bridge's topics when missing (or only check them)."""
     wanted: dict[str, dict[str, str]] = {topics.events: {}, topics.dlq: {}}
@@ -44,6 +63,8 @@ async def ensure_topics(
     for rule in topics.routes:
         if rule.topic:
             wanted.setdefault(rule.topic, {})
+    for name in flows:
+        wanted.setdefault(name, {})
     await asyncio.to_thread(_create_missing, kafka, topics, wanted, partitions)
 
 

@@ -10,8 +10,7 @@ import os
 import sys
 import time
 
-from bridge.config import KafkaConfig, load_config
-from bridge.errors import ConfigError
+from bridge.config import load_config
 from bridge.tail.options import (
     ColorMode,
     Filters,
@@ -20,6 +19,7 @@ from bridge.tail.options import (
     TailOptions,
     parse_since,
     resolve_topic,
+    with_bootstrap,
 )
 
 __all__ = ["configure_parser", "run"]
@@ -112,15 +112,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _kafka(args: argparse.Namespace, kafka: KafkaConfig) -> KafkaConfig:
-    if args.bootstrap is None:
-        return kafka
-    servers = [server.strip() for server in args.bootstrap.split(",") if server.strip()]
-    if not servers:
-        raise ConfigError("--bootstrap: give HOST:PORT[,HOST:PORT...]", field="--bootstrap")
-    return kafka.model_copy(update={"bootstrap_servers": servers})
-
-
 def _start(args: argparse.Namespace) -> Start:
     if args.from_beginning:
         return Start(StartAt.BEGINNING)
@@ -131,7 +122,7 @@ def _start(args: argparse.Namespace) -> Start:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    kafka = _kafka(args, config.kafka)
+    kafka = with_bootstrap(args.bootstrap, config.kafka)
     stdout = sys.stdout
     if isinstance(stdout, io.TextIOWrapper):
         # whatever the records hold, and whatever the terminal's encoding

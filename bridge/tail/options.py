@@ -8,7 +8,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from bridge.config import TopicsConfig
+from bridge.config import KafkaConfig, TopicsConfig
+from bridge.errors import ConfigError
 
 __all__ = [
     "ColorMode",
@@ -18,10 +19,21 @@ __all__ = [
     "TailOptions",
     "parse_since",
     "resolve_topic",
+    "with_bootstrap",
 ]
 
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+
+
+def with_bootstrap(bootstrap: str | None, kafka: KafkaConfig) -> KafkaConfig:
+    """``kafka`` with the brokers of a ``--bootstrap HOST:PORT[,...]`` option."""
+    if bootstrap is None:
+        return kafka
+    servers = [server.strip() for server in bootstrap.split(",") if server.strip()]
+    if not servers:
+        raise ConfigError("--bootstrap: give HOST:PORT[,HOST:PORT...]", field="--bootstrap")
+    return kafka.model_copy(update={"bootstrap_servers": servers})
 
 
 class StartAt(enum.Enum):

@@ -12,6 +12,7 @@ partition) reach the broker in the order they were written.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from confluent_kafka import KafkaException
@@ -47,11 +48,14 @@ class KafkaSink:
         topics: TopicsConfig,
         coordination: CoordinationConfig | None = None,
         *,
+        flow_topics: Sequence[str] = (),
         transactional_id: str | None = None,
     ) -> None:
         self._kafka = kafka
         self._topics = topics
         self._coordination = coordination
+        #: created with the bridge's own topics (``kafka.topics.flow_topics``)
+        self._flow_topics = flow_topics
         self.transactional_id = transactional_id
         self._producer: AsyncProducer | None = None
         self._closed = False
@@ -84,7 +88,7 @@ class KafkaSink:
             await self._reach(producer)
             if self.transactional_id is not None:
                 await self._init_transactions(producer)
-            await ensure_topics(self._kafka, self._topics, self._coordination)
+            await ensure_topics(self._kafka, self._topics, self._coordination, self._flow_topics)
         except BaseException:
             await asyncio.shield(producer.close(0))
             raise

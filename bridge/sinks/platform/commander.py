@@ -1,6 +1,6 @@
 """The platform sink of task commands: create, update or stop one task.
 
-Retries as the recorder does (``sinks/platform/recorder.py``): timeouts, 5xx
+Retries as the recorder's (``sinks/platform/halting.py``): timeouts, 5xx
 and 429 are retried with a capped, fully jittered back-off honouring
 ``Retry-After``, without an expiry; 401/403 halts every command (readiness
 false, ``commands_halted`` 1) and retries the same call until the key works;
@@ -22,10 +22,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from bridge.config import CommandsConfig
-from bridge.core.retry import RetryPolicy, Verdict
-from bridge.errors import AuthError, BridgeError, NotFoundError, RejectedError
+from bridge.core.retry import RetryPolicy
+from bridge.errors import AuthError, NotFoundError, RejectedError
 from bridge.observability.metrics import Metrics, ReportRetryReason
 from bridge.platform.client import PlatformClient
+from bridge.sinks.platform.halting import HaltingCaller
 
 __all__ = ["Commander", "TokenBucket"]
 
@@ -73,11 +74,18 @@ class Commander:
     ) -> None:
         self._client = client
         self._metrics = metrics
-        self._retry = RetryPolicy(config.retry_initial_s, config.retry_max_s)
         self._bucket = TokenBucket(config.create_rate_per_s, config.create_burst)
-        self._on_halt = on_halt
-        self._on_resume = on_resume
-        self.halted = False
+        self._caller = HaltingCaller(
+            RetryPolicy(config.retry_initial_s, config.retry_max_s),
+            metrics.commands_halted,
+            what="task commands",
+            on_halt=on_halt,
+            on_resume=on_resume,
+        )
+
+    @property
+    def halted(self) -> bool:
+        return self._caller.halted
 
     async def create(self, agent_id: str, task_id: str, body: bytes) -> tuple[dict[str, Any], bool]:
         """The task, and whether this call created it (``False``: it existed)."""
@@ -104,49 +112,7 @@ class Commander:
         return await self._call(lambda: self._client.stop_task(task_id))
 
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
-        backoff = self._retry.backoff()
-        while True:
-            try:
-                answer = await call()
-            except BridgeError as exc:
-                verdict = self._retry.verdict(exc)
-                if verdict is Verdict.REJECT:
-                    if self.halted:
-                        self._resume()  # an answer about the command: the key works again
-                    raise
-                if isinstance(exc, AuthError):
-                    self._halt(exc)
-                self._metrics.command_retries(_retry_reason(exc, verdict)).inc()
-                await self._retry.wait(backoff, exc)
-                continue
-            if self.halted:
-                self._resume()
-            return answer
+        return await self._caller.call(call, self._count_retry)
 
-    def _halt(self, exc: AuthError) -> None:
-        if self.halted:
-            return
-        self.halted = True
-        self._metrics.commands_halted.set(1)
-        log.error(
-            "the platform refuses the API key: task commands are HALTED, nothing is "
-            "committed, answered or dead-lettered; they resume once the key works",
-            extra={"status": exc.status},
-        )
-        if self._on_halt is not None:
-            self._on_halt(exc)
-
-    def _resume(self) -> None:
-        self.halted = False
-        self._metrics.commands_halted.set(0)
-        log.warning("the platform accepts the API key again: task commands resumed")
-        if self._on_resume is not None:
-            self._on_resume()
-
-
-def _retry_reason(error: BridgeError, verdict: Verdict) -> ReportRetryReason:
-    if verdict is Verdict.HALT:
-        return ReportRetryReason.AUTH
-    if error.status == 429:
-        return ReportRetryReason.RATE_LIMITED
-    return ReportRetryReason.UNAVAILABLE
+    def _count_retry(self, reason: ReportRetryReason) -> None:
+        self._metrics.command_retries(reason).inc()

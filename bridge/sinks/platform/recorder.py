@@ -1,30 +1,25 @@
 """The platform sink of the Kafka-to-platform direction: records one report or
 metrics message on the platform.
 
-Its retries go through the retry policy: timeouts, 5xx and 429 are retried
-with a capped, fully jittered back-off that honours ``Retry-After``, without
-an expiry (a report is never dropped because the platform was away for an
-hour). 401/403 means the bridge's credentials are wrong, not the message:
-recording halts for every message (readiness false, ``reports_halted`` 1, a
-loud log line) and the same request is retried until the key works. Any
-other 4xx is the message's fault: it is raised for the dead-letter path.
+Retries, the halt on 401/403 and the rejection of other 4xx are the halting
+caller's (``sinks/platform/halting.py``): a report is never dropped because
+the platform was away, and a refused key halts recording for every message
+(readiness false, ``reports_halted`` 1) until it works again.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
 from bridge.config import ReportsConfig
-from bridge.core.retry import RetryPolicy, Verdict
-from bridge.errors import AuthError, BridgeError
+from bridge.core.retry import RetryPolicy
+from bridge.errors import AuthError
 from bridge.observability.metrics import Metrics, ReportKind, ReportRetryReason
 from bridge.platform.client import PlatformClient
+from bridge.sinks.platform.halting import HaltingCaller
 
 __all__ = ["Recorder"]
-
-log = logging.getLogger(__name__)
 
 
 class Recorder:
@@ -39,59 +34,28 @@ class Recorder:
     ) -> None:
         self._client = client
         self._metrics = metrics
-        self._retry = RetryPolicy(config.retry_initial_s, config.retry_max_s)
-        self._on_halt = on_halt
-        self._on_resume = on_resume
-        self.halted = False
+        self._caller = HaltingCaller(
+            RetryPolicy(config.retry_initial_s, config.retry_max_s),
+            metrics.reports_halted,
+            what="report recording",
+            on_halt=on_halt,
+            on_resume=on_resume,
+        )
+
+    @property
+    def halted(self) -> bool:
+        return self._caller.halted
 
     async def record(self, kind: ReportKind, agent_id: str, body: bytes) -> Any:
         """The platform's answer; raises ``RejectedError`` for a message it refuses."""
-        backoff = self._retry.backoff()
-        while True:
-            try:
-                if kind is ReportKind.REPORT:
-                    answer = await self._client.report_task(agent_id, body)
-                else:
-                    answer = await self._client.report_metrics(agent_id, body)
-            except BridgeError as exc:
-                verdict = self._retry.verdict(exc)
-                if verdict is Verdict.REJECT:
-                    if self.halted:
-                        self._resume()  # an answer about the message: the key works again
-                    raise
-                if isinstance(exc, AuthError):
-                    self._halt(exc)
-                self._metrics.report_retries(kind, _retry_reason(exc, verdict)).inc()
-                await self._retry.wait(backoff, exc)
-                continue
-            if self.halted:
-                self._resume()
-            return answer
 
-    def _halt(self, exc: AuthError) -> None:
-        if self.halted:
-            return
-        self.halted = True
-        self._metrics.reports_halted.set(1)
-        log.error(
-            "the platform refuses the API key: report recording is HALTED, nothing is "
-            "committed or dead-lettered; it resumes by itself once the key works",
-            extra={"status": exc.status},
+        def count_retry(reason: ReportRetryReason) -> None:
+            self._metrics.report_retries(kind, reason).inc()
+
+        if kind is ReportKind.REPORT:
+            return await self._caller.call(
+                lambda: self._client.report_task(agent_id, body), count_retry
+            )
+        return await self._caller.call(
+            lambda: self._client.report_metrics(agent_id, body), count_retry
         )
-        if self._on_halt is not None:
-            self._on_halt(exc)
-
-    def _resume(self) -> None:
-        self.halted = False
-        self._metrics.reports_halted.set(0)
-        log.warning("the platform accepts the API key again: report recording resumed")
-        if self._on_resume is not None:
-            self._on_resume()
-
-
-def _retry_reason(error: BridgeError, verdict: Verdict) -> ReportRetryReason:
-    if verdict is Verdict.HALT:
-        return ReportRetryReason.AUTH
-    if error.status == 429:
-        return ReportRetryReason.RATE_LIMITED
-    return ReportRetryReason.UNAVAILABLE

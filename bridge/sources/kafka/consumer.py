@@ -147,6 +147,11 @@ class PartitionedConsumer:
         # once (0.0 would read as "long ago" on a host up for longer than it).
         self._last_commit = self._loop.time()
 
+    @property
+    def assigned(self) -> int:
+        """Partitions this member holds now."""
+        return len(self._partitions)
+
     # --- lifecycle ------------------------------------------------------------
 
     async def run(self) -> None:

@@ -6,13 +6,19 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from support.kafka import KafkaService, consume, described
 
-from bridge.config import CoordinationConfig, KafkaConfig, RouteRule, TopicsConfig
+from bridge.config import (
+    BridgeConfig,
+    CoordinationConfig,
+    KafkaConfig,
+    RouteRule,
+    TopicsConfig,
+)
 from bridge.core.record import OutRecord
 from bridge.errors import (
     AuthError,
@@ -26,6 +32,7 @@ from bridge.errors import (
     UnavailableError,
 )
 from bridge.kafka.producer import AsyncProducer
+from bridge.kafka.topics import flow_topics
 from bridge.sinks.kafka.producer import KafkaSink
 
 pytestmark = pytest.mark.timeout(60)
@@ -120,6 +127,42 @@ async def test_connect_creates_every_topic_with_compaction_where_configured(
     assert got[coordination.checkpoints_topic] == (4, "compact")
     for name in (topics.events, topics.dlq, routed):
         assert got[name][1] in (None, "delete"), name
+
+
+async def test_connect_creates_the_topics_of_the_enabled_flows(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    names: dict[str, dict[str, Any]] = {
+        "reports": {"reports_topic": new_topic("reports"), "metrics_topic": new_topic("metrics")},
+        "commands": {
+            "commands_topic": new_topic("commands"),
+            "results_topic": new_topic("results"),
+            "reply_topics": [new_topic("elsewhere")],
+        },
+    }
+    off = BridgeConfig.model_validate(
+        {section: {**fields, "enabled": False} for section, fields in names.items()}
+    )
+    assert flow_topics(off) == []
+    on = BridgeConfig.model_validate(
+        {"discovery": {"agent_ids": ["agent-1"]}}
+        | {section: {**fields, "enabled": True} for section, fields in names.items()}
+    )
+    created = flow_topics(on)
+    assert created == [
+        on.reports.reports_topic,
+        on.reports.metrics_topic,
+        on.commands.commands_topic,
+        on.commands.results_topic,
+    ]
+    sink = KafkaSink(
+        kafka_config(kafka.bootstrap_servers), topics_config(new_topic), flow_topics=created
+    )
+    await sink.connect()
+    await sink.aclose()
+    got = await described(kafka.bootstrap_servers, [*created, on.commands.reply_topics[0]])
+    assert [got[name][0] for name in created] == [3, 3, 3, 3]
+    assert got[on.commands.reply_topics[0]][0] == 0  # a requester's topic: theirs to create
 
 
 async def test_connect_leaves_existing_topics_alone(
