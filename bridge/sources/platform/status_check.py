@@ -6,16 +6,19 @@ for ``streams.quiet_check_s``, the task's status is fetched while the stream
 is read. If
 the task has ended, the stream gets ``resync_grace_s`` to deliver the
 ``task_finished`` itself (a server that replays after ``Last-Event-ID``
-does), counted from its last event: a replay still flowing is read to its
-end however long it takes (a slow host, a full queue), since closing it would
-lose the events not read yet. Only a stream silent for the grace is closed,
-and the streamer emits the end from the snapshot (``source: resync``).
+does), counted from the last sign of life the reader reports (``activity``:
+a frame read, skipped replay frames included, or a publish still waiting for
+room in the queue). A replay still flowing is read to its end however long
+it takes (a slow host, a full queue), since closing it would lose the events
+not read yet. Only a stream silent for the grace while its reader is idle is
+closed, and the streamer emits the end from the snapshot (``source: resync``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from bridge.core.task import TaskState
@@ -39,8 +42,12 @@ class StatusCheck:
         metrics: Metrics,
         stream: EventStream,
         grace_s: float,
+        activity: Callable[[], int | None],
     ) -> None:
+        """``activity()``: a count that moves with every frame the reader takes
+        off the stream, ``None`` while the reader is busy with what it read."""
         self._task = task
+        self._activity = activity
         self._client = client
         self._metrics = metrics
         self._grace_s = grace_s
@@ -88,11 +95,14 @@ class StatusCheck:
             return
         task = self._task
         while True:
-            read = task.sequence
+            before = self._activity()
             await asyncio.sleep(self._grace_s)
             if task.finished:
                 return
-            if task.sequence == read:  # silent for the grace: it will not deliver the end
+            now = self._activity()
+            if now is not None and now == before:
+                # Nothing read and nothing being handled for the grace: the
+                # stream will not deliver the end.
                 self.closed_stream = True
                 stream.close()  # ends the read loop; the streamer emits the end
                 return

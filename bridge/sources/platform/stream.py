@@ -94,9 +94,12 @@ def reconnect_reason(error: BridgeError) -> ReconnectReason | None:  # noqa: PLR
 class TaskStreamer:
     """Follows one task's SSE stream; ``run()`` returns how it ended."""
 
-    def __init__(self, task: TaskState, context: WorkerContext) -> None:
+    def __init__(self, task: TaskState, context: WorkerContext, *, ended: bool = False) -> None:
+        """``ended``: a listing says the task has ended (its stream is read for
+        what nobody published, beside a status check from the first connection)."""
         self.task = task
         self._ctx = context
+        self._ended = ended
         # A task resumed from a checkpoint: reconnect where it stopped.
         self._last_event_id: str | None = task.acked_sse_id
         # A task followed with no checkpoint asks for its stream from the start
@@ -110,13 +113,18 @@ class TaskStreamer:
         self._server_retry_ms: int | None = None
         self._replay = ReplayFilter(task, context.metrics)
         self._loop = asyncio.get_running_loop()
+        #: what the status check watches (``_activity``): frames read, and
+        #: whether a chunk's frames are being handled now
+        self._frames_read = 0
+        self._handling = False
 
     async def run(self) -> StreamOutcome:
         ctx = self._ctx
         backoff = ctx.reconnect.backoff()
         # A resumed task's first connection is a reconnect: its status is checked
         # beside it, so a task that ended while nobody streamed it still ends.
-        reconnect = self.task.resumed
+        # So is an ended task's: its server may have nothing to send.
+        reconnect = self.task.resumed or self._ended
         while True:
             attempt = _Attempt()
             reason: ReconnectReason | None
@@ -179,6 +187,7 @@ class TaskStreamer:
                     # holding its last chunk and envelope cost 150 MB.
                     del chunk
                     now = self._loop.time()
+                    self._frames_read += len(events)
                     if not events:
                         # Keep-alives only: after a while, ask whether the task
                         # still runs (a server may linger after the end).
@@ -189,7 +198,11 @@ class TaskStreamer:
                             last_event = now
                         continue
                     last_event = now
-                    progress = await self._publish_frames(events)
+                    self._handling = True
+                    try:
+                        progress = await self._publish_frames(events)
+                    finally:
+                        self._handling = False
                     del events
                     attempt.progress = attempt.progress or progress
                     if task.finished:
@@ -206,7 +219,14 @@ class TaskStreamer:
 
     def _check(self, stream: EventStream) -> StatusCheck:
         ctx = self._ctx
-        return StatusCheck(self.task, ctx.client, ctx.metrics, stream, ctx.resync_grace_s)
+        return StatusCheck(
+            self.task, ctx.client, ctx.metrics, stream, ctx.resync_grace_s, self._activity
+        )
+
+    def _activity(self) -> int | None:
+        """The status check's sign of life: frames read, ``None`` while a chunk's
+        frames are being handled (a publish may wait on a full queue)."""
+        return None if self._handling else self._frames_read
 
     async def _publish_frames(self, events: list[SSEEvent]) -> bool:
         """Normalize and publish one chunk's events; returns whether any was

@@ -84,7 +84,19 @@ class TaskSupervisor:
 
     def finish_unseen(self, item: dict[str, Any], checkpoint: Checkpoint | None = None) -> None:
         """A task that ended unseen (between two listings, or while no replica
-        streamed it): emit its end, after its checkpoint's sequence."""
+        streamed it): emit its end, after its checkpoint's sequence.
+
+        Without a checkpoint, a streaming task's stream is read from the start
+        first: a replica may have streamed it and died before its first
+        checkpoint committed, so that what it published is in no committed
+        transaction. A server that keeps history replays every event (the same
+        ``sequence`` and ``event_id`` as any copy); the status check beside the
+        stream emits the end if the server has nothing to send."""
+        if checkpoint is None and item.get("events_streaming") is not False:
+            self._start(
+                item, None, lambda state: self._work(state, True, False, ended=True), "task"
+            )
+            return
         self._start(item, checkpoint, self._end_unseen, "end")
 
     def fetch_activity(self, checkpoint: Checkpoint) -> None:
@@ -147,7 +159,9 @@ class TaskSupervisor:
 
     # --- workers ------------------------------------------------------------
 
-    async def _work(self, state: TaskState, streaming: bool, terminal: bool) -> None:
+    async def _work(
+        self, state: TaskState, streaming: bool, terminal: bool, *, ended: bool = False
+    ) -> None:
         try:
             if terminal and state.acked_stream_event_id is None:
                 await self._emit_end(state)
@@ -158,7 +172,7 @@ class TaskSupervisor:
                 # out by the stream's own answer (the streamer falls back to polling).
                 outcome = StreamOutcome.NOT_STREAMABLE
                 if streaming:
-                    stream = TaskStreamer(state, self._ctx).run()
+                    stream = TaskStreamer(state, self._ctx, ended=ended).run()
                     outcome = await self._run(TrackingMode.STREAM, stream)
                 if outcome is StreamOutcome.NOT_STREAMABLE:
                     await self._run(TrackingMode.POLL, TaskPoller(state, self._ctx).run())

@@ -83,7 +83,16 @@ async def test_the_first_listing_is_the_baseline(rig: Rig) -> None:
     await supervisor.stop()
 
 
-async def test_a_task_that_appears_already_terminal_gets_its_end(rig: Rig) -> None:
+@pytest.mark.parametrize("keeps_history", [True, False], ids=["replays", "no-history"])
+async def test_a_task_that_appears_already_terminal_gets_its_events_and_its_end(
+    rig: Rig, keeps_history: bool
+) -> None:
+    # Its stream is read from the start: a replica that streamed it may have
+    # died before its first checkpoint committed (then what it published is in
+    # no committed transaction; seen as a three-replica kill test missing
+    # events 2 onwards of two tasks). A server with nothing to send: the end
+    # comes from the status, after the grace.
+    rig.emulator.settings.stream.honour_last_event_id = keeps_history
     supervisor = TaskSupervisor(rig.context)
     discovery = discovery_for(rig, supervisor)
     await discovery.reconcile()  # the baseline: nothing yet
@@ -94,9 +103,17 @@ async def test_a_task_that_appears_already_terminal_gets_its_end(rig: Rig) -> No
     await discovery.reconcile()
     await wait_until(lambda: supervisor.followed == 0, "the worker to end")
 
-    [end] = rig.published.envelopes(quick)
-    assert (end["type"], end["source"], end["status"]) == ("task_finished", "resync", "stopped")
-    assert rig.run_of(quick).connections == 0
+    published = rig.published.envelopes(quick)
+    assert rig.run_of(quick).connections == 1
+    if keeps_history:
+        emitted = [e.id for e in rig.emulator.events(quick)]
+        assert [e["sse_id"] for e in published] == emitted
+        assert [e["source"] for e in published] == ["sse"] * len(emitted)
+        assert [e["sequence"] for e in published] == list(range(1, len(emitted) + 1))
+    else:
+        assert [e["source"] for e in published] == ["resync"]
+    end = published[-1]
+    assert (end["type"], end["status"]) == ("task_finished", "stopped")
 
 
 async def test_a_task_not_owned_is_not_followed(rig: Rig) -> None:
@@ -131,8 +148,11 @@ async def test_a_task_seen_running_elsewhere_that_ends_once_owned_gets_its_end(r
 
     await wait_until(ended(handed, rig), "the handed-over task's end")
     await wait_until(lambda: supervisor.followed == 0, "the worker to end")
-    [end] = rig.published.envelopes(handed)
-    assert (end["type"], end["source"]) == ("task_finished", "resync")
+    # Read from the start: whatever the other replica published may be in no
+    # committed transaction (it died before its first checkpoint).
+    published = rig.published.envelopes(handed)
+    assert [e["sse_id"] for e in published] == [e.id for e in rig.emulator.events(handed)]
+    assert published[-1]["type"] == "task_finished"
     # A task that had ended before anyone listed it stays history.
     assert rig.published.envelopes(history) == []
 
@@ -415,8 +435,9 @@ async def test_a_task_that_starts_and_ends_between_two_live_rounds_is_published_
     await discovery.reconcile(full=True)  # the full round does
     await wait_until(ended(quick, rig), "its end")
     await wait_until(lambda: supervisor.followed == 0, "the worker to end")
-    [end] = rig.published.envelopes(quick)
-    assert (end["type"], end["source"], end["status"]) == ("task_finished", "resync", "stopped")
+    published = rig.published.envelopes(quick)
+    assert [e["sse_id"] for e in published] == [e.id for e in rig.emulator.events(quick)]
+    assert (published[-1]["type"], published[-1]["status"]) == ("task_finished", "stopped")
 
 
 async def test_the_full_listing_comes_every_full_interval_and_publishes_unseen_ends(
@@ -430,8 +451,9 @@ async def test_the_full_listing_comes_every_full_interval_and_publishes_unseen_e
         await wait_until(ended(quick, rig), "its end, from the next full listing", 2.0)
         # Live rounds ran meanwhile, but only a full one could find it.
         assert discovery.full_rounds >= 2 and discovery.rounds > discovery.full_rounds
-    [end] = rig.published.envelopes(quick)
-    assert end["source"] == "resync"
+    published = rig.published.envelopes(quick)
+    assert [e["sse_id"] for e in published] == [e.id for e in rig.emulator.events(quick)]
+    assert published[-1]["type"] == "task_finished"
 
 
 async def test_a_live_task_is_found_within_one_interval(rig: Rig) -> None:

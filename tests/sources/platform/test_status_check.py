@@ -31,13 +31,27 @@ def resyncs(rig: Rig) -> dict[str, float]:
     return {outcome: count for outcome, count in counts.items() if count}
 
 
-async def read_to_end(stream: EventStream) -> tuple[bytes, bool]:
+class Reader:
+    """What the streamer tells the check (``activity``): frames read, ``None``
+    while it handles them."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.handling = False
+        self.decoder = SSEDecoder()
+
+    def activity(self) -> int | None:
+        return None if self.handling else self.frames
+
+
+async def read_to_end(stream: EventStream, reader: Reader) -> tuple[bytes, bool]:
     """The whole body, and whether it ended by an interruption (not cleanly)."""
     body = b""
     try:
         async with asyncio.timeout(10):
             async for chunk in stream.chunks():
                 body += chunk
+                reader.frames += len(reader.decoder.feed(chunk))
     except StreamInterrupted:
         return body, True
     return body, False
@@ -52,9 +66,10 @@ async def test_a_silent_stream_of_an_ended_task_is_closed_after_the_grace_period
     rig.emulator.set_faults(stall_after_events=0)
     state = rig.state_for(task)
 
+    reader = Reader()
     async with rig.client.task_events(task["id"], None) as stream:
-        check = StatusCheck(state, rig.client, rig.metrics, stream, grace_s=0.1)
-        body, _ = await read_to_end(stream)  # only returns once the check closed it
+        check = StatusCheck(state, rig.client, rig.metrics, stream, 0.1, reader.activity)
+        body, _ = await read_to_end(stream, reader)  # only returns once the check closed it
         snapshot = await check.settle()
 
     assert b'"connected"' in body and b"task_finished" not in body
@@ -74,11 +89,13 @@ async def test_an_ended_task_whose_stream_delivers_its_end_is_left_alone(rig: Ri
     state = rig.state_for(task)
     decoder = SSEDecoder()
 
+    reader = Reader()
     async with rig.client.task_events(task["id"], None) as stream:
-        check = StatusCheck(state, rig.client, rig.metrics, stream, grace_s=5.0)
+        check = StatusCheck(state, rig.client, rig.metrics, stream, 5.0, reader.activity)
         async with asyncio.timeout(10):
             async for chunk in stream.chunks():
                 for event in decoder.feed(chunk):
+                    reader.frames += 1
                     sse_id = event.id if event.own_id else None
                     rig.normalizer.from_frame(state, event.data, sse_id, 0.0)
                 if state.finished:
@@ -102,14 +119,19 @@ async def test_a_replay_still_flowing_is_read_to_its_end_past_the_grace(rig: Rig
     state = rig.state_for(task)
     decoder = SSEDecoder()
 
+    reader = Reader()
     async with rig.client.task_events(task["id"], "0") as stream:
-        check = StatusCheck(state, rig.client, rig.metrics, stream, grace_s=0.5)
+        check = StatusCheck(state, rig.client, rig.metrics, stream, 0.5, reader.activity)
         async with asyncio.timeout(10):
             async for chunk in stream.chunks():
-                for event in decoder.feed(chunk):
+                events = decoder.feed(chunk)
+                reader.frames += len(events)
+                reader.handling = True  # as the streamer: handling what it read
+                for event in events:
                     await asyncio.sleep(0.15)  # 12 events: 1.8 s, over three graces
                     sse_id = event.id if event.own_id else None
                     rig.normalizer.from_frame(state, event.data, sse_id, 0.0)
+                reader.handling = False
                 if state.finished:
                     break
         snapshot = await check.settle()
@@ -119,19 +141,56 @@ async def test_a_replay_still_flowing_is_read_to_its_end_past_the_grace(rig: Rig
     assert snapshot is None
 
 
+async def test_a_replay_is_not_closed_while_its_reader_waits_for_room_in_the_queue(
+    rig: Rig,
+) -> None:
+    # The streamer's publish waits on a full queue (a slow broker, a loaded
+    # host) for longer than the grace: nothing is read meanwhile, and no
+    # sequence moves, but the stream is not silent. Closing it lost the rest
+    # of the replay (seen: a three-replica kill test under load missing
+    # events 2 onwards of two resumed tasks).
+    rig.emulator.settings.stream.start_on_subscribe = False
+    task = rig.emulator.create_task(events=12, outcome="completed", profile=AT_ONCE)
+    await rig.emulator.wait_finished(task["id"])
+    state = rig.state_for(task)
+    decoder = SSEDecoder()
+
+    reader = Reader()
+    async with rig.client.task_events(task["id"], "0") as stream:
+        check = StatusCheck(state, rig.client, rig.metrics, stream, 0.2, reader.activity)
+        async with asyncio.timeout(10):
+            async for chunk in stream.chunks():
+                events = decoder.feed(chunk)
+                reader.frames += len(events)
+                reader.handling = True
+                await asyncio.sleep(1.0)  # the queue is full: five graces
+                reader.handling = False
+                for event in events:
+                    sse_id = event.id if event.own_id else None
+                    rig.normalizer.from_frame(state, event.data, sse_id, 0.0)
+                if state.finished:
+                    break
+        snapshot = await check.settle()
+
+    assert state.finished and not check.closed_stream
+    assert state.sequence == 12
+    assert snapshot is None
+
+
 async def test_a_running_task_settles_to_nothing_and_counts_a_running_resync(rig: Rig) -> None:
     task = rig.emulator.create_task(events=12, outcome="completed", profile=SLOW)
     state = rig.state_for(task)
 
+    reader = Reader()
     async with rig.client.task_events(task["id"], None) as stream:
-        check = StatusCheck(state, rig.client, rig.metrics, stream, grace_s=0.01)
+        check = StatusCheck(state, rig.client, rig.metrics, stream, 0.01, reader.activity)
         await wait_until(
             lambda: rig.emulator.inbox.answers["get 200"] == 1, "the status check's fetch"
         )
         # The task ends only now: a check that closed the stream of a running
         # task would cut this off.
         rig.emulator.engine.stop(rig.run_of(task["id"]))
-        body, interrupted = await read_to_end(stream)
+        body, interrupted = await read_to_end(stream, reader)
         snapshot = await check.settle()
 
     assert b"task_finished" in body and not interrupted
@@ -146,9 +205,10 @@ async def test_a_failed_status_fetch_settles_to_nothing(rig: Rig) -> None:
     rig.emulator.set_faults(http=[HttpFaultRule(endpoints=["get"], status=503, next_n=1)])
     state = rig.state_for(task)
 
+    reader = Reader()
     async with rig.client.task_events(task["id"], None) as stream:
-        check = StatusCheck(state, rig.client, rig.metrics, stream, grace_s=0.01)
-        body, interrupted = await read_to_end(stream)  # the server ends it: nothing to send
+        check = StatusCheck(state, rig.client, rig.metrics, stream, 0.01, reader.activity)
+        body, interrupted = await read_to_end(stream, reader)  # the server ends it: nothing to send
         snapshot = await check.settle()
 
     assert not interrupted and b"task_finished" not in body
@@ -166,8 +226,9 @@ async def test_settling_while_cancelled_does_not_wait_for_the_fetch(rig: Rig) ->
     opened = asyncio.Event()
 
     async def follow() -> None:
+        reader = Reader()
         async with rig.client.task_events(task["id"], None) as stream:
-            check = StatusCheck(state, rig.client, rig.metrics, stream, grace_s=0.01)
+            check = StatusCheck(state, rig.client, rig.metrics, stream, 0.01, reader.activity)
             opened.set()
             try:
                 await asyncio.Event().wait()  # reading, until shut down
