@@ -143,7 +143,8 @@ class DiscoveryConfig(Section):
             "Seconds between two full listings (every task, history included) of each agent "
             "and user; null = 12 x interval_s (60 s with the default interval). A full listing "
             "finds the tasks that started and ended between two live listings and publishes "
-            "their end, so such an end comes at most this late (times 1 + jitter). The first "
+            "their events (read from the start of their streams) and their end, at most this "
+            "late (times 1 + jitter). The first "
             "listing and the one after a wake are always full. At or below interval_s every "
             "listing is full (the cost then grows with the history)."
         ),
