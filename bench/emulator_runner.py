@@ -37,7 +37,11 @@ from bridge.emulator.tasks import TaskRun
 from bridge.gc_policy import GcPolicy
 from bridge.observability.metrics import Metrics
 
-__all__ = ["live_task_ids", "main"]
+__all__ = ["HISTORY_SCENARIOS", "live_task_ids", "main"]
+
+#: scenarios of live tasks arriving over time over a seeded history: ``live``
+#: is ``history`` with none, the baseline its discovery cost is compared with
+HISTORY_SCENARIOS = ("history", "live")
 
 #: the id namespace of the first scenario an emulator starts (its tasks' ids)
 _FIRST_SCENARIO = "scenario0"
@@ -88,6 +92,8 @@ class _Listings:
 
     def __init__(self, emu: Emulator, scenario: ScenarioSettings | None, agents: int) -> None:
         self.requests: Counter[str] = Counter()
+        #: (wall time, full listing or not, body bytes) of every listing answered
+        self.timeline: list[tuple[float, bool, int]] = []
         self.started_at: float | None = None
         self._emu = emu
         self._scenario = scenario
@@ -103,7 +109,11 @@ class _Listings:
                 namespace = self._emu.start_scenario(self._scenario)
                 assert namespace == _FIRST_SCENARIO, namespace  # live_task_ids relies on it
                 self._scenario = None
-            return answer(name, query, items)
+            before = sum(self._emu.inbox.list_bytes.values())
+            response = answer(name, query, items)
+            sent = sum(self._emu.inbox.list_bytes.values()) - before
+            self.timeline.append((time.time(), status is None, sent))
+            return response
 
         api._listing = listing  # type: ignore[method-assign]
 
@@ -117,6 +127,7 @@ class _Listings:
             "list_requests": dict(self.requests),
             "list_bytes": dict(self._emu.inbox.list_bytes),
             "live_started_at": self.started_at,
+            "timeline": self.timeline,
             "created_at": created,
         }
 
@@ -124,7 +135,7 @@ class _Listings:
 async def serve(spec: dict[str, Any]) -> None:
     name = spec["scenario"]
     params = spec.get("params", {})
-    history = name == "history"
+    history = name in HISTORY_SCENARIOS
     stream = StreamSettings(start_on_subscribe=True, replay="none", history_limit=64)
     settings = EmulatorSettings(
         port=int(spec.get("port", 0)),
@@ -134,7 +145,7 @@ async def serve(spec: dict[str, Any]) -> None:
     if history:
         scenario = history_scenario(params)
         agents = int(params.get("agents", 4))
-        total = int(params.get("history", 100_000))
+        total = int(params.get("history", 100_000)) if name == "history" else 0
         settings = settings.model_copy(
             update={
                 "agent_ids": [f"agent-emulator-{i + 1}" for i in range(agents)],

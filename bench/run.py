@@ -19,7 +19,7 @@ official client drops event types it does not know), or at the timeout.
     .venv/bin/python -m bench.run              # full: a few minutes
     .venv/bin/python -m bench.run --quick      # under two minutes
     .venv/bin/python -m bench.run --size tiny --scenarios burst --contenders bridge,lean
-    .venv/bin/python -m bench.run --quick --scenarios history   # discovery cost (not by default)
+    .venv/bin/python -m bench.run --quick --scenarios history,live   # discovery cost
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from bench.emulator_runner import live_task_ids
+from bench.emulator_runner import HISTORY_SCENARIOS, live_task_ids
 from bench.measure import TreeSampler, descendants
 from bridge.kafka.embedded import EmbeddedBroker
 
@@ -66,11 +66,15 @@ CONTENDERS = ("bridge", "bridge-solo", "bridge-alo", "bridge-before", "lean", "o
 BEFORE_REF = "96c652d"
 #: where ``run`` unpacked the ``--before`` source (set only when that contender runs)
 _BEFORE_SRC = "BENCH_BEFORE_SRC"
-SCENARIOS = ("burst", "wide", "steady")
-#: run only when named in ``--scenarios``: a long history and live tasks arriving
-#: over time, to measure what discovery costs (bytes listed, CPU) and how soon a
-#: new task's first event is on Kafka
-EXTRA_SCENARIOS = ("history",)
+#: history: a long history and live tasks arriving over time, to measure what
+#: discovery costs (bytes listed, CPU) and how soon a new task's first event is
+#: on Kafka; live: the same live tasks with no history, its baseline
+SCENARIOS = ("burst", "wide", "steady", *HISTORY_SCENARIOS)
+#: run only when named in ``--scenarios``
+EXTRA_SCENARIOS: tuple[str, ...] = ()
+#: listings in the first seconds after the live tasks start (the baseline, the
+#: one after the group join) are start-up, not the cost per round
+STARTUP_S = 20.0
 #: what the official client needs per open stream (measured elsewhere: 731 MB at 400
 #: tasks, 2.9 GB at 2,000): it runs only where streams x this fits the budget
 OFFICIAL_BYTES_PER_STREAM = 1.5 * 1024**2
@@ -120,6 +124,10 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
 }
+
+
+for _params in SIZES.values():
+    _params["live"] = {**_params["history"], "history": 0}
 
 
 @dataclass
@@ -394,11 +402,11 @@ async def run_one(  # noqa: C901, PLR0913, PLR0915  (the harness script of one r
     emulator_report = logs / f"{scenario}-{contender}-emulator.json"
     emulator_report.unlink(missing_ok=True)
     emulator, emu = await start_emulator(
-        scenario, params, emulator_log, emulator_report if scenario == "history" else None
+        scenario, params, emulator_log, emulator_report if scenario in HISTORY_SCENARIOS else None
     )
     result.streams = emu["tasks"]
     result.expected = emu["expected_events"]
-    only = set(live_task_ids(emu["tasks"])) if scenario == "history" else None
+    only = set(live_task_ids(emu["tasks"])) if scenario in HISTORY_SCENARIOS else None
     counter = TopicCounter(bootstrap, topic, only)
     await counter.start()
     argv, env = contender_command(contender, emu, bootstrap, topic)
@@ -464,7 +472,7 @@ async def run_one(  # noqa: C901, PLR0913, PLR0915  (the harness script of one r
     if subscribed_at is not None:
         result.extra["all_streams_open_after_s"] = round(subscribed_at - started, 2)
     summarize(result, counter, sampler, started, subscribed_at)
-    if scenario == "history" and emulator_report.exists():
+    if scenario in HISTORY_SCENARIOS and emulator_report.exists():
         summarize_history(
             result, counter, orjson.loads(emulator_report.read_bytes()), len(emu["agent_ids"])
         )
@@ -496,6 +504,25 @@ def listing_rounds(requests: dict[str, int], sizes: dict[str, int], agents: int)
     }
 
 
+def after_startup(timeline: list[list[Any]], live_started_at: float | None) -> dict[str, Any]:
+    """Listing bytes per second from ``STARTUP_S`` after the live tasks started
+    to the last listing: the cost per round once the start-up listings are
+    done, whatever the run's length."""
+    if live_started_at is None:
+        return {}
+    since = live_started_at + STARTUP_S
+    later = [(at, full, sent) for at, full, sent in timeline if at >= since]
+    if len(later) < 2:
+        return {}
+    window = max(entry[0] for entry in later) - since
+    sent = sum(entry[2] for entry in later)
+    return {
+        "after_startup_s": round(window, 1),
+        "after_startup_full_listings": sum(1 for entry in later if entry[1]),
+        "after_startup_bytes_per_s": round(sent / window) if window > 0 else None,
+    }
+
+
 def summarize_history(
     result: Result, counter: TopicCounter, report: dict[str, Any], agents: int
 ) -> None:
@@ -510,6 +537,7 @@ def summarize_history(
             other_types[kind] = other_types.get(kind, 0) + 1
     result.extra["history_records"] = {"count": len(counter.others), "by_type": other_types}
     listing = listing_rounds(report.get("list_requests", {}), report.get("list_bytes", {}), agents)
+    listing.update(after_startup(report.get("timeline", []), report.get("live_started_at")))
     result.list_bytes = listing["bytes"]
     result.extra["listing"] = listing
     created: dict[str, float] = report.get("created_at", {})

@@ -128,25 +128,48 @@ class DiscoveryConfig(Section):
         default_factory=list, description="Users whose tasks (across agents) are streamed too."
     )
     interval_s: float = Field(
-        default=5.0,
+        default=1.0,
         gt=0,
         description=(
             "Seconds between two listings of each agent's (and user's) live tasks: one "
             "request per non-terminal status (pending, executing, paused), through the "
-            "listing's `status` filter, so its cost follows the live tasks, not the history."
+            "listing's `status` filter, so its cost follows the live tasks, not the history. "
+            "A new task's first event reaches Kafka within about this (times 1 + jitter), "
+            "plus the opening of its stream. Stretched to keep within "
+            "max_listing_requests_per_s."
+        ),
+    )
+    max_listing_requests_per_s: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "Most live-listing requests a second, all agents and users together (three a "
+            "listing): with many of them the live interval stretches to 3 x listings / this, "
+            "so the platform's load is bounded whatever the number of agents."
         ),
     )
     full_interval_s: float | None = Field(
         default=None,
         gt=0,
         description=(
-            "Seconds between two full listings (every task, history included) of each agent "
-            "and user; null = 12 x interval_s (60 s with the default interval). A full listing "
-            "finds the tasks that started and ended between two live listings and publishes "
-            "their events (read from the start of their streams) and their end, at most this "
-            "late (times 1 + jitter). The first "
-            "listing and the one after a wake are always full. At or below interval_s every "
-            "listing is full (the cost then grows with the history)."
+            "Least seconds between two full listings (every task, history included) of each "
+            "agent and user; null = 12 x interval_s. A full listing finds the tasks that "
+            "started and ended between two live listings and publishes their events (read "
+            "from the start of their streams) and their end. The first listing and the one "
+            "after a wake are always full. Stretched by the history: a listing's next full one "
+            "waits until its live listings have listed as many tasks as its last full one "
+            "did (at least 100 a round counted), so full listings cost at most what live "
+            "ones do; never beyond full_interval_max_s. At or below interval_s every listing "
+            "is full (the cost then grows with the history)."
+        ),
+    )
+    full_interval_max_s: float = Field(
+        default=600.0,
+        gt=0,
+        description=(
+            "Most seconds between two full listings however long the history: the worst "
+            "delay of a task that started and ended between two live listings (times 1 + "
+            "jitter, plus the listing itself)."
         ),
     )
     jitter: float = Field(

@@ -11,7 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench.run import listing_rounds
+from bench.report import targets
+from bench.run import SIZES, STARTUP_S, after_startup, listing_rounds
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,6 +40,55 @@ def test_listing_rounds_split_full_and_live_listings() -> None:
     everything = listing_rounds({"list_tasks": 12}, {"list_tasks": 1_200}, agents=4)
     assert everything["live_rounds"] == 0 and everything["bytes_per_live_round"] is None
     assert everything["bytes_per_round"] == everything["bytes_per_full_round"] == 400
+
+
+def test_the_cost_after_start_up_leaves_out_the_start_up_listings() -> None:
+    start = 1_000.0
+    timeline = [
+        [start - 1, True, 50_000_000],  # the baseline
+        [start + 5, True, 50_000_000],  # after the group join
+        *([start + STARTUP_S + s, False, 1_000] for s in range(11)),  # one a second
+        [start + STARTUP_S + 5.5, True, 30_000],
+    ]
+    got = after_startup(timeline, start)
+    assert got["after_startup_s"] == 10.0
+    assert got["after_startup_full_listings"] == 1
+    assert got["after_startup_bytes_per_s"] == (11 * 1_000 + 30_000) // 10
+    assert after_startup(timeline, None) == {}
+    assert after_startup(timeline[:3], start) == {}  # no window after start-up
+
+
+def test_the_live_scenario_is_the_history_scenario_without_history() -> None:
+    for size in SIZES.values():
+        assert size["live"] == {**size["history"], "history": 0}
+
+
+def _row(scenario: str, cpu_s: float, steady_bytes: int, p99: float) -> dict[str, object]:
+    return {
+        "scenario": scenario,
+        "contender": "bridge",
+        "skipped": None,
+        "cpu_s": cpu_s,
+        "first_event_p50_ms": p99 / 2,
+        "first_event_p99_ms": p99,
+        "extra": {"listing": {"after_startup_bytes_per_s": steady_bytes}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("history", "met"),
+    [
+        (_row("history", 19.0, 2 * 130_000, 1_500), [True, True]),
+        (_row("history", 21.0, 130_000, 1_500), [False, True]),  # CPU 2.1x
+        (_row("history", 19.0, 2 * 130_000 + 1, 2_100), [False, False]),
+    ],
+)
+def test_history_targets_compare_with_the_same_live_tasks_without_history(
+    history: dict[str, object], met: list[bool]
+) -> None:
+    live = _row("live", 10.0, 130_000, 1_000)
+    verdicts = [t for t in targets([history, live]) if t["target"].startswith("history")]
+    assert [v["met"] for v in verdicts] == met
 
 
 @pytest.mark.timeout(90)

@@ -52,6 +52,7 @@ def bridge_config(
             "agent_ids": list(emu.settings.agent_ids),
             "interval_s": 0.2,
             "poll_interval_s": 0.1,
+            "max_listing_requests_per_s": 1000,  # the 0.2 s interval, not the budget's
         },
         "streams": {"reconnect_initial_s": 0.05, "reconnect_max_s": 0.5, "idle_timeout_s": 5},
         "kafka": {

@@ -13,15 +13,21 @@ listing fails, or the platform refuses the key (401/403).
 
 Two kinds of listing, so the cost follows the live tasks, not the history:
 every ``discovery.interval_s`` a *live* listing asks only for the non-terminal
-statuses (one request each: the platform's ``status`` filter takes one value),
-and every ``discovery.full_interval_s`` a *full* listing asks for every task.
-The first listing, and the one after a wake, is full.
+statuses (one request each: the platform's ``status`` filter takes one value;
+the interval stretches so all listings together stay within
+``discovery.max_listing_requests_per_s``), and a *full* listing asks for every
+task. The first listing, and the one after a wake, is full. The next full one
+comes no sooner than ``discovery.full_interval_s`` and no later than
+``discovery.full_interval_max_s``; in between, once the live listings since
+the last full one have listed as many tasks as it did (each counted as at
+least ``_LIVE_ITEMS_FLOOR``, what a request costs anyway): full listings then
+cost at most what live ones do, however long the history.
 
 A listing's first success is its baseline: tasks already terminal then are
 history and are not published. A task that appears in a later full listing
 already terminal, unseen by any listing before, started and ended in between
 (too fast for the live listings); its end is still published (from a resync),
-so no terminal state is missed: it comes at most ``full_interval_s`` late.
+so no terminal state is missed: it comes at most ``full_interval_max_s`` late.
 Each listing remembers the ids it saw since its last full listing, so a
 listing that failed for a while does not make its tasks look new. With several
 replicas, ``Claims`` says which tasks are this replica's and where each stopped.
@@ -62,6 +68,9 @@ log = logging.getLogger(__name__)
 _YIELD_EVERY = 256
 #: the longest wait between two attempts of a failing listing
 _MAX_BACKOFF_S = 60.0
+#: the least a live listing counts toward the next full one, in tasks: an empty
+#: live listing is three requests, about what listing 100 tasks costs
+_LIVE_ITEMS_FLOOR = 100
 
 #: (owner, status filter or ``None`` for every task) -> the listing
 Fetch = Callable[[str, str | None], Awaitable[list[dict[str, Any]]]]
@@ -101,8 +110,15 @@ class _Listing:
     backoff: Backoff
     #: ids in its last full listing and the live ones since (``None``: the baseline comes)
     seen: set[str] | None = None
-    #: loop time from which its next listing is a full one (0: the next one is)
+    #: the next listing is a full one, whatever the times (a wake, a failed full one)
+    full_now: bool = False
+    #: loop times: before the first, no full listing; from the second, one is due
     full_due: float = 0.0
+    full_latest: float = 0.0
+    #: tasks in its last full listing, and those its live listings listed since
+    #: (each counted as at least ``_LIVE_ITEMS_FLOOR``)
+    full_items: int = 0
+    live_items: int = 0
     full_listings: int = 0
     #: loop time before which it is not tried again (backing off)
     not_before: float = 0.0
@@ -133,7 +149,12 @@ class Discovery:
         self._metrics = context.metrics
         self._claims: Claims = claims if claims is not None else AllTasks()
         self._rng = rng or random.Random()
-        self._retry = RetryPolicy(config.interval_s, max(config.interval_s, _MAX_BACKOFF_S))
+        owners = len(config.agent_ids) + len(config.user_ids)
+        #: interval_s, stretched to keep every live listing within the request budget
+        self.live_interval_s = max(
+            config.interval_s, len(LIVE_STATUSES) * owners / config.max_listing_requests_per_s
+        )
+        self._retry = RetryPolicy(self.live_interval_s, max(self.live_interval_s, _MAX_BACKOFF_S))
         #: set to list at once (this replica was just given partitions)
         self._wake = wake if wake is not None else asyncio.Event()
         self._slots = asyncio.Semaphore(config.max_concurrent_listings)
@@ -193,7 +214,7 @@ class Discovery:
             listing.wake.clear()
             await self._list_one(listing, full=False)
             self._report()
-            delay = max(self._interval(self._config.interval_s), listing.not_before - loop.time())
+            delay = max(self._interval(self.live_interval_s), listing.not_before - loop.time())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await listing.wake.wait()
@@ -206,15 +227,28 @@ class Discovery:
                 # Partitions just came here: their tasks that ended while
                 # nobody owned them show only in a full listing.
                 listing.not_before = 0.0
-                listing.full_due = 0.0
+                listing.full_now = True
                 listing.wake.set()
+
+    def _full_due(self, listing: _Listing, now: float) -> bool:
+        if listing.seen is None or listing.full_now:
+            return True
+        if now < listing.full_due:
+            return False
+        if self._config.full_listing_interval_s <= self.live_interval_s:
+            return True  # configured so: every listing full, whatever it costs
+        # Full listings cost no more than the live ones since, up to the latest.
+        return listing.live_items >= listing.full_items or now >= listing.full_latest
 
     async def _list_one(self, listing: _Listing, *, full: bool) -> None:
         loop = asyncio.get_running_loop()
-        full = full or listing.seen is None or listing.full_due <= loop.time()
+        now = loop.time()
+        full = full or self._full_due(listing, now)
         if full:
             # Set before listing: a wake that comes meanwhile (due now) stands.
-            listing.full_due = loop.time() + self._interval(self._config.full_listing_interval_s)
+            listing.full_now = False
+            listing.full_due = now + self._interval(self._config.full_listing_interval_s)
+            listing.full_latest = now + self._interval(self._config.full_interval_max_s)
         try:
             async with self._slots:
                 if full:
@@ -225,11 +259,15 @@ class Discovery:
                         items += await listing.fetch(listing.owner, status)
         except BridgeError as exc:
             if full:
-                listing.full_due = 0.0  # still due
+                listing.full_now = True  # still due
             self._failed(listing, exc)
             return
         if full:
             listing.full_listings += 1
+            listing.full_items = len(items)
+            listing.live_items = 0
+        else:
+            listing.live_items += max(len(items), _LIVE_ITEMS_FLOOR)
         if listing.failure is not None:
             log.info("task listing recovered", extra={"owner": listing.owner})
         listing.failure = None
@@ -271,7 +309,7 @@ class Discovery:
         listing.failures += 1
         listing.failure = str(error)
         delay = max(
-            self._interval(self._config.interval_s),
+            self._interval(self.live_interval_s),
             listing.backoff.next_delay(self._retry.hint(error)),
         )
         listing.not_before = asyncio.get_running_loop().time() + delay

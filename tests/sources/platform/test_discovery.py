@@ -4,6 +4,7 @@ first listing as the baseline, claims, back-off and wake-ups."""
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -38,7 +39,14 @@ def discovery_for(
     **config: Any,
 ) -> Discovery:
     settings = DiscoveryConfig(
-        **{"agent_ids": [AGENT], "interval_s": interval_s, "jitter": 0.0, **config}
+        **{
+            "agent_ids": [AGENT],
+            "interval_s": interval_s,
+            "jitter": 0.0,
+            # the test's own intervals, not the request budget's
+            "max_listing_requests_per_s": 1_000_000,
+            **config,
+        }
     )
     return Discovery(rig.context, supervisor, settings, claims=claims, wake=wake)
 
@@ -388,9 +396,59 @@ def test_live_listings_ask_for_every_non_terminal_status() -> None:
 
 
 def test_a_full_listing_comes_every_twelve_live_ones_unless_configured() -> None:
-    assert DiscoveryConfig().full_listing_interval_s == 60.0
+    assert DiscoveryConfig().full_listing_interval_s == 12.0
     assert DiscoveryConfig(interval_s=0.2).full_listing_interval_s == pytest.approx(2.4)
     assert DiscoveryConfig(interval_s=0.2, full_interval_s=30).full_listing_interval_s == 30.0
+
+
+async def test_the_live_interval_stretches_to_keep_within_the_request_budget(rig: Rig) -> None:
+    supervisor = TaskSupervisor(rig.context)
+    few = discovery_for(
+        rig, supervisor, interval_s=1.0, agent_ids=["a", "b"], max_listing_requests_per_s=10
+    )
+    assert few.live_interval_s == 1.0  # 6 requests a round, 10 a second allowed
+    many = [f"agent-{i}" for i in range(20)]
+    stretched = discovery_for(
+        rig, supervisor, interval_s=1.0, agent_ids=many, max_listing_requests_per_s=10
+    )
+    assert stretched.live_interval_s == pytest.approx(6.0)  # 60 requests at 10 a second
+    budget = discovery_for(
+        rig, supervisor, interval_s=1.0, agent_ids=many, max_listing_requests_per_s=120
+    )
+    assert budget.live_interval_s == 1.0
+
+
+async def test_the_next_full_listing_waits_until_live_ones_listed_as_much_as_it_did() -> None:
+    # 5,003 tasks in a full listing; a live round counts as 100 at least: the
+    # next full one comes after ~50 live rounds, not after full_interval_s.
+    async with open_rig(fast_settings(agent_ids=[AGENT], history_per_agent=HISTORY)) as rig:
+        live = [slow_task(rig) for _ in range(3)]
+        supervisor = TaskSupervisor(rig.context)
+        discovery = discovery_for(
+            rig, supervisor, interval_s=0.01, full_interval_s=0.02, full_interval_max_s=600.0
+        )
+        async with running(discovery, supervisor):
+            await wait_until(lambda: discovery.full_rounds >= 2, "a second full listing", 30)
+            rounds = discovery.rounds
+            assert all(supervisor.is_known(task_id) for task_id in live)
+        live_rounds = rounds - 2
+        assert math.ceil((HISTORY + len(live)) / 100) <= live_rounds <= 60
+        full, live_bytes = listed_bytes(rig, filtered=False), listed_bytes(rig, filtered=True)
+        # What the history costs is spread: full listings weigh many live ones.
+        assert full > 50 * live_bytes / live_rounds
+
+
+async def test_full_listings_come_by_full_interval_max_s_however_long_the_history() -> None:
+    async with open_rig(fast_settings(agent_ids=[AGENT], history_per_agent=HISTORY)) as rig:
+        supervisor = TaskSupervisor(rig.context)
+        discovery = discovery_for(
+            rig, supervisor, interval_s=0.05, full_interval_s=0.1, full_interval_max_s=0.3
+        )
+        async with running(discovery, supervisor):
+            await wait_until(lambda: discovery.full_rounds >= 3, "full listings by the max", 30)
+            rounds = discovery.rounds
+        # Two full listings after the baseline, long before 2 x 50 live rounds.
+        assert rounds < 40
 
 
 async def test_a_live_round_costs_what_the_live_tasks_weigh_not_the_history() -> None:
