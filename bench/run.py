@@ -562,6 +562,24 @@ def summarize_history(
         result.extra["first_event_max_ms"] = round(max(waits), 1)
         result.extra["first_event_read_p50_ms"] = round(_percentile(read, 0.50), 1)
         result.extra["first_event_read_p99_ms"] = round(_percentile(read, 0.99), 1)
+        # over start-up (the group join, the first full listings) a new task
+        # waits for the bridge, not for discovery: the tasks created after it
+        started = report.get("live_started_at")
+        if started is not None:
+            later = [
+                first[t] - created[t] * 1000 for t in first if created[t] >= started + STARTUP_S
+            ]
+            by_second = sorted((created[t] - started, first[t] - created[t] * 1000) for t in first)
+            result.extra["first_event_by_creation"] = [
+                [round(at, 1), round(wait)] for at, wait in by_second
+            ]
+            if later:
+                result.extra["first_event_after_startup"] = {
+                    "tasks": len(later),
+                    "p50_ms": round(_percentile(later, 0.50), 1),
+                    "p99_ms": round(_percentile(later, 0.99), 1),
+                    "max_ms": round(max(later), 1),
+                }
 
 
 def _task_id(value: bytes) -> str | None:

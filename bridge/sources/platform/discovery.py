@@ -212,9 +212,15 @@ class Discovery:
             # Cleared before listing, not after: a wake that comes while it
             # runs (partitions just assigned) must bring the next listing.
             listing.wake.clear()
+            started = loop.time()
             await self._list_one(listing, full=False)
             self._report()
-            delay = max(self._interval(self.live_interval_s), listing.not_before - loop.time())
+            # At a fixed rate: the listing's own time (three requests to a busy
+            # platform) is part of the interval, not added to it.
+            now = loop.time()
+            delay = max(
+                self._interval(self.live_interval_s) - (now - started), listing.not_before - now
+            )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await listing.wake.wait()
