@@ -301,6 +301,10 @@ def contender_command(
                 "XPANDER_BRIDGE_COORDINATION__TASKS_TOPIC": f"{topic}.tasks",
                 "XPANDER_BRIDGE_COORDINATION__CHECKPOINTS_TOPIC": f"{topic}.checkpoints",
                 "XPANDER_BRIDGE_COORDINATION__GROUP_ID": f"{topic}.owners",
+                # the reports consumer's group too: an earlier contender on
+                # librdkafka and bridge-before on aiokafka cannot share one
+                # (InconsistentGroupProtocol stops bridge-before)
+                "XPANDER_BRIDGE_REPORTS__GROUP_ID": f"{topic}.reports",
                 "XPANDER_BRIDGE_HTTP_PORT": "0",  # several runs on one machine
             }
         )
