@@ -108,11 +108,26 @@ async def test_an_ended_task_whose_stream_delivers_its_end_is_left_alone(rig: Ri
     assert resyncs(rig) == {}
 
 
-async def test_a_replay_still_flowing_is_read_to_its_end_past_the_grace(rig: Rig) -> None:
+@pytest.mark.parametrize(
+    ("grace_s", "before_chunk_s", "per_event_s"),
+    [
+        # The bridge reads the replay slowly (a loaded host): 12 events 0.15 s
+        # apart, 1.8 s, over three graces.
+        (0.5, 0.0, 0.15),
+        # The streamer's publish waits on a full queue (a slow broker) for five
+        # graces: nothing is read meanwhile and no sequence moves, but the
+        # stream is not silent.
+        (0.2, 1.0, 0.0),
+    ],
+    ids=["read-slowly", "queue-full"],
+)
+async def test_a_replay_being_read_is_not_closed_past_the_grace(
+    rig: Rig, grace_s: float, before_chunk_s: float, per_event_s: float
+) -> None:
     # A resumed task that ended meanwhile: the server replays after
-    # Last-Event-ID, but the bridge reads it slowly (a loaded host, a full
-    # queue). Closing it after the grace lost every event not yet read (seen
-    # as a three-replica kill test missing a task's events under load).
+    # Last-Event-ID. Closing it after the grace lost every event not yet read
+    # (seen as three-replica kill tests under load missing a task's events,
+    # once all from event 2 on).
     rig.emulator.settings.stream.start_on_subscribe = False
     task = rig.emulator.create_task(events=12, outcome="completed", profile=AT_ONCE)
     await rig.emulator.wait_finished(task["id"])
@@ -121,14 +136,15 @@ async def test_a_replay_still_flowing_is_read_to_its_end_past_the_grace(rig: Rig
 
     reader = Reader()
     async with rig.client.task_events(task["id"], "0") as stream:
-        check = StatusCheck(state, rig.client, rig.metrics, stream, 0.5, reader.activity)
+        check = StatusCheck(state, rig.client, rig.metrics, stream, grace_s, reader.activity)
         async with asyncio.timeout(10):
             async for chunk in stream.chunks():
                 events = decoder.feed(chunk)
                 reader.frames += len(events)
                 reader.handling = True  # as the streamer: handling what it read
+                await asyncio.sleep(before_chunk_s)
                 for event in events:
-                    await asyncio.sleep(0.15)  # 12 events: 1.8 s, over three graces
+                    await asyncio.sleep(per_event_s)
                     sse_id = event.id if event.own_id else None
                     rig.normalizer.from_frame(state, event.data, sse_id, 0.0)
                 reader.handling = False
@@ -138,42 +154,6 @@ async def test_a_replay_still_flowing_is_read_to_its_end_past_the_grace(rig: Rig
 
     assert state.finished and not check.closed_stream
     assert state.sequence == 12  # every event, task_finished the last, all read
-    assert snapshot is None
-
-
-async def test_a_replay_is_not_closed_while_its_reader_waits_for_room_in_the_queue(
-    rig: Rig,
-) -> None:
-    # The streamer's publish waits on a full queue (a slow broker, a loaded
-    # host) for longer than the grace: nothing is read meanwhile, and no
-    # sequence moves, but the stream is not silent. Closing it lost the rest
-    # of the replay (seen: a three-replica kill test under load missing
-    # events 2 onwards of two resumed tasks).
-    rig.emulator.settings.stream.start_on_subscribe = False
-    task = rig.emulator.create_task(events=12, outcome="completed", profile=AT_ONCE)
-    await rig.emulator.wait_finished(task["id"])
-    state = rig.state_for(task)
-    decoder = SSEDecoder()
-
-    reader = Reader()
-    async with rig.client.task_events(task["id"], "0") as stream:
-        check = StatusCheck(state, rig.client, rig.metrics, stream, 0.2, reader.activity)
-        async with asyncio.timeout(10):
-            async for chunk in stream.chunks():
-                events = decoder.feed(chunk)
-                reader.frames += len(events)
-                reader.handling = True
-                await asyncio.sleep(1.0)  # the queue is full: five graces
-                reader.handling = False
-                for event in events:
-                    sse_id = event.id if event.own_id else None
-                    rig.normalizer.from_frame(state, event.data, sse_id, 0.0)
-                if state.finished:
-                    break
-        snapshot = await check.settle()
-
-    assert state.finished and not check.closed_stream
-    assert state.sequence == 12
     assert snapshot is None
 
 
