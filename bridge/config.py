@@ -343,10 +343,11 @@ class KafkaConfig(Section):
         ge=1,
         le=60_000,
         description=(
-            "Most time a transaction stays open collecting records before it commits (it "
-            "commits sooner when the queue is idle for linger_ms): latency for read_committed "
-            "consumers against commits (and their markers) per second. 20 ms from "
-            "measurements (bench/README.md)."
+            "Most time a record waits, from when it came in, for its transaction to start "
+            "committing (sooner when the queue is idle for linger_ms; records that queued "
+            "while the previous transaction committed go at once): latency for "
+            "read_committed consumers against commits (and their markers) per second. 20 ms "
+            "from measurements (bench/README.md)."
         ),
     )
     transaction_max_records: int = Field(

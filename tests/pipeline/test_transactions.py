@@ -444,3 +444,80 @@ async def test_a_transaction_that_cannot_be_aborted_gets_a_new_producer() -> Non
     await deliver(loop, queue, trace.record(b"a"))
     assert sink.resets == 1
     assert sink.committed == [[b"a"]] and trace.of("delivered") == [b"a"]
+
+
+class FlushingLog(TransactionLog):
+    """As librdkafka: the delivery reports of some records come only when the
+    commit flushes the transaction."""
+
+    def __init__(self, flushed_at_commit: set[bytes]) -> None:
+        super().__init__()
+        self.flushed_at_commit = flushed_at_commit
+        self.unflushed: list[asyncio.Future[Any]] = []
+
+    async def write(self, record: OutRecord) -> asyncio.Future[Any]:
+        if record.value not in self.flushed_at_commit:
+            return await super().write(record)
+        assert self.open is not None
+        self.open.append(record.value)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.unflushed.append(future)
+        return future
+
+    async def commit(self) -> None:
+        for future in self.unflushed:
+            future.set_result(None)
+        self.unflushed = []
+        await super().commit()
+
+
+async def test_the_checkpoints_round_trip_overlaps_the_commit() -> None:
+    # Waiting for the checkpoints' reports before the offsets and the commit
+    # added their round trip to every transaction; the commit flushes them.
+    sink, trace, queue = FlushingLog({b"checkpoint"}), Trace(), asyncio.Queue[OutRecord]()
+    checkpoint = trace.record(b"checkpoint")
+    loop = delivery(sink, queue, covering=[checkpoint])
+    await deliver(loop, queue, trace.record(b"a"))
+    assert sink.committed == [[b"a", b"checkpoint"]]
+    assert trace.of("delivered") == [b"a", b"checkpoint"]
+
+
+async def test_a_failed_checkpoint_found_at_the_commit_redoes_the_transaction() -> None:
+    sink, trace, queue = FlushingLog({b"checkpoint"}), Trace(), asyncio.Queue[OutRecord]()
+    sink.commit_errors = [TransactionAbortedError("a record of it failed")]
+    checkpoint = trace.record(b"checkpoint")
+    loop = delivery(sink, queue, covering=[checkpoint])
+    await deliver(loop, queue, trace.record(b"a"))
+    assert sink.aborted == [[b"a", b"checkpoint"]]
+    assert sink.committed == [[b"a", b"checkpoint"]]
+    assert trace.of("delivered") == [b"a", b"checkpoint"]
+
+
+async def test_records_that_waited_an_interval_already_commit_without_waiting_another() -> None:
+    # Under load records queue while the previous transaction commits: the
+    # window counts from when the oldest came in, not from when it was taken.
+    sink, trace, queue = TransactionLog(), Trace(), asyncio.Queue[OutRecord]()
+    loop = delivery(sink, queue, interval_s=30.0, linger_s=30.0)
+    waited = trace.record(b"waited")
+    waited.received_at = asyncio.get_running_loop().time() - 30.0
+    await deliver(loop, queue, waited)  # (another 30 s would outlast deliver's 5 s)
+    assert sink.committed == [[b"waited"]]
+
+
+async def test_a_fresh_record_still_waits_for_company_within_the_interval() -> None:
+    sink, trace, queue = TransactionLog(), Trace(), asyncio.Queue[OutRecord]()
+    loop = delivery(sink, queue, interval_s=30.0, linger_s=30.0)
+    runner = asyncio.create_task(loop.run())
+    try:
+        now = asyncio.get_running_loop().time()
+        first, second = trace.record(b"first"), trace.record(b"second")
+        first.received_at = second.received_at = now
+        queue.put_nowait(first)
+        await asyncio.sleep(0.2)
+        assert sink.committed == []  # the window is open
+        queue.put_nowait(second)
+        await asyncio.sleep(0.2)
+        assert sink.committed == []
+    finally:
+        runner.cancel()
+    assert sink.open == [] or sink.open is None
