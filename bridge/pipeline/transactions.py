@@ -319,8 +319,7 @@ class TransactionalDelivery(DeliveryLoop):
 
     async def _write_all(self, records: list[OutRecord]) -> None:
         futures = await self._send_all(records)
-        if futures:
-            await asyncio.wait([future for _, future in futures])
+        await self._settled(futures)
         self._raise_failed(futures)
 
     async def _send_all(
@@ -362,8 +361,9 @@ class TransactionalDelivery(DeliveryLoop):
             except FencedError as exc:
                 self._fenced(exc)
             except TransactionAbortedError as exc:
-                # one of the unreported records may be why: name it if so
-                await self._settled(unreported)
+                # One of the unreported records may be why: named if its report
+                # came. Not waited for: librdkafka may hold the others' reports
+                # until the abort purges them.
                 self._raise_failed(unreported)
                 raise _Failed([(None, exc)]) from exc
             except BridgeError as exc:

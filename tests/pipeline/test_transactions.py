@@ -520,4 +520,3 @@ async def test_a_fresh_record_still_waits_for_company_within_the_interval() -> N
         assert sink.committed == []
     finally:
         runner.cancel()
-    assert sink.open == [] or sink.open is None
