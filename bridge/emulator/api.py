@@ -264,6 +264,7 @@ class TaskApi:
             "internal_status": query.get("internal_status"),
         }
         wanted = {k: v for k, v in wanted.items() if v is not None}
+        runs = [run for run in runs if not run.unlisted]
         status = wanted.pop("status", None)
         if status is not None:
             runs = [run for run in runs if run.wire["status"] == status]

@@ -67,6 +67,11 @@ class CreateTaskControl(BaseModel):
     outcome: Literal["completed", "failed", "error", "stopped"] | None = None
     events: int | None = Field(None, ge=5, description="Exact event count on the stream.")
     profile: TaskProfile | None = Field(None, description="Default: settings.tasks.")
+    unlisted: bool = Field(
+        False,
+        description="Left out of every listing, as when the platform's listing lags "
+        "a create: only its id (GET, stream) finds it.",
+    )
 
 
 class HugeLineControl(BaseModel):
@@ -164,6 +169,7 @@ class Control:
             outcome=spec.outcome,
             events=spec.events,
         )
+        run.unlisted = spec.unlisted
         return run.wire
 
     async def wait_finished(self, task_id: str, deadline_s: float = 10.0) -> dict[str, Any]:

@@ -126,6 +126,8 @@ class TaskRun:
         self.finished = False
         self.lingers = False  # ended under linger_after_end: no task_finished, streams stay
         self.held = False  # paused through the API
+        #: left out of listings (a listing that lags a create); found by id only
+        self.unlisted = False
         self.history: list[EventRecord] = []
         self.base_seq = 1  # seq of history[0]
         self.last_seq = 0

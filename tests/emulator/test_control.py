@@ -9,6 +9,7 @@ import httpx
 from bridge.emulator import cli as emulator_cli
 from bridge.emulator.server import Emulator
 from bridge.emulator.settings import EmulatorSettings
+from bridge.wire import Route
 
 from .conftest import read_sse
 
@@ -84,3 +85,23 @@ def test_cli_settings_from_flags() -> None:
     assert settings.scenario.task_count == 0
     default = emulator_cli.build_settings(parser.parse_args([]))
     assert default.port == 9016 and default.scenario.task_count is None
+
+
+async def test_an_unlisted_task_is_found_by_id_only(emu: Emulator) -> None:
+    listed = emu.control.create_task(events=5)
+    hidden = emu.control.create_task(events=5, unlisted=True)
+    user = hidden["input"]["user"]["id"]
+    async with httpx.AsyncClient(
+        base_url=emu.base_url, headers={"x-api-key": emu.api_key}, timeout=5
+    ) as c:
+        agent_path = Route.LIST_TASKS.format(agent_id=hidden["agent_id"])
+        for params in ({}, {"status": "pending"}, {"status": "executing"}):
+            ids = [t["id"] for t in (await c.get(agent_path, params=params)).json()]
+            assert hidden["id"] not in ids
+        assert listed["id"] in [t["id"] for t in (await c.get(agent_path)).json()]
+        user_path = Route.LIST_USER_TASKS.format(user_id=user)
+        assert hidden["id"] not in [t["id"] for t in (await c.get(user_path)).json()]
+        found = await c.get(Route.GET_TASK.format(task_id=hidden["id"]))
+        assert found.status_code == 200 and found.json()["id"] == hidden["id"]
+    # the control surface is inspection: it shows every task
+    assert hidden["id"] in [t["id"] for t in emu.control.tasks()]
