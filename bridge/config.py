@@ -441,6 +441,13 @@ class ActivityConfig(Section):
         default_factory=list,
         description="Agents whose tasks' activity is not fetched nor published (opt-out).",
     )
+    max_concurrent_fetches: int = Field(
+        default=4,
+        ge=1,
+        description="Activity logs fetched at once. When thousands of tasks end together their "
+        "fetches queue here (FIFO) instead of taking every REST slot (platform.rest_connections) "
+        "and the CPU from the events of the tasks still running; threads arrive later instead.",
+    )
     max_part_bytes: int = Field(
         default=524_288,
         ge=4096,

@@ -327,6 +327,7 @@ class Bridge:
             poll_interval_s=config.discovery.poll_interval_s,
             admission=asyncio.Semaphore(streams.max_concurrent),
             max_frame_bytes=streams.max_frame_bytes,
+            activity_slots=asyncio.Semaphore(config.activity.max_concurrent_fetches),
         )
         checkpointer = self.checkpointer
         stats = self.agent_stats

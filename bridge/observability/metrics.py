@@ -810,6 +810,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.activity_fetches_waiting = Gauge(
+            "xpander_bridge_activity_fetches_waiting",
+            "Ended tasks whose activity-log fetch waits for one of "
+            "activity.max_concurrent_fetches (a backlog after many tasks ended together).",
+            registry=r,
+        )
         self.activity_bytes = Histogram(
             "xpander_bridge_activity_bytes",
             "Size of each fetched activity thread, as the platform sent it.",

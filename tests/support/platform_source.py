@@ -163,6 +163,7 @@ async def open_rig(
     max_concurrent: int = 100,
     quiet_check_s: float = 120.0,
     max_frame_bytes: int = 8 * 1024 * 1024,
+    activity_fetches: int = 4,
 ) -> AsyncIterator[Rig]:
     """An emulator, a client bound to it and a ``WorkerContext`` around both."""
     metrics = Metrics()
@@ -190,6 +191,7 @@ async def open_rig(
                 admission=asyncio.Semaphore(max_concurrent),
                 quiet_check_s=quiet_check_s,
                 max_frame_bytes=max_frame_bytes,
+                activity_slots=asyncio.Semaphore(activity_fetches),
             )
             yield Rig(emulator, client, metrics, normalizer, published, health, context)
 

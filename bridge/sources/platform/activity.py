@@ -40,21 +40,18 @@ async def publish_activity(state: TaskState, ctx: WorkerContext) -> None:
     loop = asyncio.get_running_loop()
     backoff = ctx.reconnect.backoff()
     while True:
-        started = loop.time()
         try:
-            thread = await ctx.client.get_activity_log_bytes(agent_id, state.task_id)
+            thread = await _fetch(state, agent_id, ctx)
         except RejectedError as exc:
-            metrics.activity_fetch_latency.observe(loop.time() - started)
             metrics.activity_fetch_failures(ActivityFetchFailure.REJECTED).inc()
             log.warning(
                 "the platform refused a task's activity log; dead-lettered",
                 extra={"task_id": state.task_id, "status": exc.status, "error": str(exc)},
             )
-            records = ctx.transform.from_activity_rejected(state, str(exc), exc.status, started)
+            records = ctx.transform.from_activity_rejected(state, str(exc), exc.status, loop.time())
             await ctx.publish(records)
             return
         except BridgeError as exc:
-            metrics.activity_fetch_latency.observe(loop.time() - started)
             if isinstance(exc, AuthError):
                 reason = ActivityFetchFailure.REFUSED
                 ctx.health.refused(exc)
@@ -69,8 +66,26 @@ async def publish_activity(state: TaskState, ctx: WorkerContext) -> None:
             )
             await ctx.reconnect.wait(backoff, exc)
             continue
-        metrics.activity_fetch_latency.observe(loop.time() - started)
         metrics.activity_bytes.observe(len(thread))
         ctx.health.reachable()
-        await ctx.publish(ctx.transform.from_activity(state, thread, started))
+        await ctx.publish(ctx.transform.from_activity(state, thread, loop.time()))
         return
+
+
+async def _fetch(state: TaskState, agent_id: str, ctx: WorkerContext) -> bytes:
+    """One fetch, in its turn among ``ctx.activity_slots``. The slot is held for
+    the request only: a back-off (or a full queue) holds none, so a task whose
+    fetch keeps failing cannot take the place of the others."""
+    waiting = ctx.metrics.activity_fetches_waiting
+    waiting.inc()
+    try:
+        await ctx.activity_slots.acquire()
+    finally:
+        waiting.dec()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        return await ctx.client.get_activity_log_bytes(agent_id, state.task_id)
+    finally:
+        ctx.metrics.activity_fetch_latency.observe(loop.time() - started)
+        ctx.activity_slots.release()

@@ -122,3 +122,5 @@ class WorkerContext:
     admission: asyncio.Semaphore
     #: the largest SSE event read; a larger one is skipped and dead-lettered
     max_frame_bytes: int
+    #: FIFO bound of activity-log fetches (``activity.max_concurrent_fetches``)
+    activity_slots: asyncio.Semaphore

@@ -3,6 +3,7 @@ with the real client and normalizer; what each answer makes the fetch do."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import orjson
@@ -121,3 +122,59 @@ async def test_the_supervisor_publishes_a_due_thread_from_a_checkpoint() -> None
         done = dataclasses.replace(due, activity_due=False)
         supervisor.fetch_activity(done)  # nothing due: no worker
         assert supervisor.followed == 0
+
+
+async def _ended_tasks(rig: Rig, count: int) -> list[TaskState]:
+    return [await ended(rig) for _ in range(count)]
+
+
+async def test_fetches_wait_their_turn_beyond_the_bound() -> None:
+    async with open_rig(settings(), activity_fetches=2) as rig:
+        context = with_activity(rig)
+        first, second, third = await _ended_tasks(rig, 3)
+        hanging = [first.task_id, second.task_id]
+        rig.emulator.set_faults(
+            http=[HttpFaultRule(endpoints=["activity"], ids=hanging, hang=True, share=1)]
+        )
+        fetching = [
+            asyncio.create_task(publish_activity(state, context)) for state in (first, second)
+        ]
+        await wait_until(
+            lambda: rig.emulator.inbox.calls["activity"] == 2, "both hanging fetches to be sent"
+        )
+        third_fetch = asyncio.create_task(publish_activity(third, context))
+        await wait_until(
+            lambda: rig.metric("xpander_bridge_activity_fetches_waiting") == 1,
+            "the third fetch to wait for a slot",
+        )
+        await asyncio.sleep(0.2)
+        assert rig.emulator.inbox.calls["activity"] == 2, "no third request while both slots hang"
+        fetching[0].cancel()  # a slot comes free: the third goes
+        await asyncio.wait_for(third_fetch, 10)
+        assert [r.key for r in rig.published.records] == [third.task_id.encode()]
+        assert rig.metric("xpander_bridge_activity_fetches_waiting") == 0
+        fetching[1].cancel()
+        await asyncio.gather(*fetching, return_exceptions=True)
+
+
+async def test_a_fetch_that_keeps_failing_holds_no_slot_while_it_backs_off() -> None:
+    async with open_rig(settings(), activity_fetches=1) as rig:
+        context = with_activity(rig)
+        failing, *others = await _ended_tasks(rig, 3)
+        rig.emulator.set_faults(
+            http=[HttpFaultRule(endpoints=["activity"], ids=[failing.task_id], status=503, share=1)]
+        )
+        retrying = asyncio.create_task(publish_activity(failing, context))
+        await wait_until(
+            lambda: (
+                rig.metric("xpander_bridge_activity_fetch_failures_total", reason="unavailable")
+                >= 2
+            ),
+            "the failing fetch to retry",
+        )
+        for state in others:
+            await asyncio.wait_for(publish_activity(state, context), 10)
+        assert {r.key for r in rig.published.records} == {s.task_id.encode() for s in others}
+        assert not retrying.done() and failing.activity_due
+        retrying.cancel()
+        await asyncio.gather(retrying, return_exceptions=True)
