@@ -444,9 +444,17 @@ class ActivityConfig(Section):
     max_concurrent_fetches: int = Field(
         default=4,
         ge=1,
-        description="Activity logs fetched at once. When thousands of tasks end together their "
-        "fetches queue here (FIFO) instead of taking every REST slot (platform.rest_connections) "
-        "and the CPU from the events of the tasks still running; threads arrive later instead.",
+        description="Most activity logs fetched at once. When thousands of tasks end together "
+        "their fetches wait their turn (FIFO) instead of taking every REST slot "
+        "(platform.rest_connections) and the CPU from the events of the tasks still running; "
+        "threads arrive later instead.",
+    )
+    busy_loop_lag_ms: float = Field(
+        default=10.0,
+        ge=0,
+        description="More than one activity fetch runs at a time only while the event loop "
+        "runs timers at most this late (xpander_bridge_event_loop_lag_seconds): over it the "
+        "CPU is saturated, and fetches go one at a time.",
     )
     max_part_bytes: int = Field(
         default=524_288,

@@ -44,6 +44,7 @@ from bridge.kafka.topics import flow_topics
 from bridge.observability.health import Health
 from bridge.observability.http import HealthServer
 from bridge.observability.logging import register_secret
+from bridge.observability.loop_lag import LoopLag
 from bridge.observability.metrics import Metrics
 from bridge.pipeline.delivery import DeliveryLoop
 from bridge.pipeline.queue import RecordQueue
@@ -57,6 +58,7 @@ from bridge.sinks.platform.recorder import Recorder
 from bridge.sources.kafka.consumer import PartitionedConsumer
 from bridge.sources.platform.context import WorkerContext
 from bridge.sources.platform.discovery import Discovery
+from bridge.sources.platform.pacer import FetchPacer
 from bridge.sources.platform.supervisor import TaskSupervisor
 from bridge.transforms.activity import ActivityRecords
 from bridge.transforms.agent_stats import AgentStats
@@ -156,6 +158,7 @@ class Bridge:
         self.ownership: Ownership | None = None
         self.checkpointer: Checkpointer | None = None
         self.gc_policy: GcPolicy | None = None
+        self.loop_lag = LoopLag(self.metrics, config.activity.busy_loop_lag_ms / 1000)
         #: tasks created by commands stream at once on their owner (``app.follow_hints``)
         self.follow_hints: FollowHints | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -193,6 +196,7 @@ class Bridge:
         )
         self.gc_policy.install()
         self._spawn("gc", self.gc_policy.run())
+        self._spawn("loop-lag", self.loop_lag.run())
         await self._connect_kafka()
         self.delivery = self._delivery_loop()
         self._spawn("delivery", self.delivery.run())
@@ -327,7 +331,11 @@ class Bridge:
             poll_interval_s=config.discovery.poll_interval_s,
             admission=asyncio.Semaphore(streams.max_concurrent),
             max_frame_bytes=streams.max_frame_bytes,
-            activity_slots=asyncio.Semaphore(config.activity.max_concurrent_fetches),
+            activity_pacer=FetchPacer(
+                config.activity.max_concurrent_fetches,
+                self.metrics.activity_fetches_waiting,
+                self.loop_lag,
+            ),
         )
         checkpointer = self.checkpointer
         stats = self.agent_stats

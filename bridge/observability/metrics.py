@@ -733,7 +733,17 @@ class Metrics:
             registry=r,
         )
 
-        # --- runtime ---
+        self._runtime_metrics(r)
+
+    def _runtime_metrics(self, r: CollectorRegistry) -> None:
+        """The Python process: its event loop and garbage collector."""
+        self.event_loop_lag = Histogram(
+            "xpander_bridge_event_loop_lag_seconds",
+            "How late the event loop ran a timer, sampled every 20 ms: time every callback "
+            "(an event read included) waits behind the others; high means the CPU is saturated.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.gc_pause = ByLabel(
             Histogram(
                 "xpander_bridge_gc_pause_seconds",

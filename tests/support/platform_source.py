@@ -30,6 +30,7 @@ from bridge.errors import AuthError
 from bridge.observability.metrics import Metrics
 from bridge.platform.client import PlatformClient
 from bridge.sources.platform.context import WorkerContext
+from bridge.sources.platform.pacer import FetchPacer
 from bridge.transforms.normalize import Normalizer
 
 __all__ = [
@@ -191,7 +192,7 @@ async def open_rig(
                 admission=asyncio.Semaphore(max_concurrent),
                 quiet_check_s=quiet_check_s,
                 max_frame_bytes=max_frame_bytes,
-                activity_slots=asyncio.Semaphore(activity_fetches),
+                activity_pacer=FetchPacer(activity_fetches, metrics.activity_fetches_waiting),
             )
             yield Rig(emulator, client, metrics, normalizer, published, health, context)
 

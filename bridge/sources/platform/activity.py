@@ -12,6 +12,10 @@ still due (a restart or an ownership move in between). What each answer does:
 
 Either way the task's activity is settled when the record is written
 (``TaskState.activity_due`` cleared by the transform), never before.
+
+Fetches take turns (``bridge.sources.platform.pacer``): when thousands of
+tasks end together, their threads come after the events of the tasks still
+running, not in their way.
 """
 
 from __future__ import annotations
@@ -73,19 +77,13 @@ async def publish_activity(state: TaskState, ctx: WorkerContext) -> None:
 
 
 async def _fetch(state: TaskState, agent_id: str, ctx: WorkerContext) -> bytes:
-    """One fetch, in its turn among ``ctx.activity_slots``. The slot is held for
-    the request only: a back-off (or a full queue) holds none, so a task whose
+    """One fetch, in its turn (``ctx.activity_pacer``). The turn is held for the
+    request only: a back-off (or a full queue) holds none, so a task whose
     fetch keeps failing cannot take the place of the others."""
-    waiting = ctx.metrics.activity_fetches_waiting
-    waiting.inc()
-    try:
-        await ctx.activity_slots.acquire()
-    finally:
-        waiting.dec()
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    try:
-        return await ctx.client.get_activity_log_bytes(agent_id, state.task_id)
-    finally:
-        ctx.metrics.activity_fetch_latency.observe(loop.time() - started)
-        ctx.activity_slots.release()
+    async with ctx.activity_pacer.turn():
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            return await ctx.client.get_activity_log_bytes(agent_id, state.task_id)
+        finally:
+            ctx.metrics.activity_fetch_latency.observe(loop.time() - started)

@@ -22,8 +22,15 @@ from bridge.envelope import EventSource
 from bridge.errors import AuthError
 from bridge.observability.metrics import Metrics
 from bridge.platform.client import PlatformClient
+from bridge.sources.platform.pacer import FetchPacer
 
-__all__ = ["AllTasks", "Claims", "EventTransform", "PlatformHealth", "WorkerContext"]
+__all__ = [
+    "AllTasks",
+    "Claims",
+    "EventTransform",
+    "PlatformHealth",
+    "WorkerContext",
+]
 
 
 class EventTransform(Protocol):
@@ -122,5 +129,5 @@ class WorkerContext:
     admission: asyncio.Semaphore
     #: the largest SSE event read; a larger one is skipped and dead-lettered
     max_frame_bytes: int
-    #: FIFO bound of activity-log fetches (``activity.max_concurrent_fetches``)
-    activity_slots: asyncio.Semaphore
+    #: the turns of activity-log fetches (``bridge.sources.platform.activity.FetchPacer``)
+    activity_pacer: FetchPacer
