@@ -453,8 +453,8 @@ class ActivityConfig(Section):
         default=10.0,
         ge=0,
         description="More than one activity fetch runs at a time only while the event loop "
-        "runs timers at most this late (xpander_bridge_event_loop_lag_seconds): over it the "
-        "CPU is saturated, and fetches go one at a time.",
+        "has run its timers at most this late for a second (xpander_bridge_event_loop_lag_seconds):"
+        " over it the CPU is saturated, and fetches go one at a time.",
     )
     max_part_bytes: int = Field(
         default=524_288,

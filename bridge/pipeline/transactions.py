@@ -379,8 +379,13 @@ class TransactionalDelivery(DeliveryLoop):
 
     @staticmethod
     async def _settled(futures: list[tuple[OutRecord, asyncio.Future[Any]]]) -> None:
-        if futures:
-            await asyncio.wait([future for _, future in futures])
+        """Until every report came. One at a time, not ``asyncio.wait`` on them
+        all: reports come in bulk, so most are in by the time the first is, and
+        a callback on each (two loop callbacks per record) was most of the
+        cost of serving 5,000 reports."""
+        for _, future in futures:
+            if not future.done():
+                await asyncio.wait((future,))
 
     async def _abort(self, backoff: Backoff) -> None:
         failed = 0

@@ -342,6 +342,15 @@ async def test_write_returns_a_future_the_broker_resolves(connected: Connected) 
     assert second.offset > metadata.offset
 
 
+async def test_a_served_report_leaves_nothing_behind(connected: Connected) -> None:
+    # (the producer forgets a future when its report is served, not from a
+    # done callback: a leak here would grow with every record ever written)
+    sink, events = connected
+    futures = [await sink.write(record(events, b"x", key=b"k")) for _ in range(50)]
+    await asyncio.wait_for(asyncio.gather(*futures), 10)
+    assert sink._connected()._waiting == set()
+
+
 async def test_records_land_with_key_headers_and_partition_as_given(
     kafka: KafkaService, connected: Connected
 ) -> None:
