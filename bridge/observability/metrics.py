@@ -822,8 +822,8 @@ class Metrics:
         )
         self.activity_fetches_waiting = Gauge(
             "xpander_bridge_activity_fetches_waiting",
-            "Ended tasks whose activity-log fetch waits for one of "
-            "activity.max_concurrent_fetches (a backlog after many tasks ended together).",
+            "Ended tasks whose activity-log fetch waits its turn: at most "
+            "activity.max_concurrent_fetches at once, one while the event loop is late.",
             registry=r,
         )
         self.activity_bytes = Histogram(
