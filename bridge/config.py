@@ -456,6 +456,13 @@ class ActivityConfig(Section):
         "has run its timers at most this late for a second (xpander_bridge_event_loop_lag_seconds):"
         " over it the CPU is saturated, and fetches go one at a time.",
     )
+    busy_queue_wait_ms: float = Field(
+        default=500.0,
+        gt=0,
+        description="Fetches also go one at a time while the record first in the delivery queue "
+        "has waited longer than this: events are behind (with transactions they wait there for "
+        "their transaction while the event loop keeps time).",
+    )
     max_part_bytes: int = Field(
         default=524_288,
         ge=4096,

@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from bridge.app.command_flow import CommandFlow
 from bridge.app.follow_hints import FollowHints
+from bridge.app.pressure import Pressure
 from bridge.app.report_flow import ReportFlow
 from bridge.config import BridgeConfig
 from bridge.coordination.checkpointer import Checkpointer
@@ -334,7 +335,7 @@ class Bridge:
             activity_pacer=FetchPacer(
                 config.activity.max_concurrent_fetches,
                 self.metrics.activity_fetches_waiting,
-                self.loop_lag,
+                Pressure(self.loop_lag, self.queue, config.activity.busy_queue_wait_ms / 1000),
             ),
         )
         checkpointer = self.checkpointer

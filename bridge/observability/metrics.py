@@ -823,7 +823,7 @@ class Metrics:
         self.activity_fetches_waiting = Gauge(
             "xpander_bridge_activity_fetches_waiting",
             "Ended tasks whose activity-log fetch waits its turn: at most "
-            "activity.max_concurrent_fetches at once, one while the event loop is late.",
+            "activity.max_concurrent_fetches at once, one while the bridge is behind.",
             registry=r,
         )
         self.activity_bytes = Histogram(

@@ -11,6 +11,8 @@ reached: the back-pressure that stops streams from reading.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
+from typing import Any, cast
 
 from bridge.core.record import OutRecord
 
@@ -27,6 +29,13 @@ class RecordQueue(asyncio.Queue[OutRecord]):
     def bytes(self) -> int:
         """Bytes of record values waiting."""
         return self._bytes
+
+    def oldest_received_at(self) -> float | None:
+        """When the record first in line came in (loop time); ``None`` when empty."""
+        # ``_queue``: the deque asyncio.Queue keeps its items in (what ``_put``
+        # and ``_get`` extend; typeshed does not declare it)
+        items = cast("deque[OutRecord]", cast("Any", self)._queue)
+        return items[0].received_at if items else None
 
     def full(self) -> bool:
         # One record always fits an empty queue, however large.

@@ -42,3 +42,13 @@ async def test_record_count_still_bounds() -> None:
     assert queue.full()
     with pytest.raises(asyncio.QueueFull):
         queue.put_nowait(record(1))
+
+
+async def test_the_oldest_record_is_the_one_first_in_line() -> None:
+    queue = RecordQueue(max_records=10, max_bytes=1000)
+    assert queue.oldest_received_at() is None
+    for received_at in (5.0, 7.0):
+        queue.put_nowait(OutRecord("t", None, b"x", [], "chunk", received_at))
+    assert queue.oldest_received_at() == 5.0
+    queue.get_nowait()
+    assert queue.oldest_received_at() == 7.0

@@ -6,9 +6,9 @@ parse and a record: measured, about as much CPU as its events, all at once.
 Run side by side with the streams' events on the one event loop, they made
 those events wait seconds. So: at most ``max_concurrent`` at once, in the
 order they came (an ``asyncio.Lock`` is FIFO); more than one only while the
-loop keeps time (``LoadSignal.busy`` false). While it is saturated they go
-one at a time: never starved, and each then takes the loop's lag to come
-back, which slows them exactly as much as the loop is loaded.
+bridge keeps up (``LoadSignal.busy`` false: ``bridge.app.pressure``). While
+it is behind they go one at a time: never starved, and each then takes the
+loop's lag to come back, which slows them as much as the loop is loaded.
 """
 
 from __future__ import annotations
