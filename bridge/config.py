@@ -453,8 +453,9 @@ class ActivityConfig(Section):
         default=10.0,
         ge=0,
         description="More than one activity fetch runs at a time only while the event loop "
-        "has run its timers at most this late for a second (xpander_bridge_event_loop_lag_seconds):"
-        " over it the CPU is saturated, and fetches go one at a time.",
+        "has run its timers at most this late for a second "
+        "(xpander_bridge_event_loop_lag_seconds): over it the CPU is saturated, and fetches go "
+        "one at a time.",
     )
     busy_queue_wait_ms: float = Field(
         default=500.0,

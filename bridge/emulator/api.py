@@ -264,10 +264,13 @@ class TaskApi:
             "internal_status": query.get("internal_status"),
         }
         wanted = {k: v for k, v in wanted.items() if v is not None}
-        runs = [run for run in runs if not run.unlisted]
         status = wanted.pop("status", None)
-        if status is not None:
-            runs = [run for run in runs if run.wire["status"] == status]
+        # one pass over the runs (a long history is walked by every listing)
+        runs = [
+            run
+            for run in runs
+            if not run.unlisted and (status is None or run.wire["status"] == status)
+        ]
         items = []
         for run in sorted(runs, key=lambda r: r.wire["created_at"], reverse=True):
             item = run.list_item()

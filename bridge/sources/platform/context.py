@@ -24,13 +24,7 @@ from bridge.observability.metrics import Metrics
 from bridge.platform.client import PlatformClient
 from bridge.sources.platform.pacer import FetchPacer
 
-__all__ = [
-    "AllTasks",
-    "Claims",
-    "EventTransform",
-    "PlatformHealth",
-    "WorkerContext",
-]
+__all__ = ["AllTasks", "Claims", "EventTransform", "PlatformHealth", "WorkerContext"]
 
 
 class EventTransform(Protocol):
@@ -129,5 +123,5 @@ class WorkerContext:
     admission: asyncio.Semaphore
     #: the largest SSE event read; a larger one is skipped and dead-lettered
     max_frame_bytes: int
-    #: the turns of activity-log fetches (``bridge.sources.platform.activity.FetchPacer``)
+    #: the turns of activity-log fetches (``bridge.sources.platform.pacer.FetchPacer``)
     activity_pacer: FetchPacer

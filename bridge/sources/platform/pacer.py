@@ -27,7 +27,7 @@ _TICK_S = 0.01
 
 
 class LoadSignal(Protocol):
-    """Whether the bridge's CPU is saturated now (``LoopLag``)."""
+    """Whether the bridge is behind now (``bridge.app.pressure.Pressure``)."""
 
     @property
     def busy(self) -> bool: ...

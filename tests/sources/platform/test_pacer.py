@@ -46,12 +46,18 @@ def waiting(metrics: Metrics) -> float:
     return value or 0.0
 
 
-async def test_up_to_the_bound_at_once_then_first_come_first_served() -> None:
+async def lined_up(bound: int, count: int, load: Load) -> tuple[Metrics, Fetches]:
+    """``count`` fetches asking for a turn of a pacer of ``bound``, in order."""
     metrics = Metrics()
-    fetches = Fetches(FetchPacer(2, metrics.activity_fetches_waiting, Load(), tick_s=0.001))
-    for n in range(5):
+    fetches = Fetches(FetchPacer(bound, metrics.activity_fetches_waiting, load, tick_s=0.001))
+    for n in range(count):
         fetches.start(n)
     await fetches.settle()
+    return metrics, fetches
+
+
+async def test_up_to_the_bound_at_once_then_first_come_first_served() -> None:
+    metrics, fetches = await lined_up(2, 5, Load())
     assert fetches.started == [0, 1] and waiting(metrics) == 3
     fetches.release[1].set()
     await eventually(lambda: fetches.started == [0, 1, 2], timeout_s=5, what="the third's turn")
@@ -66,13 +72,9 @@ async def test_up_to_the_bound_at_once_then_first_come_first_served() -> None:
 
 
 async def test_one_at_a_time_while_the_loop_is_busy_never_none() -> None:
-    metrics = Metrics()
     load = Load()
     load.busy = True
-    fetches = Fetches(FetchPacer(4, metrics.activity_fetches_waiting, load, tick_s=0.001))
-    for n in range(3):
-        fetches.start(n)
-    await fetches.settle()
+    _, fetches = await lined_up(4, 3, load)
     assert fetches.started == [0], "one goes however busy: nothing waits for ever"
     fetches.release[0].set()
     await eventually(lambda: fetches.started == [0, 1], timeout_s=5, what="the next, alone")
@@ -86,11 +88,7 @@ async def test_one_at_a_time_while_the_loop_is_busy_never_none() -> None:
 
 
 async def test_a_fetch_cancelled_in_line_or_in_its_turn_gives_its_place_back() -> None:
-    metrics = Metrics()
-    fetches = Fetches(FetchPacer(1, metrics.activity_fetches_waiting, Load(), tick_s=0.001))
-    for n in range(3):
-        fetches.start(n)
-    await fetches.settle()
+    metrics, fetches = await lined_up(1, 3, Load())
     fetches.tasks[1].cancel()  # waiting in line
     fetches.tasks[0].cancel()  # in its turn
     await eventually(lambda: fetches.started == [0, 2], timeout_s=5, what="the third's turn")
