@@ -53,3 +53,47 @@ def test_done_is_the_longest_acked_prefix(order: list[int]) -> None:
         while prefix + 1 in acked:
             prefix += 1
         assert acks.done == prefix
+
+
+@given(st.permutations(list(range(1, 20))), st.integers(0, 19), st.integers(0, 18))
+def test_acks_taken_back_newest_first_leave_the_done_of_those_before(
+    order: list[int], kept: int, tracked_at: int
+) -> None:
+    # A transaction marks its records written before their reports; if one is
+    # refused for good, the marks it made are taken back, newest first
+    # (bridge.core.record.WriteJournal), while the stream tracks new positions.
+    acks = OrderedAcks(start=1)
+    for position in range(1, 20):
+        acks.track(position)
+    undo = []
+    for index, position in enumerate(order):
+        if index == tracked_at:
+            acks.track(25)  # a gap: 20-24 count as done once reached
+        before = acks.done
+        acks.ack(position)
+        if index >= kept:
+            undo.append((position, before))
+    for position, before in reversed(undo):
+        acks.unack(position, before)
+    expected = OrderedAcks(start=1)
+    for position in range(1, 20):
+        expected.track(position)
+    expected.track(25)
+    for position in order[:kept]:
+        expected.ack(position)
+    assert acks.done == expected.done
+    # the positions left acked still move it once its gaps close
+    for position in [*order[kept:], 25]:
+        assert acks.ack(position) == expected.ack(position)
+
+
+def test_taking_back_a_duplicate_ack_changes_nothing() -> None:
+    acks = OrderedAcks(start=1)
+    for position in (1, 2, 3):
+        acks.track(position)
+    acks.ack(1)
+    acks.ack(2)
+    before = acks.done
+    acks.ack(2)  # a late duplicate
+    acks.unack(2, before)
+    assert acks.done == 2

@@ -13,6 +13,7 @@ from support.waiting import eventually
 
 from bridge.core.record import OutRecord
 from bridge.core.retry import RetryPolicy
+from bridge.core.task import PendingEnvelope, TaskState
 from bridge.errors import (
     AuthError,
     BridgeError,
@@ -47,6 +48,8 @@ class TransactionLog:
         self.resets = 0
         #: errors the next offset sends raise, in order
         self.offset_errors: list[BridgeError] = []
+        #: a delivery report of the open transaction failed
+        self.open_failed = False
 
     @staticmethod
     def classify(error: BaseException) -> BridgeError:
@@ -56,6 +59,7 @@ class TransactionLog:
     def begin(self) -> None:
         assert self.open is None, "a transaction began inside another"
         self.open = []
+        self.open_failed = False
 
     async def write(self, record: OutRecord) -> asyncio.Future[Any]:
         assert self.open is not None, "a write outside a transaction"
@@ -68,6 +72,7 @@ class TransactionLog:
             future.set_result(None)
         else:
             future.set_exception(error)
+            self.open_failed = True
         return future
 
     async def send_offsets(self, offsets: list[Any], group_metadata: Any) -> None:
@@ -82,6 +87,8 @@ class TransactionLog:
         self.commit_attempts += 1
         if self.commit_errors:
             raise self.commit_errors.pop(0)
+        if self.open_failed:  # as librdkafka: a failed record fails the commit
+            raise TransactionAbortedError("a record of the transaction failed")
         self.committed.append(self.open)
         self.open = None
 
@@ -520,3 +527,55 @@ async def test_a_fresh_record_still_waits_for_company_within_the_interval() -> N
         assert sink.committed == []
     finally:
         runner.cancel()
+
+
+class OneTask:
+    """A task whose envelopes move its position when written, and whose
+    checkpoint (``ckpt:<position>``) covers them, as the checkpointer does."""
+
+    def __init__(self) -> None:
+        self.task = TaskState("task-1", "agent", "org")
+        self.moved = False
+
+    def envelope(self, value: bytes) -> OutRecord:
+        sequence = self.task.sequence = self.task.sequence + 1
+        self.task.track(PendingEnvelope(sequence, str(sequence), value.decode(), None, True))
+
+        def written(_: OutRecord) -> None:
+            self.task.delivered(sequence)
+            self.moved = True
+
+        return OutRecord("t", b"task-1", value, [], "chunk", 0.0, on_written=written)
+
+    def covering(self) -> list[OutRecord]:
+        if not self.moved:
+            return []
+        self.moved = False
+        value = f"ckpt:{self.task.acks.done}".encode()
+        return [OutRecord("checkpoints", b"task-1", value, [], "checkpoint", 0.0)]
+
+
+async def test_a_record_refused_in_its_report_is_held_and_no_checkpoint_passes_it() -> None:
+    # The records are marked written before their reports come, so the
+    # checkpoint rides along; when one is then refused for good, the marks are
+    # taken back and the transaction is redone without it: the checkpoint
+    # stops before it until it is written. Without the take-back, the first
+    # commit carries ckpt:3 over an envelope Kafka never had.
+    sink, queue, one = TransactionLog(), asyncio.Queue[OutRecord](), OneTask()
+    sink.report_errors = {b"huge": RecordTooLargeError("over the topic's max.message.bytes")}
+    loop = TransactionalDelivery(
+        queue,
+        sink,
+        Metrics(),
+        interval_s=60.0,
+        max_records=1000,
+        linger_s=0.01,
+        covering=one.covering,
+        retry=RetryPolicy(0.001, 0.01),
+        held_retry_s=0.05,
+    )
+    await deliver(loop, queue, one.envelope(b"a"), one.envelope(b"huge"), one.envelope(b"c"))
+    assert sink.aborted == [[b"a", b"huge", b"c", b"ckpt:3"]]
+    assert sink.committed == [[b"a", b"c", b"ckpt:1"], [b"huge", b"ckpt:3"]]
+    assert one.task.acks.done == 3 and one.task.acked_event_id == "c"
+    assert not one.task.pending
