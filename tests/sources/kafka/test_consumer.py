@@ -302,11 +302,12 @@ async def test_offsets_taken_back_with_their_transaction_are_not_sent_past_a_hel
     consumer = PartitionedConsumer(
         KafkaConfig(), ReportsConfig(), ["reports"], handle, Metrics(), transactional=True
     )
-    partition = _Partition(("reports", 0), written=OrderedAcks(start=0))
+    written = OrderedAcks(start=0)
+    partition = _Partition(("reports", 0), written=written)
     consumer._partitions[partition.key] = partition
     outputs = []
     for offset in (0, 1, 2):
-        partition.written.track(offset)
+        written.track(offset)
         output = Record("events", b"k", b"mirror", [], "report", 0.0)
         _Progress(consumer, partition, offset).output([output])
         outputs.append(output)
