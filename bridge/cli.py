@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from asyncio import AbstractEventLoop
 from collections.abc import Callable, Sequence
 
 import yaml
 
 from bridge import __version__
-from bridge.config import load_config
+from bridge.config import BridgeConfig, load_config
 from bridge.errors import ConfigError
 
 __all__ = ["main"]
@@ -44,7 +45,17 @@ def _run(args: argparse.Namespace) -> int:
     from bridge.runner import run_bridge
 
     config = load_config(args.config)
-    return asyncio.run(run_bridge(config))
+    with asyncio.Runner(loop_factory=_loop_factory(config)) as runner:
+        return runner.run(run_bridge(config))
+
+
+def _loop_factory(config: BridgeConfig) -> Callable[[], AbstractEventLoop] | None:
+    """The configured event loop's factory (``None``: asyncio's own)."""
+    if config.pipeline.event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
 
 
 def _demo(args: argparse.Namespace) -> int:

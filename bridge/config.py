@@ -607,6 +607,13 @@ class PipelineConfig(Section):
             "reclaiming reference cycles among them (one pause per interval)."
         ),
     )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop",
+        description=(
+            "The event loop the bridge runs on: uvloop (libuv; less CPU per event "
+            "with thousands of streams, bench/README.md) or Python's own asyncio loop."
+        ),
+    )
 
 
 class HttpConfig(Section):

@@ -69,3 +69,18 @@ def test_help_on_each_subcommand() -> None:
         result = run_cli(command, "--help")
         assert result.returncode == 0, result.stderr
         assert "usage: xpander-bridge" in result.stdout
+
+
+def test_the_event_loop_is_the_configured_one() -> None:
+    import asyncio
+
+    import uvloop
+
+    from bridge.cli import _loop_factory
+    from bridge.config import BridgeConfig
+
+    assert _loop_factory(BridgeConfig()) is uvloop.new_event_loop
+    chosen = BridgeConfig.model_validate({"pipeline": {"event_loop": "asyncio"}})
+    assert _loop_factory(chosen) is None
+    with asyncio.Runner(loop_factory=_loop_factory(BridgeConfig())) as runner:
+        assert isinstance(runner.get_loop(), uvloop.Loop)

@@ -224,6 +224,8 @@ class Bridge:
                 "events_topic": config.topics.events,
                 "http_port": self.http.port if self.http else None,
                 "instance": self.ownership.instance_id if self.ownership else None,
+                # (pipeline.event_loop: "uvloop" or "asyncio")
+                "event_loop": type(asyncio.get_running_loop()).__module__.partition(".")[0],
             },
         )
 

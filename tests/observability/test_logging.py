@@ -296,6 +296,8 @@ async def test_a_real_run_at_debug_never_logs_a_secret(
     )
     messages = [e["message"] for e in entries]
     assert "bridge started" in messages
+    started = next(e for e in entries if e["message"] == "bridge started")
+    assert started["event_loop"] == "uvloop", "the daemon runs on pipeline.event_loop's default"
     assert "bridge stopped" in messages
     refusals = [e for e in entries if e["level"] in ("warning", "error")]
     assert refusals, "the revoked key must be logged"
