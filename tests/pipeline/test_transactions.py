@@ -75,6 +75,20 @@ class TransactionLog:
             self.open_failed = True
         return future
 
+    async def write_quiet(
+        self, record: OutRecord, failures: list[tuple[OutRecord, BaseException]]
+    ) -> None:
+        """As librdkafka with delivery.report.only.error: a failure is noted, a
+        success only by the commit."""
+        assert self.open is not None, "a write outside a transaction"
+        if record.value in self.refused:
+            raise self.refused[record.value]
+        self.open.append(record.value)
+        error = self.report_errors.pop(record.value, None)
+        if error is not None:
+            failures.append((record, error))
+            self.open_failed = True
+
     async def send_offsets(self, offsets: list[Any], group_metadata: Any) -> None:
         assert self.open is not None, "offsets sent outside a transaction"
         if self.offset_errors:
@@ -460,20 +474,24 @@ class FlushingLog(TransactionLog):
     def __init__(self, flushed_at_commit: set[bytes]) -> None:
         super().__init__()
         self.flushed_at_commit = flushed_at_commit
-        self.unflushed: list[asyncio.Future[Any]] = []
+        self.unflushed: list[tuple[OutRecord, list[tuple[OutRecord, BaseException]]]] = []
 
-    async def write(self, record: OutRecord) -> asyncio.Future[Any]:
+    async def write_quiet(
+        self, record: OutRecord, failures: list[tuple[OutRecord, BaseException]]
+    ) -> None:
         if record.value not in self.flushed_at_commit:
-            return await super().write(record)
+            await super().write_quiet(record, failures)
+            return
         assert self.open is not None
         self.open.append(record.value)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.unflushed.append(future)
-        return future
+        self.unflushed.append((record, failures))
 
     async def commit(self) -> None:
-        for future in self.unflushed:
-            future.set_result(None)
+        for record, failures in self.unflushed:
+            error = self.report_errors.pop(record.value, None)
+            if error is not None:
+                failures.append((record, error))
+                self.open_failed = True
         self.unflushed = []
         await super().commit()
 

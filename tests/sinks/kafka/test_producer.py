@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from support.kafka import KafkaService, consume, described
+from support.kafka import KafkaService, consume, create_topics, described
 
 from bridge.config import (
     BridgeConfig,
@@ -199,10 +199,15 @@ async def test_connect_without_topic_creation_names_the_missing_topics(
         await sink.write(record(topics.events, b"x"))
 
 
-async def test_connect_to_an_unreachable_address_raises_unavailable() -> None:
-    with socket.socket() as probe:  # a port nobody listens on
+def nobody_listens() -> int:
+    """A port nobody listens on."""
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return int(probe.getsockname()[1])
+
+
+async def test_connect_to_an_unreachable_address_raises_unavailable() -> None:
+    port = nobody_listens()
     sink = KafkaSink(
         kafka_config(f"127.0.0.1:{port}"),
         TopicsConfig(events="e", state="s", dlq="d"),
@@ -268,12 +273,14 @@ async def test_a_transaction_is_invisible_to_read_committed_until_it_commits(
         kafka_config(kafka.bootstrap_servers), topics, transactional_id=new_topic("txn")
     )
     await sink.connect()
+    failures: list[tuple[OutRecord, BaseException]] = []
     try:
         sink.begin()
-        await asyncio.wait_for(await sink.write(record(topics.events, b"first", key=b"k")), 10)
+        await sink.write_quiet(record(topics.events, b"first", key=b"k"), failures)
         await sink.commit()
         sink.begin()
-        await asyncio.wait_for(await sink.write(record(topics.events, b"open", key=b"k")), 10)
+        await sink.write_quiet(record(topics.events, b"open", key=b"k"), failures)
+        assert await sink.flush() == 0 and failures == []
         # written to the log, not committed: a read_committed reader stops before it
         assert await asyncio.to_thread(
             read_committed, kafka.bootstrap_servers, topics.events, 2
@@ -294,19 +301,25 @@ async def test_a_second_producer_with_the_same_transactional_id_fences_the_first
     successor = KafkaSink(kafka_config(kafka.bootstrap_servers), topics, transactional_id=slot)
     await zombie.connect()
     try:
+        failures: list[tuple[OutRecord, BaseException]] = []
         zombie.begin()
-        await asyncio.wait_for(await zombie.write(record(topics.events, b"before", key=b"k")), 10)
+        await zombie.write_quiet(record(topics.events, b"before", key=b"k"), failures)
+        assert await zombie.flush() == 0 and failures == []
         await successor.connect()  # takes the id: the zombie's epoch is over
         successor.begin()
-        await asyncio.wait_for(await successor.write(record(topics.events, b"new", key=b"k")), 10)
+        await successor.write_quiet(record(topics.events, b"new", key=b"k"), [])
         await successor.commit()
-        late = await zombie.write(record(topics.events, b"after", key=b"k"))
-        (outcome,) = await asyncio.wait_for(asyncio.gather(late, return_exceptions=True), 10)
-        if isinstance(outcome, BaseException):  # the broker refused the write itself
-            assert isinstance(KafkaSink.classify(outcome), FencedError)
+        try:
+            await zombie.write_quiet(record(topics.events, b"after", key=b"k"), failures)
+            await zombie.flush()
+        except FencedError:
+            pass  # refused as it was handed over
         else:
-            with pytest.raises(FencedError):
-                await zombie.commit()
+            if failures:  # the broker refused the write itself
+                assert all(isinstance(KafkaSink.classify(e), FencedError) for _, e in failures)
+            else:
+                with pytest.raises(FencedError):
+                    await zombie.commit()
         seen = await asyncio.to_thread(read_committed, kafka.bootstrap_servers, topics.events, 2)
         assert b"new" in seen
         assert b"after" not in seen, "a fenced producer's records never become visible"
@@ -467,3 +480,36 @@ async def test_aclose_twice_is_safe_and_a_closed_sink_refuses_writes(
         await asyncio.wait_for(sink.write(record(topics.events, b"late")), 10)
     received = await consume(kafka.bootstrap_servers, topics.events, count=1, max_wait=5)
     assert [r.value for r in received] == [b"flushed by close"]
+
+
+async def test_a_quiet_producer_reports_a_failure_with_its_tag_and_nothing_for_a_success(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    # delivery.report.only.error, as transactional producers are configured:
+    # the commit reports the successes, only failures come back (tagged).
+    topic = new_topic("quiet")
+    await create_topics(kafka.bootstrap_servers, topic)
+    failures: list[tuple[Any, BaseException]] = []
+    reached = AsyncProducer(
+        {"bootstrap.servers": kafka.bootstrap_servers, "delivery.report.only.error": True}
+    )
+    unreachable = AsyncProducer(
+        {
+            "bootstrap.servers": f"127.0.0.1:{nobody_listens()}",
+            "delivery.report.only.error": True,
+            "message.timeout.ms": 200,
+        }
+    )
+    try:
+        await reached.produce_quiet(topic, b"v", b"k", [], None, failures, "written")
+        await unreachable.produce_quiet(topic, b"v", b"k", [], None, failures, "lost")
+        assert await reached.flush(10) == 0
+        assert await unreachable.flush(10) == 0
+        await asyncio.sleep(0.1)  # the failure's report reaches the loop
+        assert [tag for tag, _ in failures] == ["lost"]
+        assert isinstance(KafkaSink.classify(failures[0][1]), RequestTimeoutError)
+        with pytest.raises(AssertionError):  # a future would never resolve
+            await reached.produce(topic, b"v", b"k", [])
+    finally:
+        await reached.close(5)
+        await unreachable.close(1)
