@@ -96,22 +96,8 @@ class AsyncProducer:
         def report(error: KafkaError | None, message: Message) -> None:
             self._report(future, error, message)
 
-        # (the stub's header type has str values too, and list is invariant)
-        headers_ = cast("list[tuple[str, str | bytes | None]]", headers)
-        while True:
-            try:
-                if partition is None:
-                    self._producer.produce(topic, value, key, headers=headers_, on_delivery=report)
-                else:
-                    self._producer.produce(
-                        topic, value, key, partition, headers=headers_, on_delivery=report
-                    )
-            except BufferError:
-                # librdkafka's queue is full (queue.buffering.max.*): wait for
-                # it to drain rather than grow without bound.
-                await asyncio.sleep(_QUEUE_FULL_WAIT_S)
-                continue
-            return future
+        await self._hand_over(topic, value, key, headers, partition, report)
+        return future
 
     async def produce_quiet(
         self,
@@ -132,6 +118,18 @@ class AsyncProducer:
         if self._fatal is not None:
             raise self._fatal
         report = partial(self._report_failure, failures, tag)
+        await self._hand_over(topic, value, key, headers, partition, report)
+
+    async def _hand_over(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Headers,
+        partition: int | None,
+        report: Callable[[KafkaError | None, Message], None],
+    ) -> None:
+        # (the stub's header type has str values too, and list is invariant)
         headers_ = cast("list[tuple[str, str | bytes | None]]", headers)
         while True:
             try:
@@ -142,6 +140,8 @@ class AsyncProducer:
                         topic, value, key, partition, headers=headers_, on_delivery=report
                     )
             except BufferError:
+                # librdkafka's queue is full (queue.buffering.max.*): wait for
+                # it to drain rather than grow without bound.
                 await asyncio.sleep(_QUEUE_FULL_WAIT_S)
                 continue
             return

@@ -4,7 +4,9 @@ by the broker and read back as written, errors as bridge errors."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
 
@@ -197,6 +199,10 @@ async def test_connect_without_topic_creation_names_the_missing_topics(
     assert not sink.connected
     with pytest.raises(UnavailableError):
         await sink.write(record(topics.events, b"x"))
+
+
+class Tag:
+    """A record stand-in that can be weakly referenced."""
 
 
 def nobody_listens() -> int:
@@ -500,13 +506,18 @@ async def test_a_quiet_producer_reports_a_failure_with_its_tag_and_nothing_for_a
             "message.timeout.ms": 200,
         }
     )
+    written = Tag()
+    held = weakref.ref(written)
     try:
-        await reached.produce_quiet(topic, b"v", b"k", [], None, failures, "written")
+        await reached.produce_quiet(topic, b"v", b"k", [], None, failures, written)
         await unreachable.produce_quiet(topic, b"v", b"k", [], None, failures, "lost")
+        del written
         assert await reached.flush(10) == 0
         assert await unreachable.flush(10) == 0
         await asyncio.sleep(0.1)  # the failure's report reaches the loop
         assert [tag for tag, _ in failures] == ["lost"]
+        gc.collect()
+        assert held() is None, "a success's callback state is released (no leak)"
         assert isinstance(KafkaSink.classify(failures[0][1]), RequestTimeoutError)
         with pytest.raises(AssertionError):  # a future would never resolve
             await reached.produce(topic, b"v", b"k", [])
