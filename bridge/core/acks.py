@@ -57,19 +57,6 @@ class OrderedAcks:
         self._advance()
         return self._done
 
-    def unack(self, position: int, done_before: int) -> None:
-        """Take back ``ack(position)``, made when ``done`` was ``done_before``, as
-        if it had never come (the acks after it, LIFO, are taken back first).
-        Positions tracked since stay tracked; the others it let ``done`` pass
-        stay acked."""
-        if position <= done_before or (position > self._done and position not in self._acked):
-            return  # that ack changed nothing
-        acked = self._acked
-        acked.update(range(done_before + 1, self._done + 1))
-        acked.discard(position)
-        self._done = done_before
-        self._advance()
-
     def _advance(self) -> None:
         acked = self._acked
         done = self._done

@@ -12,18 +12,13 @@ copies bytes. Two callbacks, each called exactly once by the delivery loop:
   offset committed after it, a caller waiting) hangs here.
 
 Retries never call them: a retried record is not done.
-
-A transaction runs ``on_written`` before its records' delivery reports came
-(so their checkpoints ride in it without a round trip of waiting), inside a
-``WriteJournal``: what the callbacks changed can be taken back if a record of
-the transaction is then refused for good and must be held out of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -31,17 +26,14 @@ from bridge.observability.metrics import DeadLetterReason
 
 __all__ = [
     "CURRENT_INPUT",
-    "WRITING",
     "Headers",
     "InputProgress",
     "OutRecord",
     "Publish",
-    "WriteJournal",
     "acknowledge",
     "completion",
     "mark_written",
     "publish_acked",
-    "taken_back",
 ]
 
 Headers = list[tuple[str, bytes]]
@@ -72,62 +64,12 @@ class OutRecord:
     written: bool = False
 
 
-class WriteJournal:
-    """How to take back what ``on_written`` callbacks changed while it was
-    current (``WRITING``): the transactional loop marks its records written
-    before their delivery reports came, and if one of them is then refused for
-    good, ``undo`` puts every position it moved back, newest change first."""
-
-    __slots__ = ("_token", "_undo")
-
-    def __init__(self) -> None:
-        self._undo: list[Callable[[], None]] = []
-        self._token: Token[WriteJournal | None] | None = None
-
-    def __enter__(self) -> WriteJournal:
-        self._token = WRITING.set(self)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        if self._token is not None:
-            WRITING.reset(self._token)
-            self._token = None
-
-    def add(self, undo: Callable[[], None]) -> None:
-        self._undo.append(undo)
-
-    def undo(self) -> None:
-        undo, self._undo = self._undo, []
-        for step in reversed(undo):
-            step()
-
-
-#: The journal of the ``on_written`` callbacks running now, if they may be taken back.
-WRITING: ContextVar[WriteJournal | None] = ContextVar("writing", default=None)
-
-
-def taken_back(undo: Callable[[], None]) -> None:
-    """Register how to take back a change an ``on_written`` callback just made
-    (nothing to do when no journal is current: then it is for good)."""
-    journal = WRITING.get()
-    if journal is not None:
-        journal.add(undo)
-
-
 def mark_written(record: OutRecord) -> None:
-    """The broker has the record: run ``on_written``, once (unless a journal
-    current at the time takes it back)."""
+    """The broker has the record: run ``on_written``, once whatever happens next."""
     if not record.written:
         record.written = True
-        journal = WRITING.get()
-        if journal is not None:
-            journal.add(lambda: _unwritten(record))
         if record.on_written is not None:
             record.on_written(record)
-
-
-def _unwritten(record: OutRecord) -> None:
-    record.written = False
 
 
 def acknowledge(record: OutRecord) -> None:

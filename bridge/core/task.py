@@ -16,7 +16,6 @@ from typing import NamedTuple
 
 from bridge.core.acks import OrderedAcks
 from bridge.core.checkpoint import Checkpoint
-from bridge.core.record import taken_back
 
 __all__ = ["PendingEnvelope", "TaskState"]
 
@@ -100,25 +99,11 @@ class TaskState:
         self.pending.append(pending)
 
     def delivered(self, sequence: int) -> None:
-        """Every record of envelope ``sequence`` is in Kafka (or in a transaction
-        whose journal can take this back: ``bridge.core.record``)."""
-        acks = self.acks
-        before = (
-            acks.done,
-            self.acked_sse_id,
-            self.acked_event_id,
-            self.acked_stream_event_id,
-            self.acked_status,
-        )
-        done = acks.ack(sequence)
-        if done == before[0]:
-            taken_back(lambda: acks.unack(sequence, before[0]))
-            return
+        """Every record of envelope ``sequence`` is in Kafka."""
+        done = self.acks.ack(sequence)
         pending = self.pending
-        passed: list[PendingEnvelope] = []
         while pending and pending[0].sequence <= done:
             envelope = pending.popleft()
-            passed.append(envelope)
             if envelope.sse_id is not None:
                 self.acked_sse_id = envelope.sse_id
             self.acked_event_id = envelope.event_id
@@ -126,34 +111,6 @@ class TaskState:
                 self.acked_stream_event_id = envelope.event_id
             if envelope.status is not None:
                 self.acked_status = envelope.status
-        taken_back(lambda: self._undelivered(acks, sequence, before, passed))
-
-    def _undelivered(
-        self,
-        acks: OrderedAcks,
-        sequence: int,
-        before: tuple[int, str | None, str | None, str | None, str | None],
-        passed: list[PendingEnvelope],
-    ) -> None:
-        """Take back ``delivered(sequence)``: its transaction did not commit as it was."""
-        acks.unack(sequence, before[0])
-        self.pending.extendleft(reversed(passed))
-        (
-            _,
-            self.acked_sse_id,
-            self.acked_event_id,
-            self.acked_stream_event_id,
-            self.acked_status,
-        ) = before
-
-    def activity_written(self) -> None:
-        """The task's activity thread is in Kafka (takeable back like ``delivered``)."""
-        if self.activity_due:
-            self.activity_due = False
-            taken_back(self._activity_unwritten)
-
-    def _activity_unwritten(self) -> None:
-        self.activity_due = True
 
     def learn(self, agent_id: object, organization_id: object) -> None:
         """Fill identity fields the discovery listing did not have."""

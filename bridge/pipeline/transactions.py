@@ -8,26 +8,27 @@ Records leave the queue in slices; each slice is one transaction:
    one came in (under load, what queued during the previous commit goes at
    once), or ``max_records``; never between two records of one unit (one
    envelope's event and state records: ``OutRecord.joined``);
-2. **write** them all; the producer reports only failures
+2. **write** them all and wait until librdkafka has them all delivered
+   (``flush``): the producer reports only failures
    (``delivery.report.only.error``), so a record costs no future and no
-   callback, and nothing waits for a report;
+   callback when it succeeds;
 3. **cover**: their ``on_written`` callbacks move their tasks' acknowledged
-   positions at once, inside a ``WriteJournal``, and ``covering()`` (the
-   checkpointer) returns the checkpoints of exactly those positions, written
-   into the same transaction; and the consumer offsets (``OffsetSource``) of
-   the Kafka messages whose output it holds (reports), with the group
-   metadata that proves this replica still holds its partitions (KIP-447: the
-   broker refuses them from a generation the group has left, so a zombie's
-   transaction cannot commit);
-4. **commit**: it flushes every record and fails if one failed; envelopes and
-   checkpoints become visible together, or not at all; only then does
-   ``on_delivered`` run for each record.
+   positions, and ``covering()`` (the checkpointer) returns the checkpoints of
+   exactly those positions, written into the same transaction (not waited
+   for: the commit flushes them, and fails if one failed); and the consumer
+   offsets (``OffsetSource``) of the Kafka messages whose output it holds
+   (reports), with the group metadata that proves this replica still holds
+   its partitions (KIP-447: the broker refuses them from a generation the
+   group has left, so a zombie's transaction cannot commit);
+4. **commit**: envelopes and checkpoints become visible together, or not at
+   all; only then does ``on_delivered`` run for each record.
 
-Not waiting for the reports before covering saves a produce round trip per
-transaction (measured, steady bench: p50 96-112 -> 82 ms). The price is the
-journal: if Kafka refuses a record for good, the marks are taken back, the
-record is held, and the transaction is redone without it, so no position or
-offset passes it.
+Why the wait in 2, when the commit would fail anyway if an envelope failed:
+a checkpoint must never reach the log before the envelopes it covers. A
+broker that shows an aborted transaction to read_committed readers (tansu
+does) would otherwise hand the next owner, after a crash, a checkpoint past
+envelopes that were never written: a gap. Measured without the wait (steady
+bench): p50 -20%, and a sequence gap in the single-replica SIGKILL test.
 
 So a checkpoint never leads what is published (it commits with it) and never
 lags it (each transaction carries the checkpoints of its own envelopes): the
@@ -52,9 +53,15 @@ import logging
 from collections.abc import Callable
 from typing import Any, NoReturn, Protocol
 
-from bridge.core.record import OutRecord, WriteJournal, mark_written
+from bridge.core.record import OutRecord, mark_written
 from bridge.core.retry import Backoff, RetryPolicy, Verdict
-from bridge.errors import BridgeError, FencedError, GroupGenerationError, TransactionAbortedError
+from bridge.errors import (
+    BridgeError,
+    FencedError,
+    GroupGenerationError,
+    RequestTimeoutError,
+    TransactionAbortedError,
+)
 from bridge.observability.metrics import Metrics, TransactionOutcome
 from bridge.pipeline.delivery import _HELD_RETRY_S, DELIVERY_RETRY, DeliveryLoop, RecordSink
 
@@ -74,6 +81,10 @@ class TransactionalSink(RecordSink, Protocol):
     ) -> None:
         """Hand the record over; only a failure is reported, into ``failures``
         (the commit says the rest were written)."""
+        ...
+
+    async def flush(self) -> int:
+        """Until every record handed over has its answer: the number still without."""
         ...
 
     async def send_offsets(self, offsets: list[Any], group_metadata: Any) -> None:
@@ -260,41 +271,27 @@ class TransactionalDelivery(DeliveryLoop):
         backoff = self._policy.backoff()
         #: the checkpoints ``_cover`` added (written with the transaction's commit)
         covering: set[OutRecord] = set()
-        #: what ``_cover`` moved, to take back if a record must leave the transaction
-        journal = WriteJournal()
         while records or not covered:
             try:
                 self._transactions.begin()
-                # Nothing waits for a delivery report before the commit: the
-                # records are marked written at once, so the checkpoints that
-                # cover them and the input offsets go into the same transaction
-                # without a round trip of waiting (~20-30 ms of a transaction
-                # at 2,000 events/s). The commit flushes them all and fails if
-                # one failed; if Kafka refused one for good, the journal takes
-                # the marks back and the transaction is redone without it.
                 #: this attempt's records that Kafka reported failed
                 failures: list[tuple[OutRecord, BaseException]] = []
-                await self._send_all([r for r in records if r not in covering], failures)
+                await self._write_all([r for r in records if r not in covering], failures)
                 if not covered:
                     covered = True
-                    extra, staged = self._cover(records, sources, journal)
+                    extra, staged = self._cover(records, sources)
                     covering = set(extra)
                     records = records + extra
+                # The covering checkpoints are not waited for here: the commit
+                # flushes them and fails if one failed. Their round trip
+                # overlaps the offsets' and the commit's instead of preceding
+                # them (~20-30 ms of a ~70 ms transaction at 2,000 events/s).
                 await self._send_all([r for r in records if r in covering], failures)
                 sent = await self._send_offsets(staged)
                 await self._commit(backoff, failures)
             except _Failed as failed:
                 await self._abort(backoff)
                 self._metrics.transactions(TransactionOutcome.ABORTED).inc()
-                if self._leaves(failed.failures, covering):
-                    # Its task's position, and its input's offset, must not pass
-                    # it: everything _cover moved is taken back and done again
-                    # without it. (A checkpoint refused alone needs none of it:
-                    # it is held and the envelopes commit without it.)
-                    journal.undo()
-                    self._in_flight -= len(covering)
-                    records = [r for r in records if r not in covering]
-                    covered, covering, staged = False, set(), []
                 records = await self._sort_out(records, failed.failures, backoff)
                 continue
             break
@@ -306,30 +303,18 @@ class TransactionalDelivery(DeliveryLoop):
         for record in records:
             self._delivered(record)
 
-    def _leaves(
-        self, failures: list[tuple[OutRecord | None, BridgeError]], covering: set[OutRecord]
-    ) -> bool:
-        """A record of the transaction (not one of its checkpoints) is refused for good."""
-        return any(
-            record is not None
-            and record not in covering
-            and self._verdict(record, error) is Verdict.REJECT
-            for record, error in failures
-        )
-
     def _cover(
-        self, records: list[OutRecord], sources: list[OffsetSource], journal: WriteJournal
+        self, records: list[OutRecord], sources: list[OffsetSource]
     ) -> tuple[list[OutRecord], list[tuple[OffsetSource, list[Any]]]]:
-        """The records count as written: their tasks' positions move, and what must
+        """The records are written: their tasks' positions move, and what must
         commit with them comes back: the checkpoints covering them, and the
-        offsets of the inputs whose output they are. All of it in ``journal``."""
-        with journal:
-            for record in records:
-                mark_written(record)
-            extra = self._covering() if self._covering is not None else []
-            staged = [(source, offs) for source in sources if (offs := source.take_offsets())]
+        offsets of the inputs whose output they are."""
+        for record in records:
+            mark_written(record)
+        extra = self._covering() if self._covering is not None else []
         # checkpoints are in flight like any record, so a drain waits for them
         self._in_flight += len(extra)
+        staged = [(source, offsets) for source in sources if (offsets := source.take_offsets())]
         return extra, staged
 
     async def _send_offsets(
@@ -360,6 +345,23 @@ class TransactionalDelivery(DeliveryLoop):
                 raise _Failed([(None, exc)]) from exc
             sent.append((source, sending[0]))
         return sent
+
+    async def _write_all(
+        self, records: list[OutRecord], failures: list[tuple[OutRecord, BaseException]]
+    ) -> None:
+        """Hand the records over and wait until Kafka has them all (or named
+        the ones that failed, in ``failures``): raises ``_Failed`` otherwise."""
+        await self._send_all(records, failures)
+        if not records:
+            return
+        try:
+            unanswered = await self._transactions.flush()
+        except BridgeError as exc:
+            raise _Failed([*self._named(failures), (None, exc)]) from exc
+        if failures:
+            raise _Failed(self._named(failures))
+        if unanswered:
+            raise _Failed([(None, RequestTimeoutError(f"{unanswered} records unanswered"))])
 
     async def _send_all(
         self, records: list[OutRecord], failures: list[tuple[OutRecord, BaseException]]

@@ -28,7 +28,7 @@ import orjson
 from bridge.config import KafkaConfig, TopicsConfig
 from bridge.core.dead_letter import dead_letter
 from bridge.core.identity import event_id, frame_id_material
-from bridge.core.record import Headers, OutRecord, taken_back
+from bridge.core.record import Headers, OutRecord
 from bridge.core.task import PendingEnvelope, TaskState
 from bridge.core.values import str_or_none
 from bridge.envelope import CATEGORY_BY_TYPE, LIFECYCLE_TYPES, SCHEMA_VERSION, Category, EventSource
@@ -342,19 +342,14 @@ class Normalizer:
         def part_written(_: OutRecord) -> None:
             nonlocal remaining
             remaining -= 1
-            taken_back(part_taken_back)
             if remaining == 0:
-                task.activity_written()
+                task.activity_due = False
                 if self._on_written is not None:  # the final checkpoint, same transaction
                     self._on_written(task, task.sequence)
 
-        def part_taken_back() -> None:
-            nonlocal remaining
-            remaining += 1
-
         for record in records:
             record.on_written = part_written
-        # counted once delivered: a transaction's on_written may be taken back
+        # counted once delivered (its transaction committed), not when written
         records[-1].on_delivered = lambda _: counter.inc()
 
     # --- pieces ---------------------------------------------------------------
@@ -455,15 +450,10 @@ class Normalizer:
         def part_written(_: OutRecord) -> None:
             nonlocal remaining
             remaining -= 1
-            taken_back(part_taken_back)
             if remaining == 0:
                 task.delivered(sequence)
                 if self._on_written is not None:
                     self._on_written(task, sequence)
-
-        def part_taken_back() -> None:
-            nonlocal remaining
-            remaining += 1
 
         for record in records:
             record.on_written = part_written

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.config import KafkaConfig, TopicsConfig
-from bridge.core.record import OutRecord, WriteJournal, acknowledge, mark_written
+from bridge.core.record import OutRecord, acknowledge, mark_written
 from bridge.core.task import TaskState
 from bridge.envelope import ActivityAssembler, ActivityEnvelope, InvalidEnvelope, read_activity
 from bridge.observability.metrics import ActivityOutcome, Metrics
@@ -197,7 +197,7 @@ def test_the_normalizer_marks_the_thread_due_and_settles_it_when_written() -> No
             "xpander_bridge_activity_threads_total", {"outcome": ActivityOutcome.PUBLISHED}
         )
 
-    assert not published(), "counted once delivered: a transaction may take a write back"
+    assert not published(), "counted once delivered, when its transaction committed"
     for record in records:
         acknowledge(record)
     assert published() == 1
@@ -212,30 +212,3 @@ def test_without_an_activity_topic_nothing_is_due() -> None:
     state = TaskState("t-1", "a-1", "o-1")
     normalizer.from_frame(state, finished_frame("a-1"), "1", 0.0)
     assert state.finished and not state.activity_due
-
-
-def test_a_thread_written_in_a_transaction_taken_back_is_due_again() -> None:
-    # The transactional loop marks records written before their reports; a
-    # record refused for good takes the marks back (bridge.core.record).
-    written: list[bool] = []
-    normalizer = Normalizer(
-        TopicsConfig(),
-        KafkaConfig(),
-        Metrics(),
-        on_written=lambda t, _: written.append(t.activity_due),
-        activity=records_for(),
-    )
-    state = TaskState("t-1", "a-1", "o-1")
-    for record in normalizer.from_frame(state, finished_frame("a-1"), "1", 0.0):
-        mark_written(record)
-    records = normalizer.from_activity(state, thread_bytes(2, "x"), 0.0)
-    journal = WriteJournal()
-    with journal:
-        for record in records:
-            mark_written(record)
-    assert not state.activity_due
-    journal.undo()
-    assert state.activity_due and not any(record.written for record in records)
-    for record in records:
-        mark_written(record)
-    assert not state.activity_due and written == [True, False, False]

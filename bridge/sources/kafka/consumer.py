@@ -32,7 +32,6 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Protocol, TypeAlias
 
 from confluent_kafka import KafkaException, TopicPartition
@@ -40,7 +39,7 @@ from confluent_kafka import KafkaException, TopicPartition
 from bridge.config import KafkaConfig
 from bridge.core.acks import OrderedAcks
 from bridge.core.message import InMessage
-from bridge.core.record import CURRENT_INPUT, OutRecord, taken_back
+from bridge.core.record import CURRENT_INPUT, OutRecord
 from bridge.kafka.group import GroupMember, group_config, in_message
 from bridge.kafka.options import KAFKA_RETRY
 from bridge.observability.metrics import Metrics
@@ -351,11 +350,8 @@ class PartitionedConsumer:
         """Transactions: the message's output is in Kafka (committed or in the open
         transaction); its offset may ride with the next commit."""
         # (a revoked partition's in-flight messages still finish, and count)
-        acks = partition.written
-        if acks is not None:
-            done_before = acks.done
-            acks.ack(offset)
-            taken_back(lambda: acks.unack(offset, done_before))
+        if partition.written is not None:
+            partition.written.ack(offset)
             if partition.sendable is not None:
                 self.offsets_pending.set()
 
@@ -365,14 +361,8 @@ class PartitionedConsumer:
         self.offsets_pending.clear()
         taken = [(p, offset) for p in self._partitions.values() if (offset := p.sendable)]
         for partition, offset in taken:
-            taken_back(partial(self._not_taken, partition, partition.sent))
             partition.sent = offset
         return [TopicPartition(p.key[0], p.key[1], offset) for p, offset in taken]
-
-    def _not_taken(self, partition: _Partition, sent: int) -> None:
-        """Take back ``take_offsets`` for ``partition``: its transaction did not commit."""
-        partition.sent = sent
-        self.offsets_pending.set()
 
     def current(self, offsets: list[TopicPartition]) -> tuple[list[TopicPartition], Any] | None:
         """Transactions: of ``offsets``, those of partitions still held (a redone
@@ -504,14 +494,10 @@ class _Progress:
             if original is not None:
                 original(record)
             self._outstanding -= 1
-            taken_back(self._taken_back)
             if self._outstanding == 0:
                 self._consumer.written(self._partition, self._offset)
 
         return written
-
-    def _taken_back(self) -> None:
-        self._outstanding += 1
 
     def handled(self) -> None:
         if not self._published:  # nothing to wait for: written now

@@ -16,11 +16,8 @@ from support.kafka import KafkaService, OutRecord, create_topics, produce
 from support.waiting import eventually
 
 from bridge.config import KafkaConfig, ReportsConfig
-from bridge.core.acks import OrderedAcks
-from bridge.core.record import OutRecord as Record
-from bridge.core.record import WriteJournal, mark_written
 from bridge.observability.metrics import Metrics
-from bridge.sources.kafka.consumer import Message, PartitionedConsumer, _Partition, _Progress
+from bridge.sources.kafka.consumer import Message, PartitionedConsumer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -291,36 +288,3 @@ async def test_stop_commits_what_is_done_and_not_what_was_abandoned(
         await eventually(lambda: len(again.finished) == 2, timeout_s=20, what="the redelivery")
         await again_gate.rounds(2)
     assert again.finished == [b"m3", b"m4"]
-
-
-async def test_offsets_taken_back_with_their_transaction_are_not_sent_past_a_held_output() -> None:
-    # The transactional loop marks a message's output written before its
-    # delivery report, and takes the marks back if Kafka then refuses a record
-    # for good: the offset must not pass that message in the redone transaction.
-    async def handle(message: Message) -> None: ...
-
-    consumer = PartitionedConsumer(
-        KafkaConfig(), ReportsConfig(), ["reports"], handle, Metrics(), transactional=True
-    )
-    written = OrderedAcks(start=0)
-    partition = _Partition(("reports", 0), written=written)
-    consumer._partitions[partition.key] = partition
-    outputs = []
-    for offset in (0, 1, 2):
-        written.track(offset)
-        output = Record("events", b"k", b"mirror", [], "report", 0.0)
-        _Progress(consumer, partition, offset).output([output])
-        outputs.append(output)
-    journal = WriteJournal()
-    with journal:
-        for output in outputs:
-            mark_written(output)
-        assert [tp.offset for tp in consumer.take_offsets()] == [3]
-    journal.undo()  # the output of offset 1 was refused for good
-    assert consumer.offsets_pending.is_set()
-    with WriteJournal():
-        mark_written(outputs[0])
-        mark_written(outputs[2])
-        assert [tp.offset for tp in consumer.take_offsets()] == [1]
-    mark_written(outputs[1])  # written at last, alone
-    assert [tp.offset for tp in consumer.take_offsets()] == [3]
