@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from bridge.core.record import Headers
+from bridge.core.record import Headers, OutRecord
 from bridge.kafka.errors import kafka_error
 
 __all__ = ["AsyncProducer", "Delivered", "needs_abort", "retriable"]
@@ -69,7 +69,9 @@ class AsyncProducer:
         #: go through ``produce_quiet``
         self.quiet = bool(options.get("delivery.report.only.error"))
         #: failures of quiet records: (where to note it, the record, the error)
-        self._failures: list[tuple[list[tuple[Any, BaseException]], Any, KafkaError]] = []
+        self._failures: list[
+            tuple[list[tuple[OutRecord, BaseException]], OutRecord, KafkaError]
+        ] = []
 
     # --- records -------------------------------------------------------------
 
@@ -100,25 +102,20 @@ class AsyncProducer:
         return future
 
     async def produce_quiet(
-        self,
-        topic: str,
-        value: bytes | None,
-        key: bytes | None,
-        headers: Headers,
-        partition: int | None,
-        failures: list[tuple[Any, BaseException]],
-        tag: Any,
+        self, record: OutRecord, failures: list[tuple[OutRecord, BaseException]]
     ) -> None:
         """Queue one record on a producer that reports only failures (a
         transaction's commit is the report of the rest): if librdkafka reports
-        it failed, ``(tag, error)`` is appended to ``failures`` on the loop. No
-        future and no callback for a success: at thousands of records a
+        it failed, ``(record, error)`` is appended to ``failures`` on the loop.
+        No future and no callback for a success: at thousands of records a
         transaction, serving reports was most of the loop's cost of a record.
         Raises as ``produce`` does for a record refused at once."""
         if self._fatal is not None:
             raise self._fatal
-        report = partial(self._report_failure, failures, tag)
-        await self._hand_over(topic, value, key, headers, partition, report)
+        report = partial(self._report_failure, failures, record)
+        await self._hand_over(
+            record.topic, record.value, record.key, record.headers, record.partition, report
+        )
 
     async def _hand_over(
         self,
@@ -148,8 +145,8 @@ class AsyncProducer:
 
     def _report_failure(
         self,
-        failures: list[tuple[Any, BaseException]],
-        tag: Any,
+        failures: list[tuple[OutRecord, BaseException]],
+        record: OutRecord,
         error: KafkaError | None,
         _: Message,
     ) -> None:
@@ -158,7 +155,7 @@ class AsyncProducer:
             return
         with self._reports_lock:
             first = not self._reports and not self._failures
-            self._failures.append((failures, tag, error))
+            self._failures.append((failures, record, error))
         if first:
             self._loop.call_soon_threadsafe(self._resolve)
 
@@ -176,8 +173,8 @@ class AsyncProducer:
         with self._reports_lock:
             reports, self._reports = self._reports, []
             failures, self._failures = self._failures, []
-        for noted, tag, failure in failures:
-            noted.append((tag, KafkaException(failure)))
+        for noted, record, failure in failures:
+            noted.append((record, KafkaException(failure)))
         waiting = self._waiting
         for future, error, message in reports:
             waiting.discard(future)

@@ -145,15 +145,7 @@ class KafkaSink:
         written. Waits while librdkafka's queue is full, as ``write``."""
         producer = self._connected()
         try:
-            await producer.produce_quiet(
-                record.topic,
-                record.value,
-                record.key,
-                record.headers,
-                record.partition,
-                failures,
-                record,
-            )
+            await producer.produce_quiet(record, failures)
         except KafkaException as exc:
             raise translate_send_error(exc) from exc
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
-import weakref
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
 
@@ -199,10 +199,6 @@ async def test_connect_without_topic_creation_names_the_missing_topics(
     assert not sink.connected
     with pytest.raises(UnavailableError):
         await sink.write(record(topics.events, b"x"))
-
-
-class Tag:
-    """A record stand-in that can be weakly referenced."""
 
 
 def nobody_listens() -> int:
@@ -488,14 +484,14 @@ async def test_aclose_twice_is_safe_and_a_closed_sink_refuses_writes(
     assert [r.value for r in received] == [b"flushed by close"]
 
 
-async def test_a_quiet_producer_reports_a_failure_with_its_tag_and_nothing_for_a_success(
+async def test_a_quiet_producer_reports_a_failure_with_its_record_and_nothing_for_a_success(
     kafka: KafkaService, new_topic: Callable[[str], str]
 ) -> None:
     # delivery.report.only.error, as transactional producers are configured:
-    # the commit reports the successes, only failures come back (tagged).
+    # the commit reports the successes, only failures come back.
     topic = new_topic("quiet")
     await create_topics(kafka.bootstrap_servers, topic)
-    failures: list[tuple[Any, BaseException]] = []
+    failures: list[tuple[OutRecord, BaseException]] = []
     reached = AsyncProducer(
         {"bootstrap.servers": kafka.bootstrap_servers, "delivery.report.only.error": True}
     )
@@ -506,19 +502,18 @@ async def test_a_quiet_producer_reports_a_failure_with_its_tag_and_nothing_for_a
             "message.timeout.ms": 200,
         }
     )
-    written = Tag()
-    held = weakref.ref(written)
+    written, lost = record(topic, b"written"), record(topic, b"lost")
+    references = sys.getrefcount(written)
     try:
-        await reached.produce_quiet(topic, b"v", b"k", [], None, failures, written)
-        await unreachable.produce_quiet(topic, b"v", b"k", [], None, failures, "lost")
-        del written
+        await reached.produce_quiet(written, failures)
+        await unreachable.produce_quiet(lost, failures)
         assert await reached.flush(10) == 0
         assert await unreachable.flush(10) == 0
         await asyncio.sleep(0.1)  # the failure's report reaches the loop
-        assert [tag for tag, _ in failures] == ["lost"]
-        gc.collect()
-        assert held() is None, "a success's callback state is released (no leak)"
+        assert [failed for failed, _ in failures] == [lost]
         assert isinstance(KafkaSink.classify(failures[0][1]), RequestTimeoutError)
+        gc.collect()
+        assert sys.getrefcount(written) == references, "a success's callback state is released"
         with pytest.raises(AssertionError):  # a future would never resolve
             await reached.produce(topic, b"v", b"k", [])
     finally:
