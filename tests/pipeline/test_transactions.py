@@ -50,7 +50,6 @@ class TransactionLog:
         self.offset_errors: list[BridgeError] = []
         #: a delivery report of the open transaction failed
         self.open_failed = False
-        self.flushes = 0
 
     @staticmethod
     def classify(error: BaseException) -> BridgeError:
@@ -92,7 +91,6 @@ class TransactionLog:
 
     async def flush(self) -> int:
         assert self.open is not None, "a flush outside a transaction"
-        self.flushes += 1
         return 0
 
     async def send_offsets(self, offsets: list[Any], group_metadata: Any) -> None:
