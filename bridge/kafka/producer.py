@@ -19,12 +19,11 @@ import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable
-from functools import partial
 from typing import Any, NamedTuple, TypeVar, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from bridge.core.record import Headers, OutRecord
+from bridge.core.record import Headers
 from bridge.kafka.errors import kafka_error
 
 __all__ = ["AsyncProducer", "Delivered", "needs_abort", "retriable"]
@@ -65,13 +64,6 @@ class AsyncProducer:
         self._waiting: set[asyncio.Future[Delivered]] = set()
         #: the fatal error that ended the producer (fenced, broken idempotence)
         self._fatal: KafkaException | None = None
-        #: only failures are reported (``delivery.report.only.error``): records
-        #: go through ``produce_quiet``
-        self.quiet = bool(options.get("delivery.report.only.error"))
-        #: failures of quiet records: (where to note it, the record, the error)
-        self._failures: list[
-            tuple[list[tuple[OutRecord, BaseException]], OutRecord, KafkaError]
-        ] = []
 
     # --- records -------------------------------------------------------------
 
@@ -88,7 +80,6 @@ class AsyncProducer:
         (too large, unknown partition) raises here."""
         if self._fatal is not None:
             raise self._fatal
-        assert not self.quiet, "a producer that reports only failures: produce_quiet"
         future: asyncio.Future[Delivered] = self._loop.create_future()
         # Taken out when its report is served (``_resolve``), not by a done
         # callback: that was one more loop callback per record, ~15% of the
@@ -98,34 +89,6 @@ class AsyncProducer:
         def report(error: KafkaError | None, message: Message) -> None:
             self._report(future, error, message)
 
-        await self._hand_over(topic, value, key, headers, partition, report)
-        return future
-
-    async def produce_quiet(
-        self, record: OutRecord, failures: list[tuple[OutRecord, BaseException]]
-    ) -> None:
-        """Queue one record on a producer that reports only failures (a
-        transaction's commit is the report of the rest): if librdkafka reports
-        it failed, ``(record, error)`` is appended to ``failures`` on the loop.
-        No future and no callback for a success: at thousands of records a
-        transaction, serving reports was most of the loop's cost of a record.
-        Raises as ``produce`` does for a record refused at once."""
-        if self._fatal is not None:
-            raise self._fatal
-        report = partial(self._report_failure, failures, record)
-        await self._hand_over(
-            record.topic, record.value, record.key, record.headers, record.partition, report
-        )
-
-    async def _hand_over(
-        self,
-        topic: str,
-        value: bytes | None,
-        key: bytes | None,
-        headers: Headers,
-        partition: int | None,
-        report: Callable[[KafkaError | None, Message], None],
-    ) -> None:
         # (the stub's header type has str values too, and list is invariant)
         headers_ = cast("list[tuple[str, str | bytes | None]]", headers)
         while True:
@@ -141,30 +104,14 @@ class AsyncProducer:
                 # it to drain rather than grow without bound.
                 await asyncio.sleep(_QUEUE_FULL_WAIT_S)
                 continue
-            return
-
-    def _report_failure(
-        self,
-        failures: list[tuple[OutRecord, BaseException]],
-        record: OutRecord,
-        error: KafkaError | None,
-        _: Message,
-    ) -> None:
-        # On a librdkafka thread; only failures come (delivery.report.only.error).
-        if error is None:
-            return
-        with self._reports_lock:
-            first = not self._reports and not self._failures
-            self._failures.append((failures, record, error))
-        if first:
-            self._loop.call_soon_threadsafe(self._resolve)
+            return future
 
     def _report(
         self, future: asyncio.Future[Delivered], error: KafkaError | None, message: Message
     ) -> None:
         # On a librdkafka thread (the poller, or one flushing in a transaction call).
         with self._reports_lock:
-            first = not self._reports and not self._failures
+            first = not self._reports
             self._reports.append((future, error, message))
         if first:
             self._loop.call_soon_threadsafe(self._resolve)
@@ -172,9 +119,6 @@ class AsyncProducer:
     def _resolve(self) -> None:
         with self._reports_lock:
             reports, self._reports = self._reports, []
-            failures, self._failures = self._failures, []
-        for noted, record, failure in failures:
-            noted.append((record, KafkaException(failure)))
         waiting = self._waiting
         for future, error, message in reports:
             waiting.discard(future)

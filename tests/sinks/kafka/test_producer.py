@@ -4,15 +4,13 @@ by the broker and read back as written, errors as bridge errors."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import socket
-import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from support.kafka import KafkaService, consume, create_topics, described
+from support.kafka import KafkaService, consume, described
 
 from bridge.config import (
     BridgeConfig,
@@ -201,15 +199,10 @@ async def test_connect_without_topic_creation_names_the_missing_topics(
         await sink.write(record(topics.events, b"x"))
 
 
-def nobody_listens() -> int:
-    """A port nobody listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def test_connect_to_an_unreachable_address_raises_unavailable() -> None:
-    port = nobody_listens()
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     sink = KafkaSink(
         kafka_config(f"127.0.0.1:{port}"),
         TopicsConfig(events="e", state="s", dlq="d"),
@@ -275,14 +268,12 @@ async def test_a_transaction_is_invisible_to_read_committed_until_it_commits(
         kafka_config(kafka.bootstrap_servers), topics, transactional_id=new_topic("txn")
     )
     await sink.connect()
-    failures: list[tuple[OutRecord, BaseException]] = []
     try:
         sink.begin()
-        await sink.write_quiet(record(topics.events, b"first", key=b"k"), failures)
+        await asyncio.wait_for(await sink.write(record(topics.events, b"first", key=b"k")), 10)
         await sink.commit()
         sink.begin()
-        await sink.write_quiet(record(topics.events, b"open", key=b"k"), failures)
-        assert await sink.flush() == 0 and failures == []
+        await asyncio.wait_for(await sink.write(record(topics.events, b"open", key=b"k")), 10)
         # written to the log, not committed: a read_committed reader stops before it
         assert await asyncio.to_thread(
             read_committed, kafka.bootstrap_servers, topics.events, 2
@@ -303,25 +294,19 @@ async def test_a_second_producer_with_the_same_transactional_id_fences_the_first
     successor = KafkaSink(kafka_config(kafka.bootstrap_servers), topics, transactional_id=slot)
     await zombie.connect()
     try:
-        failures: list[tuple[OutRecord, BaseException]] = []
         zombie.begin()
-        await zombie.write_quiet(record(topics.events, b"before", key=b"k"), failures)
-        assert await zombie.flush() == 0 and failures == []
+        await asyncio.wait_for(await zombie.write(record(topics.events, b"before", key=b"k")), 10)
         await successor.connect()  # takes the id: the zombie's epoch is over
         successor.begin()
-        await successor.write_quiet(record(topics.events, b"new", key=b"k"), [])
+        await asyncio.wait_for(await successor.write(record(topics.events, b"new", key=b"k")), 10)
         await successor.commit()
-        try:
-            await zombie.write_quiet(record(topics.events, b"after", key=b"k"), failures)
-            await zombie.flush()
-        except FencedError:
-            pass  # refused as it was handed over
+        late = await zombie.write(record(topics.events, b"after", key=b"k"))
+        (outcome,) = await asyncio.wait_for(asyncio.gather(late, return_exceptions=True), 10)
+        if isinstance(outcome, BaseException):  # the broker refused the write itself
+            assert isinstance(KafkaSink.classify(outcome), FencedError)
         else:
-            if failures:  # the broker refused the write itself
-                assert all(isinstance(KafkaSink.classify(e), FencedError) for _, e in failures)
-            else:
-                with pytest.raises(FencedError):
-                    await zombie.commit()
+            with pytest.raises(FencedError):
+                await zombie.commit()
         seen = await asyncio.to_thread(read_committed, kafka.bootstrap_servers, topics.events, 2)
         assert b"new" in seen
         assert b"after" not in seen, "a fenced producer's records never become visible"
@@ -482,40 +467,3 @@ async def test_aclose_twice_is_safe_and_a_closed_sink_refuses_writes(
         await asyncio.wait_for(sink.write(record(topics.events, b"late")), 10)
     received = await consume(kafka.bootstrap_servers, topics.events, count=1, max_wait=5)
     assert [r.value for r in received] == [b"flushed by close"]
-
-
-async def test_a_quiet_producer_reports_a_failure_with_its_record_and_nothing_for_a_success(
-    kafka: KafkaService, new_topic: Callable[[str], str]
-) -> None:
-    # delivery.report.only.error, as transactional producers are configured:
-    # the commit reports the successes, only failures come back.
-    topic = new_topic("quiet")
-    await create_topics(kafka.bootstrap_servers, topic)
-    failures: list[tuple[OutRecord, BaseException]] = []
-    reached = AsyncProducer(
-        {"bootstrap.servers": kafka.bootstrap_servers, "delivery.report.only.error": True}
-    )
-    unreachable = AsyncProducer(
-        {
-            "bootstrap.servers": f"127.0.0.1:{nobody_listens()}",
-            "delivery.report.only.error": True,
-            "message.timeout.ms": 200,
-        }
-    )
-    written, lost = record(topic, b"written"), record(topic, b"lost")
-    references = sys.getrefcount(written)
-    try:
-        await reached.produce_quiet(written, failures)
-        await unreachable.produce_quiet(lost, failures)
-        assert await reached.flush(10) == 0
-        assert await unreachable.flush(10) == 0
-        await asyncio.sleep(0.1)  # the failure's report reaches the loop
-        assert [failed for failed, _ in failures] == [lost]
-        assert isinstance(KafkaSink.classify(failures[0][1]), RequestTimeoutError)
-        gc.collect()
-        assert sys.getrefcount(written) == references, "a success's callback state is released"
-        with pytest.raises(AssertionError):  # a future would never resolve
-            await reached.produce(topic, b"v", b"k", [])
-    finally:
-        await reached.close(5)
-        await unreachable.close(1)
