@@ -90,7 +90,15 @@ class Replica:
         return lines
 
     def owned(self) -> bool:
-        return any(line["message"] == "coordination partitions assigned" for line in self.logs())
+        """The replica owns coordination partitions. An empty assignment does
+        not count: under the cooperative protocol a newcomer first joins with
+        none, and a test that took that for joined stopped an old replica in
+        the middle of the rebalance (seen: the group then stuck, see the
+        session-10 note)."""
+        return any(
+            line["message"] == "coordination partitions assigned" and line["partitions"] != "[]"
+            for line in self.logs()
+        )
 
     def exited(self) -> int | None:
         """The exit code once the process has ended, else ``None``."""
