@@ -60,8 +60,15 @@ _SETTING_REFUSALS = frozenset(
         KafkaError._NOT_IMPLEMENTED,
     }
 )
+#: the producer is finished: fenced, or (``_FATAL``: what ``produce`` raises
+#: once librdkafka failed fatally, without the fatal flag set) failed for good
 _FENCED = frozenset(
-    {KafkaError.PRODUCER_FENCED, KafkaError._FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+    {
+        KafkaError.PRODUCER_FENCED,
+        KafkaError._FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError._FATAL,
+    }
 )
 
 

@@ -15,15 +15,18 @@ librdkafka's.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple, TypeVar, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from bridge.core.record import Headers
+from bridge.core.record import Headers, OutRecord
 from bridge.kafka.errors import kafka_error
 
 __all__ = ["AsyncProducer", "Delivered", "needs_abort", "retriable"]
@@ -52,8 +55,12 @@ class AsyncProducer:
     def __init__(self, options: dict[str, Any]) -> None:
         self._loop = asyncio.get_running_loop()
         self._producer = Producer(options)
-        self._reports: list[tuple[asyncio.Future[Delivered], KafkaError | None, Message]] = []
-        self._reports_lock = threading.Lock()
+        #: reports served on librdkafka threads, for the loop (``_resolve``)
+        self._reports: collections.deque[
+            tuple[asyncio.Future[Delivered], KafkaError | None, Message]
+        ] = collections.deque()
+        #: a ``_resolve`` is scheduled and has not started taking reports yet
+        self._resolving = False
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="kafka-producer-poll", daemon=True)
         self._poller.start()
@@ -64,6 +71,9 @@ class AsyncProducer:
         self._waiting: set[asyncio.Future[Delivered]] = set()
         #: the fatal error that ended the producer (fenced, broken idempotence)
         self._fatal: KafkaException | None = None
+        #: only failures are reported (``delivery.report.only.error``): records
+        #: go through ``produce_quiet``
+        self.quiet = bool(options.get("delivery.report.only.error"))
 
     # --- records -------------------------------------------------------------
 
@@ -80,6 +90,7 @@ class AsyncProducer:
         (too large, unknown partition) raises here."""
         if self._fatal is not None:
             raise self._fatal
+        assert not self.quiet, "a producer that reports only failures: produce_quiet"
         future: asyncio.Future[Delivered] = self._loop.create_future()
         # Taken out when its report is served (``_resolve``), not by a done
         # callback: that was one more loop callback per record, ~15% of the
@@ -89,6 +100,34 @@ class AsyncProducer:
         def report(error: KafkaError | None, message: Message) -> None:
             self._report(future, error, message)
 
+        await self._hand_over(topic, value, key, headers, partition, report)
+        return future
+
+    async def produce_quiet(
+        self, record: OutRecord, failures: list[tuple[OutRecord, BaseException]]
+    ) -> None:
+        """Queue one record on a producer that reports only failures (a
+        transaction's commit is the report of the rest): if librdkafka reports
+        it failed, ``(record, error)`` is appended to ``failures`` on the loop.
+        No future and no callback for a success: at thousands of records a
+        transaction, serving reports was most of the loop's cost of a record.
+        Raises as ``produce`` does for a record refused at once."""
+        if self._fatal is not None:
+            raise self._fatal
+        report = partial(self._report_failure, failures, record)
+        await self._hand_over(
+            record.topic, record.value, record.key, record.headers, record.partition, report
+        )
+
+    async def _hand_over(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Headers,
+        partition: int | None,
+        report: Callable[[KafkaError | None, Message], None],
+    ) -> None:
         # (the stub's header type has str values too, and list is invariant)
         headers_ = cast("list[tuple[str, str | bytes | None]]", headers)
         while True:
@@ -104,23 +143,48 @@ class AsyncProducer:
                 # it to drain rather than grow without bound.
                 await asyncio.sleep(_QUEUE_FULL_WAIT_S)
                 continue
-            return future
+            return
+
+    def _report_failure(
+        self,
+        failures: list[tuple[OutRecord, BaseException]],
+        record: OutRecord,
+        error: KafkaError | None,
+        _: Message,
+    ) -> None:
+        # On a librdkafka thread; only failures come (delivery.report.only.error).
+        # One loop call per failure: they are rare. No lock (see ``_report``).
+        if error is None:
+            return
+        # (a closed loop raises RuntimeError: nobody is left to read it)
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(failures.append, (record, KafkaException(error)))
 
     def _report(
         self, future: asyncio.Future[Delivered], error: KafkaError | None, message: Message
     ) -> None:
-        # On a librdkafka thread (the poller, or one flushing in a transaction call).
-        with self._reports_lock:
-            first = not self._reports
-            self._reports.append((future, error, message))
-        if first:
-            self._loop.call_soon_threadsafe(self._resolve)
+        # On a librdkafka thread (the poller, or one draining in flush or a
+        # transaction call). One loop wake-up per batch of reports, and no
+        # lock: when librdkafka fails fatally, the binding raises the error in
+        # the thread that served it and then runs the callbacks queued behind
+        # it with the exception still set, so any call here may raise
+        # SystemError after it did its work. A lock taken that way was never
+        # released: a test run hung with both threads waiting on it.
+        self._reports.append((future, error, message))
+        if not self._resolving:
+            # (two threads may both schedule one: the second finds nothing)
+            self._resolving = True
+            with contextlib.suppress(RuntimeError):  # (the loop is closed)
+                self._loop.call_soon_threadsafe(self._resolve)
 
     def _resolve(self) -> None:
-        with self._reports_lock:
-            reports, self._reports = self._reports, []
+        # Cleared before taking: a report appended after this line schedules
+        # another call; one appended before it is taken below.
+        self._resolving = False
+        reports = self._reports
         waiting = self._waiting
-        for future, error, message in reports:
+        while reports:
+            future, error, message = reports.popleft()
             waiting.discard(future)
             if future.done():
                 continue
@@ -139,13 +203,18 @@ class AsyncProducer:
             try:
                 producer.poll(_POLL_S)
             except KafkaException as exc:
-                # A fatal error (fenced, idempotence state lost): librdkafka
-                # raises it from poll and will report nothing more.
+                # A fatal error (fenced, idempotence state lost): the binding
+                # raises it from the call that served it and reports nothing more.
                 log.error("the Kafka producer failed for good", extra={"error": str(exc)})
-                self._loop.call_soon_threadsafe(self._fail_all, exc)
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._fail_all, exc)
                 return
 
     def _fail_all(self, error: KafkaException) -> None:
+        # A fatal error (fenced, idempotence state lost): librdkafka reports
+        # nothing more but failures, so every waiting record fails now.
+        if self._fatal is not None:
+            return
         self._fatal = error
         self._resolve()  # reports already served come first
         waiting, self._waiting = self._waiting, set()
@@ -160,7 +229,18 @@ class AsyncProducer:
     # --- transactions and flushing ---------------------------------------------
 
     async def _call(self, call: Callable[..., T], *args: Any) -> T:
-        return await self._loop.run_in_executor(self._calls, call, *args)
+        try:
+            return await self._loop.run_in_executor(self._calls, call, *args)
+        except SystemError as exc:
+            # The binding's way of failing fatally inside a call that drained
+            # callbacks (see ``_report``): "returned NULL without setting an
+            # exception". The producer is past use; say so as librdkafka would.
+            fatal = KafkaException(
+                KafkaError(KafkaError._FATAL, f"the Kafka producer failed: {exc}", fatal=True)
+            )
+            log.error("the Kafka producer failed for good", extra={"error": str(exc)})
+            self._fail_all(fatal)
+            raise fatal from exc
 
     async def init_transactions(self, timeout_s: float) -> None:
         await self._call(self._producer.init_transactions, timeout_s)

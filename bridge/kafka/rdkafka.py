@@ -75,6 +75,11 @@ def producer_config(
     )
     if transactional_id is not None:
         options["transactional.id"] = transactional_id
+        # A transaction's commit says every record of it was written: only the
+        # failures need a report (``AsyncProducer.produce_quiet``; librdkafka
+        # then calls back for failures alone, and the Python binding skips the
+        # callback for a success without leaking its state).
+        options["delivery.report.only.error"] = True
         if transaction_timeout_ms is not None:
             options["transaction.timeout.ms"] = transaction_timeout_ms
             # librdkafka insists: a request may not outlive the transaction it is in

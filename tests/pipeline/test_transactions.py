@@ -13,6 +13,7 @@ from support.waiting import eventually
 
 from bridge.core.record import OutRecord
 from bridge.core.retry import RetryPolicy
+from bridge.core.task import PendingEnvelope, TaskState
 from bridge.errors import (
     AuthError,
     BridgeError,
@@ -47,6 +48,8 @@ class TransactionLog:
         self.resets = 0
         #: errors the next offset sends raise, in order
         self.offset_errors: list[BridgeError] = []
+        #: a delivery report of the open transaction failed
+        self.open_failed = False
 
     @staticmethod
     def classify(error: BaseException) -> BridgeError:
@@ -56,6 +59,7 @@ class TransactionLog:
     def begin(self) -> None:
         assert self.open is None, "a transaction began inside another"
         self.open = []
+        self.open_failed = False
 
     async def write(self, record: OutRecord) -> asyncio.Future[Any]:
         assert self.open is not None, "a write outside a transaction"
@@ -68,7 +72,26 @@ class TransactionLog:
             future.set_result(None)
         else:
             future.set_exception(error)
+            self.open_failed = True
         return future
+
+    async def write_quiet(
+        self, record: OutRecord, failures: list[tuple[OutRecord, BaseException]]
+    ) -> None:
+        """As librdkafka with delivery.report.only.error: a failure is noted, a
+        success only by the commit."""
+        assert self.open is not None, "a write outside a transaction"
+        if record.value in self.refused:
+            raise self.refused[record.value]
+        self.open.append(record.value)
+        error = self.report_errors.pop(record.value, None)
+        if error is not None:
+            failures.append((record, error))
+            self.open_failed = True
+
+    async def flush(self) -> int:
+        assert self.open is not None, "a flush outside a transaction"
+        return 0
 
     async def send_offsets(self, offsets: list[Any], group_metadata: Any) -> None:
         assert self.open is not None, "offsets sent outside a transaction"
@@ -82,6 +105,8 @@ class TransactionLog:
         self.commit_attempts += 1
         if self.commit_errors:
             raise self.commit_errors.pop(0)
+        if self.open_failed:  # as librdkafka: a failed record fails the commit
+            raise TransactionAbortedError("a record of the transaction failed")
         self.committed.append(self.open)
         self.open = None
 
@@ -453,20 +478,24 @@ class FlushingLog(TransactionLog):
     def __init__(self, flushed_at_commit: set[bytes]) -> None:
         super().__init__()
         self.flushed_at_commit = flushed_at_commit
-        self.unflushed: list[asyncio.Future[Any]] = []
+        self.unflushed: list[tuple[OutRecord, list[tuple[OutRecord, BaseException]]]] = []
 
-    async def write(self, record: OutRecord) -> asyncio.Future[Any]:
+    async def write_quiet(
+        self, record: OutRecord, failures: list[tuple[OutRecord, BaseException]]
+    ) -> None:
         if record.value not in self.flushed_at_commit:
-            return await super().write(record)
+            await super().write_quiet(record, failures)
+            return
         assert self.open is not None
         self.open.append(record.value)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.unflushed.append(future)
-        return future
+        self.unflushed.append((record, failures))
 
     async def commit(self) -> None:
-        for future in self.unflushed:
-            future.set_result(None)
+        for record, failures in self.unflushed:
+            error = self.report_errors.pop(record.value, None)
+            if error is not None:
+                failures.append((record, error))
+                self.open_failed = True
         self.unflushed = []
         await super().commit()
 
@@ -520,3 +549,74 @@ async def test_a_fresh_record_still_waits_for_company_within_the_interval() -> N
         assert sink.committed == []
     finally:
         runner.cancel()
+
+
+class OneTask:
+    """A task whose envelopes move its position when written, and whose
+    checkpoint (``ckpt:<position>``) covers them, as the checkpointer does."""
+
+    def __init__(self) -> None:
+        self.task = TaskState("task-1", "agent", "org")
+        self.moved = False
+
+    def envelope(self, value: bytes) -> OutRecord:
+        sequence = self.task.sequence = self.task.sequence + 1
+        self.task.track(PendingEnvelope(sequence, str(sequence), value.decode(), None, True))
+
+        def written(_: OutRecord) -> None:
+            self.task.delivered(sequence)
+            self.moved = True
+
+        return OutRecord("t", b"task-1", value, [], "chunk", 0.0, on_written=written)
+
+    def covering(self) -> list[OutRecord]:
+        if not self.moved:
+            return []
+        self.moved = False
+        value = f"ckpt:{self.task.acks.done}".encode()
+        return [OutRecord("checkpoints", b"task-1", value, [], "checkpoint", 0.0)]
+
+
+async def test_a_record_refused_in_its_report_is_held_and_no_checkpoint_passes_it() -> None:
+    # The envelopes are flushed before any checkpoint is handed over, so a
+    # checkpoint never reaches the log before what it covers; one refused for
+    # good is then held, and the checkpoint stops before it until it is written.
+    sink, queue, one = TransactionLog(), asyncio.Queue[OutRecord](), OneTask()
+    sink.report_errors = {b"huge": RecordTooLargeError("over the topic's max.message.bytes")}
+    loop = TransactionalDelivery(
+        queue,
+        sink,
+        Metrics(),
+        interval_s=60.0,
+        max_records=1000,
+        linger_s=0.01,
+        covering=one.covering,
+        retry=RetryPolicy(0.001, 0.01),
+        held_retry_s=0.05,
+    )
+    await deliver(loop, queue, one.envelope(b"a"), one.envelope(b"huge"), one.envelope(b"c"))
+    assert sink.aborted == [[b"a", b"huge", b"c"]], "no checkpoint sent before the flush"
+    assert sink.committed == [[b"a", b"c", b"ckpt:1"], [b"huge", b"ckpt:3"]]
+    assert one.task.acks.done == 3 and one.task.acked_event_id == "c"
+    assert not one.task.pending
+
+
+async def test_checkpoints_are_handed_over_only_once_their_envelopes_are_flushed() -> None:
+    # A broker that shows aborted transactions (tansu) must never hold a
+    # checkpoint whose envelopes were not written: after a crash the next
+    # owner would resume past them (seen: a sequence gap after a SIGKILL).
+    class Watching(TransactionLog):
+        def __init__(self) -> None:
+            super().__init__()
+            self.at_flush: list[list[bytes | None]] = []
+
+        async def flush(self) -> int:
+            assert self.open is not None
+            self.at_flush.append(list(self.open))
+            return await super().flush()
+
+    sink, trace, queue = Watching(), Trace(), asyncio.Queue[OutRecord]()
+    loop = delivery(sink, queue, covering=[trace.record(b"checkpoint")])
+    await deliver(loop, queue, trace.record(b"a"), trace.record(b"b"))
+    assert sink.at_flush == [[b"a", b"b"]]
+    assert sink.committed == [[b"a", b"b", b"checkpoint"]]

@@ -136,6 +136,27 @@ class KafkaSink:
         except KafkaException as exc:
             raise translate_send_error(exc) from exc
 
+    async def write_quiet(
+        self, record: OutRecord, failures: list[tuple[OutRecord, BaseException]]
+    ) -> None:
+        """Hand the record to a transactional producer, which reports only
+        failures: if this one fails, ``(record, error)`` is appended to
+        ``failures`` (``classify`` the error); the commit says the rest were
+        written. Waits while librdkafka's queue is full, as ``write``."""
+        producer = self._connected()
+        try:
+            await producer.produce_quiet(record, failures)
+        except KafkaException as exc:
+            raise translate_send_error(exc) from exc
+
+    async def flush(self) -> int:
+        """Until librdkafka has an answer for every record handed over (bounded
+        by ``kafka.request_timeout_ms``): the number still without one."""
+        try:
+            return await self._connected().flush(self._timeout_s)
+        except KafkaException as exc:
+            raise translate_send_error(exc) from exc
+
     # --- transactions (only with a transactional id) ------------------------------
 
     def begin(self) -> None:

@@ -4,13 +4,15 @@ by the broker and read back as written, errors as bridge errors."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from support.kafka import KafkaService, consume, described
+from support.kafka import KafkaService, consume, create_topics, described
 
 from bridge.config import (
     BridgeConfig,
@@ -28,6 +30,7 @@ from bridge.errors import (
     InvalidDataError,
     RecordTooLargeError,
     RequestTimeoutError,
+    RetryableError,
     TransactionAbortedError,
     UnavailableError,
 )
@@ -199,10 +202,15 @@ async def test_connect_without_topic_creation_names_the_missing_topics(
         await sink.write(record(topics.events, b"x"))
 
 
-async def test_connect_to_an_unreachable_address_raises_unavailable() -> None:
-    with socket.socket() as probe:  # a port nobody listens on
+def nobody_listens() -> int:
+    """A port nobody listens on."""
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return int(probe.getsockname()[1])
+
+
+async def test_connect_to_an_unreachable_address_raises_unavailable() -> None:
+    port = nobody_listens()
     sink = KafkaSink(
         kafka_config(f"127.0.0.1:{port}"),
         TopicsConfig(events="e", state="s", dlq="d"),
@@ -268,12 +276,14 @@ async def test_a_transaction_is_invisible_to_read_committed_until_it_commits(
         kafka_config(kafka.bootstrap_servers), topics, transactional_id=new_topic("txn")
     )
     await sink.connect()
+    failures: list[tuple[OutRecord, BaseException]] = []
     try:
         sink.begin()
-        await asyncio.wait_for(await sink.write(record(topics.events, b"first", key=b"k")), 10)
+        await sink.write_quiet(record(topics.events, b"first", key=b"k"), failures)
         await sink.commit()
         sink.begin()
-        await asyncio.wait_for(await sink.write(record(topics.events, b"open", key=b"k")), 10)
+        await sink.write_quiet(record(topics.events, b"open", key=b"k"), failures)
+        assert await sink.flush() == 0 and failures == []
         # written to the log, not committed: a read_committed reader stops before it
         assert await asyncio.to_thread(
             read_committed, kafka.bootstrap_servers, topics.events, 2
@@ -294,25 +304,74 @@ async def test_a_second_producer_with_the_same_transactional_id_fences_the_first
     successor = KafkaSink(kafka_config(kafka.bootstrap_servers), topics, transactional_id=slot)
     await zombie.connect()
     try:
+        failures: list[tuple[OutRecord, BaseException]] = []
         zombie.begin()
-        await asyncio.wait_for(await zombie.write(record(topics.events, b"before", key=b"k")), 10)
+        await zombie.write_quiet(record(topics.events, b"before", key=b"k"), failures)
+        assert await zombie.flush() == 0 and failures == []
         await successor.connect()  # takes the id: the zombie's epoch is over
         successor.begin()
-        await asyncio.wait_for(await successor.write(record(topics.events, b"new", key=b"k")), 10)
+        await successor.write_quiet(record(topics.events, b"new", key=b"k"), [])
         await successor.commit()
-        late = await zombie.write(record(topics.events, b"after", key=b"k"))
-        (outcome,) = await asyncio.wait_for(asyncio.gather(late, return_exceptions=True), 10)
-        if isinstance(outcome, BaseException):  # the broker refused the write itself
-            assert isinstance(KafkaSink.classify(outcome), FencedError)
+        try:
+            await zombie.write_quiet(record(topics.events, b"after", key=b"k"), failures)
+            await zombie.flush()
+        except FencedError:
+            pass  # refused as it was handed over
         else:
-            with pytest.raises(FencedError):
-                await zombie.commit()
+            if failures:  # the broker refused the write itself
+                assert all(isinstance(KafkaSink.classify(e), FencedError) for _, e in failures)
+            else:
+                with pytest.raises(FencedError):
+                    await zombie.commit()
         seen = await asyncio.to_thread(read_committed, kafka.bootstrap_servers, topics.events, 2)
         assert b"new" in seen
         assert b"after" not in seen, "a fenced producer's records never become visible"
     finally:
         await zombie.aclose()
         await successor.aclose()
+
+
+async def test_a_producer_fenced_before_its_first_write_fails_typed(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    # The successor takes the id before the zombie's transaction has a
+    # partition: librdkafka's AddPartitions is fenced, a fatal error. The
+    # binding raises it inside whichever call drained it and then runs the
+    # failure callbacks queued behind it with the exception still set: flush
+    # failed with "SystemError: returned NULL without setting an exception"
+    # (which crashed the transaction loop instead of stopping it as fenced),
+    # and a report lock taken in such a callback was never released (a hang).
+    topics = topics_config(new_topic, partitions=1)
+    slot = new_topic("slot")
+    zombie = KafkaSink(kafka_config(kafka.bootstrap_servers), topics, transactional_id=slot)
+    successor = KafkaSink(kafka_config(kafka.bootstrap_servers), topics, transactional_id=slot)
+    await zombie.connect()
+    try:
+        await successor.connect()
+        zombie.begin()
+        failures: list[tuple[OutRecord, BaseException]] = []
+        written = [record(topics.events, b"after %d" % i, key=b"k") for i in range(20)]
+        try:
+            for one in written:
+                await zombie.write_quiet(one, failures)
+            left = await zombie.flush()
+        except FencedError:
+            pass  # refused as handed over, or out of the flush that drained it
+        else:
+            assert left == 0
+            assert [r for r, _ in failures] == written, "every record is named as failed"
+            # purged by librdkafka, not refused: kept for a new transaction,
+            # never dead-lettered (the abort below is what says fenced)
+            assert all(isinstance(KafkaSink.classify(e), RetryableError) for _, e in failures)
+        with pytest.raises(FencedError):
+            await zombie.abort()
+        with pytest.raises(FencedError):
+            await zombie.write_quiet(record(topics.events, b"later", key=b"k"), [])
+    finally:
+        await asyncio.wait_for(zombie.aclose(), 10)  # (it hung here)
+        await successor.aclose()
+    seen = await asyncio.to_thread(read_committed, kafka.bootstrap_servers, topics.events, 1)
+    assert seen == [], "a fenced producer's records never become visible"
 
 
 async def test_idempotent_sink_writes(kafka: KafkaService, new_topic: Callable[[str], str]) -> None:
@@ -423,6 +482,7 @@ async def test_a_record_over_the_request_limit_is_refused_as_too_large(
         (KafkaError.INVALID_RECORD, InvalidDataError),
         (KafkaError.PRODUCER_FENCED, FencedError),
         (KafkaError._FENCED, FencedError),
+        (KafkaError._FATAL, FencedError),
     ],
     ids=lambda value: KafkaError(value).name() if isinstance(value, int) else None,
 )
@@ -467,3 +527,40 @@ async def test_aclose_twice_is_safe_and_a_closed_sink_refuses_writes(
         await asyncio.wait_for(sink.write(record(topics.events, b"late")), 10)
     received = await consume(kafka.bootstrap_servers, topics.events, count=1, max_wait=5)
     assert [r.value for r in received] == [b"flushed by close"]
+
+
+async def test_a_quiet_producer_reports_a_failure_with_its_record_and_nothing_for_a_success(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    # delivery.report.only.error, as transactional producers are configured:
+    # the commit reports the successes, only failures come back.
+    topic = new_topic("quiet")
+    await create_topics(kafka.bootstrap_servers, topic)
+    failures: list[tuple[OutRecord, BaseException]] = []
+    reached = AsyncProducer(
+        {"bootstrap.servers": kafka.bootstrap_servers, "delivery.report.only.error": True}
+    )
+    unreachable = AsyncProducer(
+        {
+            "bootstrap.servers": f"127.0.0.1:{nobody_listens()}",
+            "delivery.report.only.error": True,
+            "message.timeout.ms": 200,
+        }
+    )
+    written, lost = record(topic, b"written"), record(topic, b"lost")
+    references = sys.getrefcount(written)
+    try:
+        await reached.produce_quiet(written, failures)
+        await unreachable.produce_quiet(lost, failures)
+        assert await reached.flush(10) == 0
+        assert await unreachable.flush(10) == 0
+        await asyncio.sleep(0.1)  # the failure's report reaches the loop
+        assert [failed for failed, _ in failures] == [lost]
+        assert isinstance(KafkaSink.classify(failures[0][1]), RequestTimeoutError)
+        gc.collect()
+        assert sys.getrefcount(written) == references, "a success's callback state is released"
+        with pytest.raises(AssertionError):  # a future would never resolve
+            await reached.produce(topic, b"v", b"k", [])
+    finally:
+        await reached.close(5)
+        await unreachable.close(1)
