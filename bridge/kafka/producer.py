@@ -202,12 +202,11 @@ class AsyncProducer:
         while not self._stop.is_set():
             try:
                 producer.poll(_POLL_S)
-            except KafkaException as exc:
+            except (KafkaException, SystemError) as exc:
                 # A fatal error (fenced, idempotence state lost): the binding
                 # raises it from the call that served it and reports nothing more.
-                log.error("the Kafka producer failed for good", extra={"error": str(exc)})
-                with contextlib.suppress(RuntimeError):
-                    self._loop.call_soon_threadsafe(self._fail_all, exc)
+                with contextlib.suppress(RuntimeError):  # (the loop is closed)
+                    self._loop.call_soon_threadsafe(self._fail_all, _fatal(exc))
                 return
 
     def _fail_all(self, error: KafkaException) -> None:
@@ -215,6 +214,7 @@ class AsyncProducer:
         # nothing more but failures, so every waiting record fails now.
         if self._fatal is not None:
             return
+        log.error("the Kafka producer failed for good", extra={"error": str(error)})
         self._fatal = error
         self._resolve()  # reports already served come first
         waiting, self._waiting = self._waiting, set()
@@ -232,13 +232,8 @@ class AsyncProducer:
         try:
             return await self._loop.run_in_executor(self._calls, call, *args)
         except SystemError as exc:
-            # The binding's way of failing fatally inside a call that drained
-            # callbacks (see ``_report``): "returned NULL without setting an
-            # exception". The producer is past use; say so as librdkafka would.
-            fatal = KafkaException(
-                KafkaError(KafkaError._FATAL, f"the Kafka producer failed: {exc}", fatal=True)
-            )
-            log.error("the Kafka producer failed for good", extra={"error": str(exc)})
+            # (a fatal error, as the binding sometimes reports it: see ``_fatal``)
+            fatal = _fatal(exc)
             self._fail_all(fatal)
             raise fatal from exc
 
@@ -284,6 +279,19 @@ class AsyncProducer:
             await self._loop.run_in_executor(None, self._poller.join)
             self._calls.shutdown(wait=False)
             self._resolve()
+
+
+def _fatal(error: KafkaException | SystemError) -> KafkaException:
+    """The producer's fatal error as librdkafka would name it. The binding
+    raises a fatal error inside the call that drained it, and then runs the
+    callbacks queued behind it with the exception still set: the call may then
+    fail with "SystemError: ... returned NULL without setting an exception"
+    instead (seen from flush when fenced). Either way the producer is past use."""
+    if isinstance(error, KafkaException):
+        return error
+    return KafkaException(
+        KafkaError(KafkaError._FATAL, f"the Kafka producer failed: {error}", fatal=True)
+    )
 
 
 def needs_abort(error: BaseException) -> bool:
