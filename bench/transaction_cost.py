@@ -47,7 +47,7 @@ async def measure(bootstrap: str, records: int, rounds: int) -> None:
             ]
             failures: list[tuple[OutRecord, BaseException]] = []
             cpu = time.thread_time()
-            sink.begin()
+            await sink.begin()
             for record in batch:
                 await sink.write_quiet(record, failures)
             handed = time.thread_time()

@@ -74,7 +74,7 @@ Covering = Callable[[], list[OutRecord]]
 
 
 class TransactionalSink(RecordSink, Protocol):
-    def begin(self) -> None: ...
+    async def begin(self) -> None: ...
 
     async def write_quiet(
         self, record: OutRecord, failures: list[tuple[OutRecord, BaseException]]
@@ -273,7 +273,7 @@ class TransactionalDelivery(DeliveryLoop):
         covering: set[OutRecord] = set()
         while records or not covered:
             try:
-                self._transactions.begin()
+                await self._transactions.begin()
                 #: this attempt's records that Kafka reported failed
                 failures: list[tuple[OutRecord, BaseException]] = []
                 await self._write_all([r for r in records if r not in covering], failures)

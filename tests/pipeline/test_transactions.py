@@ -56,7 +56,7 @@ class TransactionLog:
         assert isinstance(error, BridgeError)
         return error
 
-    def begin(self) -> None:
+    async def begin(self) -> None:
         assert self.open is None, "a transaction began inside another"
         self.open = []
         self.open_failed = False

@@ -159,9 +159,9 @@ class KafkaSink:
 
     # --- transactions (only with a transactional id) ------------------------------
 
-    def begin(self) -> None:
+    async def begin(self) -> None:
         try:
-            self._connected().begin_transaction()
+            await self._connected().begin_transaction()
         except KafkaException as exc:
             raise translate_send_error(exc) from exc
 

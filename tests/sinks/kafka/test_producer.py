@@ -278,10 +278,10 @@ async def test_a_transaction_is_invisible_to_read_committed_until_it_commits(
     await sink.connect()
     failures: list[tuple[OutRecord, BaseException]] = []
     try:
-        sink.begin()
+        await sink.begin()
         await sink.write_quiet(record(topics.events, b"first", key=b"k"), failures)
         await sink.commit()
-        sink.begin()
+        await sink.begin()
         await sink.write_quiet(record(topics.events, b"open", key=b"k"), failures)
         assert await sink.flush() == 0 and failures == []
         # written to the log, not committed: a read_committed reader stops before it
@@ -305,11 +305,11 @@ async def test_a_second_producer_with_the_same_transactional_id_fences_the_first
     await zombie.connect()
     try:
         failures: list[tuple[OutRecord, BaseException]] = []
-        zombie.begin()
+        await zombie.begin()
         await zombie.write_quiet(record(topics.events, b"before", key=b"k"), failures)
         assert await zombie.flush() == 0 and failures == []
         await successor.connect()  # takes the id: the zombie's epoch is over
-        successor.begin()
+        await successor.begin()
         await successor.write_quiet(record(topics.events, b"new", key=b"k"), [])
         await successor.commit()
         try:
@@ -348,7 +348,7 @@ async def test_a_producer_fenced_before_its_first_write_fails_typed(
     await zombie.connect()
     try:
         await successor.connect()
-        zombie.begin()
+        await zombie.begin()
         failures: list[tuple[OutRecord, BaseException]] = []
         written = [record(topics.events, b"after %d" % i, key=b"k") for i in range(20)]
         try:
