@@ -2,10 +2,13 @@
 
 ``produce`` hands a record to librdkafka (never blocks: a full local queue is
 waited out here, which is the back-pressure) and returns a future that
-resolves with librdkafka's delivery report. Delivery reports are served by
-one thread that polls the producer; it hands them to the event loop in
-batches (one wake-up per poll, not per record). Transaction calls block on
-the network, so they run on one worker thread of their own, one at a time.
+resolves with librdkafka's delivery report; a transactional producer reports
+only failures (``produce_quiet``: the commit reports the rest). Reports are
+served by one thread that polls the producer (and by any call that drains,
+such as flush or a commit); they reach the event loop in batches (one
+wake-up per batch, not per record), with no lock between the threads and the
+loop (``_report`` says why). Transaction calls block on the network or on
+librdkafka's own thread, so they run on one worker thread, one at a time.
 
 confluent-kafka's ``AIOProducer`` is not used: it refuses headers (the
 CloudEvents binding needs them) and adds a second buffer in front of
