@@ -512,8 +512,12 @@ class Bridge:
             self.config.pipeline.shutdown_timeout_s if timeout_s is None else timeout_s
         )
         report = ShutdownReport(clean=True, seconds=0.0)
-        await _bounded("inputs", self._stop_inputs(deadline), deadline.left(), report)
-        await self._drain(report, deadline.left(0.0))
+        # With the delivery loop dead (fenced), nothing more will be
+        # acknowledged: waiting for acks would only hold the exit to the
+        # deadline. What was not committed is the next owner's to redo.
+        waits = _Deadline(0.0) if "delivery" in self._failed else deadline
+        await _bounded("inputs", self._stop_inputs(waits), deadline.left(), report)
+        await self._drain(report, waits.left(0.0))
         await self._close(report, deadline)
         if self._stuck:
             report.clean = False

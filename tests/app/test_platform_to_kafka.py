@@ -258,6 +258,9 @@ async def test_a_replica_whose_producer_is_fenced_stops_and_commits_nothing_more
             report = await bridge.shutdown()
         assert not report.clean, "a fenced replica does not exit 0"
         assert "delivery (failed)" in report.not_stopped
+        # nothing more can be acknowledged: it does not wait out the deadline
+        # for acks (it took all 15 s before)
+        assert report.seconds < config.pipeline.shutdown_timeout_s / 2, report
         # Nothing it wrote after the successor took its id became visible.
         seen = await consume(kafka.bootstrap_servers, config.topics.events, max_wait=3)
         assert seen == [], seen
