@@ -4,6 +4,7 @@ by the broker and read back as written, errors as bridge errors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import socket
 import sys
@@ -295,15 +296,34 @@ async def test_a_transaction_is_invisible_to_read_committed_until_it_commits(
         await sink.aclose()
 
 
-async def test_a_second_producer_with_the_same_transactional_id_fences_the_first(
+class SameSlot(NamedTuple):
+    topics: TopicsConfig
+    zombie: KafkaSink
+    successor: KafkaSink
+
+
+@contextlib.asynccontextmanager
+async def same_slot(
     kafka: KafkaService, new_topic: Callable[[str], str]
-) -> None:
+) -> AsyncIterator[SameSlot]:
+    """Two sinks with one transactional.id; the first connected, the second
+    connects (and fences it) when the test says."""
     topics = topics_config(new_topic, partitions=1)
     slot = new_topic("slot")
     zombie = KafkaSink(kafka_config(kafka.bootstrap_servers), topics, transactional_id=slot)
     successor = KafkaSink(kafka_config(kafka.bootstrap_servers), topics, transactional_id=slot)
     await zombie.connect()
     try:
+        yield SameSlot(topics, zombie, successor)
+    finally:
+        await asyncio.wait_for(zombie.aclose(), 10)  # (it hung here once)
+        await successor.aclose()
+
+
+async def test_a_second_producer_with_the_same_transactional_id_fences_the_first(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    async with same_slot(kafka, new_topic) as (topics, zombie, successor):
         failures: list[tuple[OutRecord, BaseException]] = []
         await zombie.begin()
         await zombie.write_quiet(record(topics.events, b"before", key=b"k"), failures)
@@ -326,9 +346,6 @@ async def test_a_second_producer_with_the_same_transactional_id_fences_the_first
         seen = await asyncio.to_thread(read_committed, kafka.bootstrap_servers, topics.events, 2)
         assert b"new" in seen
         assert b"after" not in seen, "a fenced producer's records never become visible"
-    finally:
-        await zombie.aclose()
-        await successor.aclose()
 
 
 async def test_a_producer_fenced_before_its_first_write_fails_typed(
@@ -341,12 +358,7 @@ async def test_a_producer_fenced_before_its_first_write_fails_typed(
     # failed with "SystemError: returned NULL without setting an exception"
     # (which crashed the transaction loop instead of stopping it as fenced),
     # and a report lock taken in such a callback was never released (a hang).
-    topics = topics_config(new_topic, partitions=1)
-    slot = new_topic("slot")
-    zombie = KafkaSink(kafka_config(kafka.bootstrap_servers), topics, transactional_id=slot)
-    successor = KafkaSink(kafka_config(kafka.bootstrap_servers), topics, transactional_id=slot)
-    await zombie.connect()
-    try:
+    async with same_slot(kafka, new_topic) as (topics, zombie, successor):
         await successor.connect()
         await zombie.begin()
         failures: list[tuple[OutRecord, BaseException]] = []
@@ -367,9 +379,6 @@ async def test_a_producer_fenced_before_its_first_write_fails_typed(
             await zombie.abort()
         with pytest.raises(FencedError):
             await zombie.write_quiet(record(topics.events, b"later", key=b"k"), [])
-    finally:
-        await asyncio.wait_for(zombie.aclose(), 10)  # (it hung here)
-        await successor.aclose()
     seen = await asyncio.to_thread(read_committed, kafka.bootstrap_servers, topics.events, 1)
     assert seen == [], "a fenced producer's records never become visible"
 
