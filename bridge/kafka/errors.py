@@ -62,7 +62,7 @@ _SETTING_REFUSALS = frozenset(
 )
 #: the producer is finished: fenced, or (``_FATAL``: what ``produce`` raises
 #: once librdkafka failed fatally, without the fatal flag set) failed for good
-_FENCED = frozenset(
+_PRODUCER_FINISHED = frozenset(
     {
         KafkaError.PRODUCER_FENCED,
         KafkaError._FENCED,
@@ -107,7 +107,7 @@ def translate_send_error(error: BaseException | KafkaError) -> BridgeError:  # n
         error = carried
     code = error.code()
     name = error.name()
-    if code in _FENCED or error.fatal():
+    if code in _PRODUCER_FINISHED or error.fatal():
         return FencedError(f"the Kafka producer is fenced or failed fatally: {name}: {error.str()}")
     if code in _TOO_LARGE:
         return RecordTooLarge(f"record over the broker's size limit: {name}")
