@@ -144,6 +144,42 @@ class _Failed(Exception):
         self.failures = failures
 
 
+class _Transaction:
+    """One slice of records and what its transaction carries, kept across the
+    attempts to commit it (a redone transaction writes the same checkpoints and
+    sends the same offsets)."""
+
+    __slots__ = ("covered", "covering", "failures", "open", "records", "sent", "sink", "staged")
+
+    def __init__(self, records: list[OutRecord], sink: TransactionalSink) -> None:
+        self.records = records
+        self.sink = sink
+        #: ``_cover`` ran: the records are marked written and ``covering`` holds
+        #: the checkpoints ``_cover`` added (among ``records`` from then on)
+        self.covered = False
+        self.covering: set[OutRecord] = set()
+        #: the input offsets this transaction carries (taken once, sent again if redone)
+        self.staged: list[tuple[OffsetSource, list[Any]]] = []
+        self.sent: list[tuple[OffsetSource, list[Any]]] = []
+        #: this attempt's records that Kafka reported failed
+        self.failures: list[tuple[OutRecord, BaseException]] = []
+        #: begun and not yet committed or aborted
+        self.open = False
+
+
+class _Ahead:
+    """The transaction whose commit runs while the next one is written."""
+
+    __slots__ = ("backoff", "task", "transaction")
+
+    def __init__(
+        self, transaction: _Transaction, task: asyncio.Task[None], backoff: Backoff
+    ) -> None:
+        self.transaction = transaction
+        self.task = task
+        self.backoff = backoff
+
+
 class TransactionalDelivery(DeliveryLoop):
     def __init__(  # noqa: PLR0913  (the cadence is three numbers)
         self,
@@ -154,6 +190,7 @@ class TransactionalDelivery(DeliveryLoop):
         interval_s: float,
         max_records: int,
         linger_s: float,
+        partner: TransactionalSink | None = None,
         covering: Covering | None = None,
         offsets: Callable[[], list[OffsetSource]] = list,
         retry: RetryPolicy = DELIVERY_RETRY,
@@ -168,7 +205,9 @@ class TransactionalDelivery(DeliveryLoop):
             max_record_bytes=max_record_bytes,
             held_retry_s=held_retry_s,
         )
-        self._transactions = sink
+        #: the producers transactions take turns on: with a ``partner``, the
+        #: next transaction is written while the one before it commits
+        self._lanes: tuple[TransactionalSink, ...] = (sink,) if partner is None else (sink, partner)
         self._interval_s = interval_s
         self._max_records = max_records
         self._linger_s = linger_s
@@ -180,9 +219,79 @@ class TransactionalDelivery(DeliveryLoop):
         self.committed = 0
 
     async def run(self) -> None:
-        while True:
-            batch = await self._collect()
-            await self._transact(batch)
+        ahead: _Ahead | None = None
+        try:
+            while True:
+                records = await self._collect(ahead.task if ahead is not None else None)
+                if ahead is not None and ahead.task.done():
+                    await self._settle(ahead, None)
+                    ahead = None
+                if not records and not self._offsets_pending():
+                    continue
+                ahead = await self._next(_Transaction(records, self._free_lane(ahead)), ahead)
+        finally:
+            if ahead is not None:
+                ahead.task.cancel()
+
+    def _free_lane(self, ahead: _Ahead | None) -> TransactionalSink:
+        """The producer without an open transaction (``ahead`` is on the other)."""
+        lanes = self._lanes
+        if ahead is None or len(lanes) == 1 or ahead.transaction.sink is lanes[1]:
+            return lanes[0]
+        return lanes[1]
+
+    async def _next(self, transaction: _Transaction, ahead: _Ahead | None) -> _Ahead | None:
+        """Write ``transaction``, then commit it: on its own task when a second
+        producer lets the next one be written meanwhile, else here.
+
+        Two transactions in flight keep exactly-once and each task's order by
+        three rules. Writes in order: a transaction is written only after the
+        one before it was flushed (this runs after the previous call returned).
+        Commits in order: its commit phase (marking its records written,
+        checkpoints, offsets) starts only once the one ahead committed, so a
+        task's checkpoints reach the log in order and a newer one is always the
+        latest. An abort collapses the pipeline: if the one ahead aborts, this
+        one (written after its first attempt) is aborted too and both are redone
+        one after the other, else the redone records would follow this one's in
+        their partitions. docs/notes/pipelined-transactions.md has the figures.
+        """
+        if ahead is None and len(self._lanes) == 1:
+            await self._transact(transaction)
+            return None
+        failed: _Failed | None = None
+        try:
+            await self._write_phase(transaction)
+        except _Failed as exc:
+            failed = exc
+        if ahead is not None and not await self._settle(ahead, transaction):
+            await self._transact(_Transaction(transaction.records, transaction.sink))
+            return None
+        if failed is not None:
+            await self._transact(transaction, failed)
+            return None
+        if len(self._lanes) == 1:
+            await self._commit_and_finish(transaction, self._policy.backoff())
+            return None
+        backoff = self._policy.backoff()
+        task = self._loop.create_task(self._commit_and_finish(transaction, backoff))
+        return _Ahead(transaction, task, backoff)
+
+    async def _settle(self, ahead: _Ahead, behind: _Transaction | None) -> bool:
+        """Until the transaction ahead committed; ``False`` if it failed: then
+        ``behind`` (written after it) is aborted, and the one ahead redone alone."""
+        try:
+            await ahead.task
+        except _Failed as failed:
+            if behind is not None and behind.open:
+                await self._abort(behind.sink, ahead.backoff)
+                behind.open = False
+                self._metrics.transactions(TransactionOutcome.ABORTED).inc()
+            await self._transact(ahead.transaction, failed, ahead.backoff)
+            return False
+        return True
+
+    def _offsets_pending(self) -> bool:
+        return any(source.offsets_pending.is_set() for source in self._offsets())
 
     # --- collect ----------------------------------------------------------------
 
@@ -200,7 +309,8 @@ class TransactionalDelivery(DeliveryLoop):
             del self._held_until[record]
         return due
 
-    async def _collect(self) -> list[OutRecord]:
+    async def _collect(self, ahead: asyncio.Task[None] | None = None) -> list[OutRecord]:
+        """The next slice; empty (and soon) if ``ahead`` ends while none has begun."""
         queue = self._queue
         loop = self._loop
         batch = self._due_held()  # alone: a refused record must not sink a slice again
@@ -208,8 +318,8 @@ class TransactionalDelivery(DeliveryLoop):
             return batch
         while not batch:
             wake = min(self._held_until.values(), default=None)
-            first = await self._first(wake)
-            if first is None:  # a held record is due, or input offsets wait alone
+            first = await self._first(wake, ahead)
+            if first is None:  # a held record is due, input offsets wait alone, ``ahead`` ended
                 return self._due_held()
             batch.append(self._take(first))
         # The window is counted from when the oldest record came in, not from
@@ -238,21 +348,26 @@ class TransactionalDelivery(DeliveryLoop):
             batch.append(self._take(record))
         return batch
 
-    async def _first(self, wake: float | None) -> OutRecord | None:
-        """The next record, or ``None`` at ``wake`` or when an input's offsets wait
-        for a transaction with no record to ride with (a report that published
-        nothing, the last ones before a stop)."""
+    async def _first(
+        self, wake: float | None, ahead: asyncio.Task[None] | None
+    ) -> OutRecord | None:
+        """The next record, or ``None`` at ``wake``, when ``ahead`` ends (its
+        failure must not wait for the next record), or when an input's offsets
+        wait for a transaction with no record to ride with (a report that
+        published nothing, the last ones before a stop)."""
         sources = self._offsets()
         if any(source.offsets_pending.is_set() for source in sources):
             return None
         getter = asyncio.ensure_future(self._queue.get())
         waiters: set[asyncio.Future[Any]] = {getter}
         waiters.update(asyncio.ensure_future(s.offsets_pending.wait()) for s in sources)
+        if ahead is not None:
+            waiters.add(ahead)
         try:
             timeout = None if wake is None else max(0.0, wake - self._loop.time())
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for waiter in waiters - {getter}:
+            for waiter in waiters - {getter, ahead}:
                 waiter.cancel()
             if not getter.done():
                 getter.cancel()  # (a cancelled Queue.get takes nothing)
@@ -260,47 +375,83 @@ class TransactionalDelivery(DeliveryLoop):
 
     # --- one transaction ------------------------------------------------------------
 
-    async def _transact(self, records: list[OutRecord]) -> None:
-        sources = self._offsets()
-        if not records and not any(source.offsets_pending.is_set() for source in sources):
-            return
-        covered = False
-        #: the input offsets this transaction carries (taken once, sent again if redone)
-        staged: list[tuple[OffsetSource, list[Any]]] = []
-        sent: list[tuple[OffsetSource, list[Any]]] = []
-        backoff = self._policy.backoff()
-        #: the checkpoints ``_cover`` added (written with the transaction's commit)
-        covering: set[OutRecord] = set()
-        while records or not covered:
+    async def _transact(
+        self,
+        transaction: _Transaction,
+        failed: _Failed | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        """Until ``transaction`` commits, one attempt after the other (after
+        ``failed``, the attempt already made: abort it first)."""
+        backoff = backoff or self._policy.backoff()
+        while True:
+            if failed is not None:
+                await self._recover(transaction, failed, backoff)
+                if transaction.covered and not transaction.records and not transaction.staged:
+                    break  # what was left is held
             try:
-                await self._transactions.begin()
-                #: this attempt's records that Kafka reported failed
-                failures: list[tuple[OutRecord, BaseException]] = []
-                await self._write_all([r for r in records if r not in covering], failures)
-                if not covered:
-                    covered = True
-                    extra, staged = self._cover(records, sources)
-                    covering = set(extra)
-                    records = records + extra
-                # The covering checkpoints are not waited for here: the commit
-                # flushes them and fails if one failed. Their round trip
-                # overlaps the offsets' and the commit's instead of preceding
-                # them (~20-30 ms of a ~70 ms transaction at 2,000 events/s).
-                await self._send_all([r for r in records if r in covering], failures)
-                sent = await self._send_offsets(staged)
-                await self._commit(backoff, failures)
-            except _Failed as failed:
-                await self._abort(backoff)
-                self._metrics.transactions(TransactionOutcome.ABORTED).inc()
-                records = await self._sort_out(records, failed.failures, backoff)
+                await self._write_phase(transaction)
+                await self._commit_phase(transaction, backoff)
+            except _Failed as exc:
+                failed = exc
                 continue
             break
-        if records or sent:
+        self._finish(transaction)
+
+    async def _write_phase(self, transaction: _Transaction) -> None:
+        """Begin, hand the records over and wait until Kafka has them all (the
+        checkpoints of a redone transaction wait for the commit phase)."""
+        sink = transaction.sink
+        await sink.begin()
+        transaction.open = True
+        transaction.failures = []
+        transaction.sent = []
+        covering = transaction.covering
+        await self._write_all(
+            sink, [r for r in transaction.records if r not in covering], transaction.failures
+        )
+
+    async def _commit_phase(self, transaction: _Transaction, backoff: Backoff) -> None:
+        """Cover the written records (once), then checkpoints, offsets, commit."""
+        if not transaction.covered:
+            transaction.covered = True
+            extra, transaction.staged = self._cover(transaction.records, self._offsets())
+            transaction.covering = set(extra)
+            transaction.records = transaction.records + extra
+        covering = transaction.covering
+        # The covering checkpoints are not waited for here: the commit
+        # flushes them and fails if one failed. Their round trip
+        # overlaps the offsets' and the commit's instead of preceding
+        # them (~20-30 ms of a ~70 ms transaction at 2,000 events/s).
+        await self._send_all(
+            transaction.sink,
+            [r for r in transaction.records if r in covering],
+            transaction.failures,
+        )
+        transaction.sent = await self._send_offsets(transaction.sink, transaction.staged)
+        await self._commit(transaction.sink, backoff, transaction.failures)
+        transaction.open = False
+
+    async def _commit_and_finish(self, transaction: _Transaction, backoff: Backoff) -> None:
+        await self._commit_phase(transaction, backoff)
+        self._finish(transaction)
+
+    async def _recover(self, transaction: _Transaction, failed: _Failed, backoff: Backoff) -> None:
+        """Abort the failed attempt; sort out what to write again, and when."""
+        if transaction.open:
+            await self._abort(transaction.sink, backoff)
+            transaction.open = False
+        self._metrics.transactions(TransactionOutcome.ABORTED).inc()
+        transaction.records = await self._sort_out(transaction.records, failed.failures, backoff)
+
+    def _finish(self, transaction: _Transaction) -> None:
+        """Committed: its records are delivered, its inputs' offsets committed."""
+        if transaction.records or transaction.sent:
             self.committed += 1
             self._metrics.transactions(TransactionOutcome.COMMITTED).inc()
-        for source, offsets in sent:
+        for source, offsets in transaction.sent:
             source.offsets_committed(offsets)
-        for record in records:
+        for record in transaction.records:
             self._delivered(record)
 
     def _cover(
@@ -318,7 +469,7 @@ class TransactionalDelivery(DeliveryLoop):
         return extra, staged
 
     async def _send_offsets(
-        self, staged: list[tuple[OffsetSource, list[Any]]]
+        self, sink: TransactionalSink, staged: list[tuple[OffsetSource, list[Any]]]
     ) -> list[tuple[OffsetSource, list[Any]]]:
         """Each group's staged offsets into the open transaction, with the
         group's metadata of now (a redone transaction may follow a rebalance)."""
@@ -328,7 +479,7 @@ class TransactionalDelivery(DeliveryLoop):
             if sending is None:
                 continue
             try:
-                await self._transactions.send_offsets(*sending)
+                await sink.send_offsets(*sending)
             except FencedError as exc:
                 self._fenced(exc)
             except GroupGenerationError as exc:
@@ -338,7 +489,7 @@ class TransactionalDelivery(DeliveryLoop):
                 except FencedError as fenced:
                     # a zombie: nothing of this transaction may become visible
                     with contextlib.suppress(BridgeError):
-                        await self._transactions.abort()
+                        await sink.abort()
                     self._fenced(fenced)
                 raise _Failed([(None, exc)]) from exc
             except BridgeError as exc:
@@ -347,15 +498,18 @@ class TransactionalDelivery(DeliveryLoop):
         return sent
 
     async def _write_all(
-        self, records: list[OutRecord], failures: list[tuple[OutRecord, BaseException]]
+        self,
+        sink: TransactionalSink,
+        records: list[OutRecord],
+        failures: list[tuple[OutRecord, BaseException]],
     ) -> None:
         """Hand the records over and wait until Kafka has them all (or named
         the ones that failed, in ``failures``): raises ``_Failed`` otherwise."""
-        await self._send_all(records, failures)
+        await self._send_all(sink, records, failures)
         if not records:
             return
         try:
-            unanswered = await self._transactions.flush()
+            unanswered = await sink.flush()
         except BridgeError as exc:
             raise _Failed([*self._named(failures), (None, exc)]) from exc
         if failures:
@@ -364,13 +518,16 @@ class TransactionalDelivery(DeliveryLoop):
             raise _Failed([(None, RequestTimeoutError(f"{unanswered} records unanswered"))])
 
     async def _send_all(
-        self, records: list[OutRecord], failures: list[tuple[OutRecord, BaseException]]
+        self,
+        sink: TransactionalSink,
+        records: list[OutRecord],
+        failures: list[tuple[OutRecord, BaseException]],
     ) -> None:
         """Hand the records to the producer, which reports only failures (into
         ``failures``). Raises ``_Failed`` if one cannot even be handed over."""
         for record in records:
             try:
-                await self._transactions.write_quiet(record, failures)
+                await sink.write_quiet(record, failures)
             except BridgeError as exc:
                 # the transaction is lost anyway: stop adding to it
                 raise _Failed([*self._named(failures), (record, exc)]) from exc
@@ -381,14 +538,17 @@ class TransactionalDelivery(DeliveryLoop):
         return [(record, self._sink.classify(error)) for record, error in failures]
 
     async def _commit(
-        self, backoff: Backoff, failures: list[tuple[OutRecord, BaseException]]
+        self,
+        sink: TransactionalSink,
+        backoff: Backoff,
+        failures: list[tuple[OutRecord, BaseException]],
     ) -> None:
         """Commit: librdkafka flushes the transaction's records first, and fails
         the commit if one of them failed (``failures`` then names it, its
         report having reached the loop before the commit's answer)."""
         while True:
             try:
-                await self._transactions.commit()
+                await sink.commit()
             except FencedError as exc:
                 self._fenced(exc)
             except TransactionAbortedError as exc:
@@ -401,15 +561,15 @@ class TransactionalDelivery(DeliveryLoop):
             backoff.reset()
             return
 
-    async def _abort(self, backoff: Backoff) -> None:
+    async def _abort(self, sink: TransactionalSink, backoff: Backoff) -> None:
         failed = 0
         while True:
             try:
                 if failed < _ABORTS_BEFORE_RESET:
-                    await self._transactions.abort()
+                    await sink.abort()
                 else:
                     log.warning("the transaction cannot be aborted; replacing the Kafka producer")
-                    await self._transactions.reset()
+                    await sink.reset()
             except FencedError as exc:
                 self._fenced(exc)
             except BridgeError as exc:

@@ -620,3 +620,20 @@ async def test_checkpoints_are_handed_over_only_once_their_envelopes_are_flushed
     await deliver(loop, queue, trace.record(b"a"), trace.record(b"b"))
     assert sink.at_flush == [[b"a", b"b"]]
     assert sink.committed == [[b"a", b"b", b"checkpoint"]]
+
+
+async def test_offsets_alone_in_an_aborted_transaction_are_sent_again_not_taken_as_done() -> None:
+    # The redo loop stopped once no record was left: the offsets of the aborted
+    # attempt were then reported committed though Kafka never had them.
+    sink, queue, inputs = TransactionLog(), asyncio.Queue[OutRecord](), Inputs()
+    sink.commit_errors = [TransactionAbortedError("the coordinator aborted it")]
+    loop = delivery(sink, queue, inputs=inputs, interval_s=60.0)
+    runner = asyncio.create_task(loop.run())
+    try:
+        inputs.written(11)
+        await eventually(lambda: bool(inputs.committed), timeout_s=5, what="offsets committed")
+    finally:
+        runner.cancel()
+    assert sink.aborted == [[b"reports:11"]]
+    assert sink.committed == [[b"reports:11"]], "the offsets were committed only by the redo"
+    assert inputs.committed == [[11]]
