@@ -335,7 +335,9 @@ class KafkaConfig(Section):
         description=(
             "The producer's transactional.id; default '<client_id>-<coordination.instance_id "
             "or host name>'. Stable per replica slot and unique among replicas: a restarted "
-            "replica fences its predecessor's unfinished transaction."
+            "replica fences its predecessor's unfinished transaction. With "
+            "transaction_pipeline, the second producer has this id followed by '#2' (a "
+            "prefixed ACL on the id covers both)."
         ),
     )
     transaction_interval_ms: int = Field(
@@ -348,6 +350,19 @@ class KafkaConfig(Section):
             "while the previous transaction committed go at once): latency for "
             "read_committed consumers against commits (and their markers) per second. 20 ms "
             "from measurements (bench/README.md)."
+        ),
+    )
+    transaction_pipeline: bool = Field(
+        default=False,
+        description=(
+            "Two transactional producers taking turns: the next transaction is written "
+            "while the one before it commits (commits stay in order, an abort of one redoes "
+            "both), so a record waits for one transaction's round trips instead of two. For "
+            "Apache Kafka and brokers that expose a committed transaction while a later one "
+            "is open; not for tansu, whose read_committed readers then wait until no "
+            "transaction is open (docs/notes/pipelined-transactions.md). Turning it off "
+            "leaves the second producer's last transaction to the broker's "
+            "transaction_timeout_ms, like a replica that died."
         ),
     )
     transaction_max_records: int = Field(

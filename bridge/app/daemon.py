@@ -149,6 +149,10 @@ class Bridge:
                 else None
             ),
         )
+        #: ``kafka.transaction_pipeline``: the second producer transactions take turns on
+        self.partner_sink = (
+            self.sink.partner() if kafka.transactions and kafka.transaction_pipeline else None
+        )
         self.http: HealthServer | None = None
         self.delivery: DeliveryLoop | None = None
         self.discovery: Discovery | None = None
@@ -242,6 +246,7 @@ class Bridge:
             interval_s=kafka.transaction_interval_ms / 1000,
             max_records=kafka.transaction_max_records,
             linger_s=kafka.linger_ms / 1000,
+            partner=self.partner_sink,
             covering=self._covering,
             # the report consumer's offsets commit with the records their messages
             # produced; the ownership group's prove that this replica still owns its tasks
@@ -265,7 +270,9 @@ class Bridge:
         backoff = KAFKA_RETRY.backoff()
         while True:
             try:
-                await self.sink.connect()
+                for sink in (self.sink, self.partner_sink):
+                    if sink is not None and not sink.connected:
+                        await sink.connect()
             except UnavailableError as exc:
                 self.health.set("kafka", False, str(exc))
                 delay = await KAFKA_RETRY.wait(backoff)
@@ -568,6 +575,10 @@ class Bridge:
         if self.gc_policy is not None:
             self.gc_policy.uninstall()
         await _bounded("kafka producer", self.sink.aclose(), deadline.left(), report)
+        if self.partner_sink is not None:
+            await _bounded(
+                "second kafka producer", self.partner_sink.aclose(), deadline.left(), report
+            )
         if self.client is not None:
             await _bounded("platform client", self.client.aclose(), deadline.left(), report)
         if self.http is not None:

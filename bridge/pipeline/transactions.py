@@ -34,6 +34,15 @@ So a checkpoint never leads what is published (it commits with it) and never
 lags it (each transaction carries the checkpoints of its own envelopes): the
 next owner after a crash resumes exactly after the last committed envelope.
 
+With ``kafka.transaction_pipeline`` a second producer (``partner``) lets
+two transactions be in flight: the next slice is written while the one
+before it commits, so a record waits for one transaction's round trips
+rather than for the end of the one being committed and then its own. The
+rules that keep order and exactly-once are on ``_next``. Off by default:
+tansu, the embedded broker, shows read_committed readers nothing while any
+transaction is open on a partition, and with two producers taking turns one
+nearly always is (docs/notes/pipelined-transactions.md).
+
 Failures, by the retry policy: a transaction that fails as a whole (a record
 not accepted, the broker away, the coordinator aborting it) is aborted and
 its records written again in a new one, after a back-off, for ever; a record
@@ -217,6 +226,8 @@ class TransactionalDelivery(DeliveryLoop):
         self._held_until: dict[OutRecord, float] = {}
         #: transactions committed
         self.committed = 0
+        #: transactions written while the one ahead of them committed
+        self.overlapped = 0
 
     async def run(self) -> None:
         ahead: _Ahead | None = None
@@ -263,9 +274,12 @@ class TransactionalDelivery(DeliveryLoop):
             await self._write_phase(transaction)
         except _Failed as exc:
             failed = exc
-        if ahead is not None and not await self._settle(ahead, transaction):
-            await self._transact(_Transaction(transaction.records, transaction.sink))
-            return None
+        if ahead is not None:
+            if not ahead.task.done():
+                self.overlapped += 1
+            if not await self._settle(ahead, transaction):
+                await self._transact(_Transaction(transaction.records, transaction.sink))
+                return None
         if failed is not None:
             await self._transact(transaction, failed)
             return None

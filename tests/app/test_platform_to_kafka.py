@@ -32,6 +32,7 @@ from bridge.emulator.settings import (
     StreamSettings,
     TaskProfile,
 )
+from bridge.pipeline.transactions import TransactionalDelivery
 from bridge.sinks.kafka.producer import KafkaSink
 from bridge.sources.platform.sse import SSEDecoder
 from bridge.wire import TERMINAL_STATUSES
@@ -88,12 +89,27 @@ def assert_stream_matches(
     assert sequences == list(range(1, len(published) + 1)), "sequence must be gapless and ordered"
 
 
+#: ``kafka.transaction_pipeline`` off and on: one producer, or two taking turns
+PIPELINE = pytest.mark.parametrize("pipeline", [False, True], ids=["one-producer", "pipelined"])
+
+
+@PIPELINE
 async def test_every_emitted_event_arrives_in_order_with_headers(
-    kafka: KafkaService, new_topic: Callable[[str], str]
+    kafka: KafkaService, new_topic: Callable[[str], str], pipeline: bool
 ) -> None:
     settings = EmulatorSettings(scenario=scenario(tasks=16), seed=3)
-    async with Emulator(settings) as emu, Bridge(bridge_config(emu, kafka, new_topic)) as bridge:
+    async with (
+        Emulator(settings) as emu,
+        Bridge(
+            bridge_config(emu, kafka, new_topic, kafka={"transaction_pipeline": pipeline})
+        ) as bridge,
+    ):
+        if pipeline:
+            assert bridge.partner_sink is not None
         published = await run_to_completion(emu, bridge, kafka, 16)
+        if pipeline:
+            assert isinstance(bridge.delivery, TransactionalDelivery)
+            assert bridge.delivery.overlapped > 0, "no transaction was written during a commit"
         expected = expected_events(emu)
         assert expected, "the scenario must have streaming tasks"
         for task_id, emitted in expected.items():
@@ -232,28 +248,33 @@ async def test_topics_are_created_with_compaction_for_the_state_topic(
             assert found[config.topics.state][1] == "compact"
 
 
+@PIPELINE
 async def test_a_replica_whose_producer_is_fenced_stops_and_commits_nothing_more(
-    kafka: KafkaService, new_topic: Callable[[str], str]
+    kafka: KafkaService, new_topic: Callable[[str], str], pipeline: bool
 ) -> None:
     # Another process takes this replica's transactional.id (a restarted slot,
     # or two replicas configured with one instance id): this one is a zombie.
     settings = EmulatorSettings(scenario=scenario(tasks=6, events=40), seed=13)
     async with Emulator(settings) as emu:
-        config = bridge_config(emu, kafka, new_topic)
+        config = bridge_config(emu, kafka, new_topic, kafka={"transaction_pipeline": pipeline})
         bridge = Bridge(config)
         await bridge.start()
         try:
             await discovery_ready(bridge)
             assert bridge.sink.transactional_id is not None
+            # as a replica restarted in the slot: both of its producers' ids
             successor = KafkaSink(
                 config.kafka, config.topics, transactional_id=bridge.sink.transactional_id
             )
-            await successor.connect()  # fences the bridge's producer
+            successors = [successor, successor.partner()] if pipeline else [successor]
+            for sink in successors:
+                await sink.connect()  # fences the bridge's producer of that id
             try:
                 emu.start_scenario(emu.settings.scenario)
                 await asyncio.wait_for(bridge.wait(), 30)  # it stops by itself
             finally:
-                await successor.aclose()
+                for sink in successors:
+                    await sink.aclose()
         finally:
             report = await bridge.shutdown()
         assert not report.clean, "a fenced replica does not exit 0"

@@ -83,6 +83,11 @@ class KafkaService:
     #: open transaction of a dead producer is aborted after its timeout (tansu
     #: does neither: no aborted-transaction index in Fetch, no expiry).
     hides_aborted_transactions: bool = True
+    #: A read_committed reader sees a committed transaction while a transaction of
+    #: another producer, written after it, is still open on the partition (the last
+    #: stable offset is the first offset of the oldest open transaction). tansu
+    #: holds the reader until no transaction at all is open there.
+    reads_past_overlapping_transactions: bool = True
     #: A transactional offset commit from a group generation or member the group
     #: has left is refused (KIP-447 zombie fencing; tansu commits it).
     fences_stale_generations: bool = True
@@ -129,6 +134,7 @@ CAPABILITIES: dict[str, str] = {
     "idempotence": "supports_idempotence",
     "transactions": "supports_transactions",
     "aborted_transactions": "hides_aborted_transactions",
+    "overlapping_transactions": "reads_past_overlapping_transactions",
     "generation_fencing": "fences_stale_generations",
     "compaction": "supports_compaction",
     "max_message_bytes": "enforces_max_message_bytes",
@@ -145,6 +151,7 @@ def tansu_service(bootstrap_servers: str, kind: KafkaKind) -> KafkaService:
         kind=kind,
         broker="tansu",
         hides_aborted_transactions=False,
+        reads_past_overlapping_transactions=False,
         fences_stale_generations=False,
         supports_compaction=False,
         enforces_max_message_bytes=False,

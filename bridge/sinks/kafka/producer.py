@@ -32,7 +32,10 @@ from bridge.kafka.producer import AsyncProducer, Delivered, needs_abort
 from bridge.kafka.rdkafka import producer_config
 from bridge.kafka.topics import ensure_topics
 
-__all__ = ["KafkaSink"]
+__all__ = ["PARTNER_SUFFIX", "KafkaSink"]
+
+#: the partner producer's transactional id: the sink's own, with this after it
+PARTNER_SUFFIX = "#2"
 
 #: what a broker without transactions answers InitProducerId with
 _NO_TRANSACTIONS = ("NOT_IMPLEMENTED", "UNSUPPORTED_VERSION", "INVALID_TRANSACTION_TIMEOUT")
@@ -50,6 +53,7 @@ class KafkaSink:
         *,
         flow_topics: Sequence[str] = (),
         transactional_id: str | None = None,
+        ensure_topics: bool = True,
     ) -> None:
         self._kafka = kafka
         self._topics = topics
@@ -57,8 +61,24 @@ class KafkaSink:
         #: created with the bridge's own topics (``kafka.topics.flow_topics``)
         self._flow_topics = flow_topics
         self.transactional_id = transactional_id
+        #: a partner leaves the topics to the sink it was made from
+        self._ensure_topics = ensure_topics
         self._producer: AsyncProducer | None = None
         self._closed = False
+
+    def partner(self) -> KafkaSink:
+        """A second transactional producer for the same topics, with the id
+        ``<transactional_id>#2``: transactions take turns on the two, the next
+        written while the one before commits (``TransactionalDelivery``).
+        ``#`` is in no host name, so it cannot be another replica's id."""
+        assert self.transactional_id is not None, "only a transactional sink has a partner"
+        return KafkaSink(
+            self._kafka,
+            self._topics,
+            self._coordination,
+            transactional_id=f"{self.transactional_id}{PARTNER_SUFFIX}",
+            ensure_topics=False,
+        )
 
     @property
     def connected(self) -> bool:
@@ -88,7 +108,10 @@ class KafkaSink:
             await self._reach(producer)
             if self.transactional_id is not None:
                 await self._init_transactions(producer)
-            await ensure_topics(self._kafka, self._topics, self._coordination, self._flow_topics)
+            if self._ensure_topics:
+                await ensure_topics(
+                    self._kafka, self._topics, self._coordination, self._flow_topics
+                )
         except BaseException:
             await asyncio.shield(producer.close(0))
             raise

@@ -296,6 +296,77 @@ async def test_a_transaction_is_invisible_to_read_committed_until_it_commits(
         await sink.aclose()
 
 
+async def test_a_partner_producer_writes_while_its_sink_commits(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    # The producers of pipelined transactions: one writes while the other's
+    # transaction is open; each is read once committed, in log order.
+    topics = topics_config(new_topic, partitions=1)
+    sink = KafkaSink(
+        kafka_config(kafka.bootstrap_servers), topics, transactional_id=new_topic("txn")
+    )
+    partner = sink.partner()
+    assert partner.transactional_id == f"{sink.transactional_id}#2"
+    await sink.connect()
+    await partner.connect()  # (it leaves the topics to the sink)
+    failures: list[tuple[OutRecord, BaseException]] = []
+    try:
+        await sink.begin()
+        await sink.write_quiet(record(topics.events, b"first", key=b"k"), failures)
+        assert await sink.flush() == 0
+        await partner.begin()
+        await partner.write_quiet(record(topics.events, b"second", key=b"k"), failures)
+        assert await partner.flush() == 0 and failures == []
+        await sink.commit()
+        await partner.commit()
+        seen = await asyncio.to_thread(read_committed, kafka.bootstrap_servers, topics.events, 2)
+        assert seen == [b"first", b"second"]
+    finally:
+        await partner.aclose()
+        await sink.aclose()
+
+
+@pytest.mark.requires_kafka("overlapping_transactions")
+async def test_read_committed_sees_a_transaction_committed_while_the_next_is_open(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    # What makes pipelined transactions worth it: a transaction is visible once
+    # it commits, though the partner's, written after it, is still open; and
+    # nothing of one aborted behind an open one. (tansu holds the reader until
+    # no transaction is open: docs/notes/tansu.md.)
+    topics = topics_config(new_topic, partitions=1)
+    sink = KafkaSink(
+        kafka_config(kafka.bootstrap_servers), topics, transactional_id=new_topic("txn")
+    )
+    partner = sink.partner()
+    await sink.connect()
+    await partner.connect()
+    failures: list[tuple[OutRecord, BaseException]] = []
+
+    async def seen() -> list[bytes | None]:
+        return await asyncio.to_thread(read_committed, kafka.bootstrap_servers, topics.events, 2)
+
+    try:
+        await sink.begin()
+        await sink.write_quiet(record(topics.events, b"first", key=b"k"), failures)
+        assert await sink.flush() == 0
+        await partner.begin()
+        await partner.write_quiet(record(topics.events, b"second", key=b"k"), failures)
+        assert await partner.flush() == 0 and failures == []
+        await sink.commit()
+        assert await seen() == [b"first"]  # the partner's is open behind it
+        await sink.begin()
+        await sink.write_quiet(record(topics.events, b"aborted", key=b"k"), failures)
+        assert await sink.flush() == 0
+        await partner.commit()
+        assert await seen() == [b"first", b"second"]
+        await sink.abort()
+        assert await seen() == [b"first", b"second"]
+    finally:
+        await partner.aclose()
+        await sink.aclose()
+
+
 class SameSlot(NamedTuple):
     topics: TopicsConfig
     zombie: KafkaSink
