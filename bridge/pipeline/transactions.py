@@ -234,7 +234,9 @@ class TransactionalDelivery(DeliveryLoop):
         try:
             while True:
                 records = await self._collect(ahead.task if ahead is not None else None)
-                if ahead is not None and ahead.task.done():
+                # Without records, offsets may be pending only because the one
+                # ahead has not taken them yet: they wait for it to commit.
+                if ahead is not None and (ahead.task.done() or not records):
                     await self._settle(ahead, None)
                     ahead = None
                 if not records and not self._offsets_pending():
@@ -243,6 +245,8 @@ class TransactionalDelivery(DeliveryLoop):
         finally:
             if ahead is not None:
                 ahead.task.cancel()
+                if ahead.task.done() and not ahead.task.cancelled():
+                    ahead.task.exception()  # (the loop's own error is the one raised)
 
     def _free_lane(self, ahead: _Ahead | None) -> TransactionalSink:
         """The producer without an open transaction (``ahead`` is on the other)."""

@@ -864,3 +864,18 @@ async def test_random_failures_on_both_producers_keep_every_record_once_and_in_o
     positions = [int(v.split(b":")[1]) for v in seen if v is not None and v.startswith(b"ckpt")]
     assert positions == sorted(positions) and positions[-1] == 60
     assert first.aborted or second.aborted, "the chaos did nothing: the test proves nothing"
+
+
+async def test_offsets_alone_make_one_transaction_with_two_producers() -> None:
+    # Pending until the transaction ahead takes them: they must not start an
+    # empty transaction on the other producer meanwhile.
+    queue, inputs = asyncio.Queue[OutRecord](), Inputs()
+    loop, first, second, _ = pipelined(queue, inputs=inputs)
+    runner = asyncio.create_task(loop.run())
+    try:
+        inputs.written(1)
+        await eventually(lambda: bool(inputs.committed), timeout_s=5, what="offsets committed")
+        await asyncio.sleep(0.05)
+    finally:
+        runner.cancel()
+    assert first.committed + second.committed == [[b"reports:1"]]
