@@ -40,12 +40,19 @@ def scenario(tasks: int, events: int, interval: float) -> ScenarioSettings:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("pipeline", [False, True], ids=["one-producer", "pipelined"])
 async def test_broker_down_for_a_while_loses_nothing(
-    kafka_outage: KafkaOutage, new_topic: Callable[[str], str]
+    kafka_outage: KafkaOutage, new_topic: Callable[[str], str], pipeline: bool
 ) -> None:
+    # (pipelined: both producers' transactions fail and are redone in order)
     settings = EmulatorSettings(scenario=scenario(tasks=10, events=60, interval=0.03), seed=7)
     async with Emulator(settings) as emu:
-        config = bridge_config(emu, kafka_outage, new_topic, kafka={"request_timeout_ms": 2000})
+        config = bridge_config(
+            emu,
+            kafka_outage,
+            new_topic,
+            kafka={"request_timeout_ms": 2000, "transaction_pipeline": pipeline},
+        )
         async with Bridge(config) as bridge:
             await discovery_ready(bridge)
             emu.start_scenario(emu.settings.scenario)

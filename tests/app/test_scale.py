@@ -198,22 +198,31 @@ def check(emu: Emulator, published: dict[str, list[dict[str, Any]]], *, ids: boo
 
 
 @pytest.mark.parametrize(
-    "stream",
+    ("stream", "pipeline"),
     [
-        StreamSettings(send_ids=True, honour_last_event_id=True),
-        StreamSettings(send_ids=False, replay="full"),
+        (StreamSettings(send_ids=True, honour_last_event_id=True), False),
+        (StreamSettings(send_ids=False, replay="full"), False),
+        # killed with two transactions in flight: the restarted slot fences both ids
+        (StreamSettings(send_ids=True, honour_last_event_id=True), True),
     ],
-    ids=["server-ids", "no-ids-full-replay"],
+    ids=["server-ids", "no-ids-full-replay", "server-ids-pipelined"],
 )
 async def test_single_replica_killed_and_restarted_resumes_without_loss(
-    kafka: KafkaService, new_topic: Callable[[str], str], tmp_path: Path, stream: StreamSettings
+    kafka: KafkaService,
+    new_topic: Callable[[str], str],
+    tmp_path: Path,
+    stream: StreamSettings,
+    pipeline: bool,
 ) -> None:
     scenario = streaming(12, arrival_s=0.1, events=60, interval_s=0.04)
     settings = EmulatorSettings(stream=stream, seed=21)
     async with Emulator(settings) as emu:
         config = scale_config(emu, kafka, new_topic)
         await prepare(kafka, config)
-        env = replica_env(emu, config, "solo")
+        env = {
+            **replica_env(emu, config, "solo"),
+            "XPANDER_BRIDGE_KAFKA__TRANSACTION_PIPELINE": str(pipeline).lower(),
+        }
         first = await Replica("solo", env, tmp_path).start()
         try:
             await settled([first], config)
