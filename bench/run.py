@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -60,8 +61,21 @@ REPO = Path(__file__).resolve().parent.parent
 #: join at start-up), to show what the join costs in the same run;
 #: bridge-alo: transactions off (at-least-once), to show what exactly-once costs;
 #: bridge-before: the bridge as it was at ``--before`` (a git ref; by default the
-#: last commit before librdkafka and transactions), from that commit's own source
-CONTENDERS = ("bridge", "bridge-solo", "bridge-alo", "bridge-before", "lean", "official")
+#: last commit before librdkafka and transactions), from that commit's own source;
+#: bridge-pipelined: ``kafka.transaction_pipeline`` on, only when named (on tansu
+#: its read_committed readers see little until the load pauses: measure it with
+#: ``--bootstrap-servers`` on Apache Kafka)
+CONTENDERS = (
+    "bridge",
+    "bridge-solo",
+    "bridge-alo",
+    "bridge-before",
+    "lean",
+    "official",
+    "bridge-pipelined",
+)
+#: contenders run only when named
+_ON_REQUEST = ("bridge-pipelined",)
 #: the last main on aiokafka, at-least-once (issue 16 measures against it)
 BEFORE_REF = "96c652d"
 #: where ``run`` unpacked the ``--before`` source (set only when that contender runs)
@@ -285,6 +299,8 @@ def contender_command(
             env["XPANDER_BRIDGE_COORDINATION__ENABLED"] = "false"
         if name == "bridge-alo":
             env["XPANDER_BRIDGE_KAFKA__TRANSACTIONS"] = "false"
+        if name == "bridge-pipelined":
+            env["XPANDER_BRIDGE_KAFKA__TRANSACTION_PIPELINE"] = "true"
         env.update(
             {
                 "XPANDER_BASE_URL": emu["base_url"],
@@ -683,6 +699,16 @@ def summarize(  # noqa: C901  (one figure after another)
 # -- the whole run --------------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def broker_for(bootstrap_servers: str | None) -> AsyncIterator[str]:
+    """The cluster named, or a fresh embedded tansu for the scenario."""
+    if bootstrap_servers:
+        yield bootstrap_servers
+        return
+    async with EmbeddedBroker() as broker:
+        yield broker.bootstrap_servers
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     out: Path = args.out
     sizes = SIZES[args.size]
@@ -693,7 +719,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     for scenario in args.scenarios:
         params = dict(sizes[scenario])
         streams = int(params.get("tasks", params.get("streams", params.get("live", 0))))
-        async with EmbeddedBroker() as broker:
+        async with broker_for(args.bootstrap_servers) as bootstrap_servers:
             for contender in args.contenders:
                 if contender == "official" and streams * OFFICIAL_BYTES_PER_STREAM > budget:
                     need = streams * OFFICIAL_BYTES_PER_STREAM / 1024**3
@@ -710,7 +736,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     scenario,
                     contender,
                     params,
-                    broker.bootstrap_servers,
+                    bootstrap_servers,
                     out,
                     quiet_s=args.quiet_s,
                     timeout_s=args.timeout_s,
@@ -767,6 +793,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--before", default=BEFORE_REF, help=f"git ref of bridge-before (default {BEFORE_REF})"
     )
+    parser.add_argument(
+        "--bootstrap-servers",
+        help="a Kafka cluster to run against (default: an embedded tansu per scenario); "
+        "each run writes its own topics",
+    )
     parser.add_argument("--memory-budget-gb", type=float, default=8.0)
     parser.add_argument("--quiet-s", type=float, help="default 5 (--quick: 2)")
     parser.add_argument("--timeout-s", type=float, default=600.0)
@@ -781,7 +812,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.contenders = ",".join(
             c
             for c in CONTENDERS
-            if not (quick and c in ("bridge-solo", "bridge-alo", "bridge-before"))
+            if c not in _ON_REQUEST
+            and not (quick and c in ("bridge-solo", "bridge-alo", "bridge-before"))
         )
     if args.quiet_s is None:
         args.quiet_s = 2.0 if quick else 5.0

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from support.kafka import KafkaService
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,3 +51,20 @@ def test_tiny_burst_counts_every_event(tmp_path: Path) -> None:
         assert row["connected_records"] >= expected_handshakes
         assert row["peak_rss_mb"] > 0 and row["cpu_s"] > 0
         assert row["ended_by"] == "all delivered"
+
+
+@pytest.mark.timeout(90)
+def test_a_named_cluster_and_the_pipelined_bridge_count_every_event(
+    tmp_path: Path, kafka: KafkaService
+) -> None:
+    # What measuring kafka.transaction_pipeline on Apache Kafka needs: the
+    # bench against a cluster it did not start, with the pipelined contender.
+    out = tmp_path / "bench"
+    command = [sys.executable, "-m", "bench.run", "--size", "tiny", "--scenarios", "burst"]
+    command += ["--contenders", "bridge-pipelined", "--no-chart", "--out", str(out)]
+    command += ["--bootstrap-servers", kafka.bootstrap_servers]
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=80)
+    report = orjson.loads((out / "results.json").read_bytes())
+    [row] = report["results"]
+    assert row["contender"] == "bridge-pipelined"
+    assert row["delivered"] == row["expected"] == 5 * 10, row
