@@ -5,8 +5,9 @@ same loop in tests/app and tests/sinks/kafka)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -755,23 +756,42 @@ def pipelined(
     return loop, first, second, partition
 
 
-async def test_the_next_transaction_is_written_while_the_one_ahead_commits() -> None:
-    queue, trace = asyncio.Queue[OutRecord](), Trace()
-    loop, first, second, _ = pipelined(queue)
+@contextlib.asynccontextmanager
+async def written_behind_a_commit(
+    loop: TransactionalDelivery,
+    queue: asyncio.Queue[OutRecord],
+    lanes: tuple[Lane, Lane],
+    ahead: OutRecord,
+    behind: OutRecord,
+) -> AsyncIterator[None]:
+    """``ahead`` committing on the first producer, held there until ``behind``
+    is written on the second; the body runs then, and the commit goes on when
+    it leaves; the block ends once everything is delivered."""
+    first, second = lanes
     first.gate.clear()
     runner = asyncio.create_task(loop.run())
     try:
-        queue.put_nowait(trace.record(b"a"))
-        await eventually(lambda: first.committing, timeout_s=5, what="a committing")
-        queue.put_nowait(trace.record(b"b"))
-        await eventually(lambda: second.flushed == [b"b"], timeout_s=5, what="b written")
-        # commits in order: b is not even covered while a commits
-        assert first.committing and not second.committing
-        assert trace.of("written") == [b"a"] and trace.of("delivered") == []
+        queue.put_nowait(ahead)
+        await eventually(lambda: first.committing, timeout_s=5, what="the first committing")
+        queue.put_nowait(behind)
+        await eventually(
+            lambda: second.flushed == [behind.value], timeout_s=5, what="the second written"
+        )
+        yield
         first.gate.set()
         await asyncio.wait_for(loop.drain(), 5)
     finally:
         runner.cancel()
+
+
+async def test_the_next_transaction_is_written_while_the_one_ahead_commits() -> None:
+    queue, trace = asyncio.Queue[OutRecord](), Trace()
+    loop, first, second, _ = pipelined(queue)
+    a, b = trace.record(b"a"), trace.record(b"b")
+    async with written_behind_a_commit(loop, queue, (first, second), a, b):
+        # commits in order: b is not even covered while a commits
+        assert first.committing and not second.committing
+        assert trace.of("written") == [b"a"] and trace.of("delivered") == []
     assert first.committed == [[b"a"]] and second.committed == [[b"b"]]
     assert trace.of("delivered") == [b"a", b"b"] and loop.overlapped == 1
 
@@ -780,18 +800,10 @@ async def test_an_abort_ahead_aborts_the_one_behind_and_both_are_redone_in_order
     # Else b (written after a's first attempt) would precede a's redo in the log.
     queue, one = asyncio.Queue[OutRecord](), OneTask()
     loop, first, second, partition = pipelined(queue, covering=one.covering)
-    first.gate.clear()
     first.commit_errors = [TransactionAbortedError("the coordinator aborted it")]
-    runner = asyncio.create_task(loop.run())
-    try:
-        queue.put_nowait(one.envelope(b"a"))
-        await eventually(lambda: first.committing, timeout_s=5, what="a committing")
-        queue.put_nowait(one.envelope(b"b"))
-        await eventually(lambda: second.flushed == [b"b"], timeout_s=5, what="b written")
-        first.gate.set()
-        await asyncio.wait_for(loop.drain(), 5)
-    finally:
-        runner.cancel()
+    a, b = one.envelope(b"a"), one.envelope(b"b")
+    async with written_behind_a_commit(loop, queue, (first, second), a, b):
+        pass
     assert first.aborted == [[b"a", b"ckpt:1"]] and second.aborted == [[b"b"]]
     assert first.committed == [[b"a", b"ckpt:1"]] and second.committed == [[b"b", b"ckpt:2"]]
     assert partition.read_committed() == [b"a", b"ckpt:1", b"b", b"ckpt:2"]
@@ -820,17 +832,9 @@ async def test_a_fenced_producer_behind_stops_the_loop_even_while_it_waits_for_r
 async def test_offsets_ride_in_commit_order_with_two_producers() -> None:
     queue, trace, inputs = asyncio.Queue[OutRecord](), Trace(), Inputs()
     loop, first, second, partition = pipelined(queue, inputs=inputs)
-    first.gate.clear()
-    runner = asyncio.create_task(loop.run())
-    try:
-        queue.put_nowait(output_of(inputs, 1, trace.record(b"a")))
-        await eventually(lambda: first.committing, timeout_s=5, what="a committing")
-        queue.put_nowait(output_of(inputs, 2, trace.record(b"b")))
-        await eventually(lambda: second.flushed == [b"b"], timeout_s=5, what="b written")
-        first.gate.set()
-        await asyncio.wait_for(loop.drain(), 5)
-    finally:
-        runner.cancel()
+    a, b = output_of(inputs, 1, trace.record(b"a")), output_of(inputs, 2, trace.record(b"b"))
+    async with written_behind_a_commit(loop, queue, (first, second), a, b):
+        pass
     assert partition.read_committed() == [b"a", b"reports:1", b"b", b"reports:2"]
     assert inputs.committed == [[1], [2]]
 

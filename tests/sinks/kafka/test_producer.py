@@ -296,34 +296,50 @@ async def test_a_transaction_is_invisible_to_read_committed_until_it_commits(
         await sink.aclose()
 
 
-async def test_a_partner_producer_writes_while_its_sink_commits(
+class Partners(NamedTuple):
+    topics: TopicsConfig
+    sink: KafkaSink
+    partner: KafkaSink
+
+
+@contextlib.asynccontextmanager
+async def overlapping(
     kafka: KafkaService, new_topic: Callable[[str], str]
-) -> None:
-    # The producers of pipelined transactions: one writes while the other's
-    # transaction is open; each is read once committed, in log order.
+) -> AsyncIterator[Partners]:
+    """A transactional sink and its partner on a one-partition topic, each with
+    a transaction open: the sink's holds ``first``, then the partner's
+    ``second``, both flushed (the producers of pipelined transactions)."""
     topics = topics_config(new_topic, partitions=1)
     sink = KafkaSink(
         kafka_config(kafka.bootstrap_servers), topics, transactional_id=new_topic("txn")
     )
     partner = sink.partner()
-    assert partner.transactional_id == f"{sink.transactional_id}#2"
     await sink.connect()
-    await partner.connect()  # (it leaves the topics to the sink)
-    failures: list[tuple[OutRecord, BaseException]] = []
     try:
-        await sink.begin()
-        await sink.write_quiet(record(topics.events, b"first", key=b"k"), failures)
-        assert await sink.flush() == 0
-        await partner.begin()
-        await partner.write_quiet(record(topics.events, b"second", key=b"k"), failures)
-        assert await partner.flush() == 0 and failures == []
+        await partner.connect()  # (it leaves the topics to the sink)
+        try:
+            failures: list[tuple[OutRecord, BaseException]] = []
+            for producer, value in ((sink, b"first"), (partner, b"second")):
+                await producer.begin()
+                await producer.write_quiet(record(topics.events, value, key=b"k"), failures)
+                assert await producer.flush() == 0 and failures == []
+            yield Partners(topics, sink, partner)
+        finally:
+            await partner.aclose()
+    finally:
+        await sink.aclose()
+
+
+async def test_a_partner_producer_writes_while_its_sink_commits(
+    kafka: KafkaService, new_topic: Callable[[str], str]
+) -> None:
+    # Each transaction is read once committed, in log order.
+    async with overlapping(kafka, new_topic) as (topics, sink, partner):
+        assert partner.transactional_id == f"{sink.transactional_id}#2"
         await sink.commit()
         await partner.commit()
         seen = await asyncio.to_thread(read_committed, kafka.bootstrap_servers, topics.events, 2)
         assert seen == [b"first", b"second"]
-    finally:
-        await partner.aclose()
-        await sink.aclose()
 
 
 @pytest.mark.requires_kafka("overlapping_transactions")
@@ -334,37 +350,22 @@ async def test_read_committed_sees_a_transaction_committed_while_the_next_is_ope
     # it commits, though the partner's, written after it, is still open; and
     # nothing of one aborted behind an open one. (tansu holds the reader until
     # no transaction is open: docs/notes/tansu.md.)
-    topics = topics_config(new_topic, partitions=1)
-    sink = KafkaSink(
-        kafka_config(kafka.bootstrap_servers), topics, transactional_id=new_topic("txn")
-    )
-    partner = sink.partner()
-    await sink.connect()
-    await partner.connect()
-    failures: list[tuple[OutRecord, BaseException]] = []
+    async with overlapping(kafka, new_topic) as (topics, sink, partner):
 
-    async def seen() -> list[bytes | None]:
-        return await asyncio.to_thread(read_committed, kafka.bootstrap_servers, topics.events, 2)
+        async def seen() -> list[bytes | None]:
+            return await asyncio.to_thread(
+                read_committed, kafka.bootstrap_servers, topics.events, 2
+            )
 
-    try:
-        await sink.begin()
-        await sink.write_quiet(record(topics.events, b"first", key=b"k"), failures)
-        assert await sink.flush() == 0
-        await partner.begin()
-        await partner.write_quiet(record(topics.events, b"second", key=b"k"), failures)
-        assert await partner.flush() == 0 and failures == []
         await sink.commit()
         assert await seen() == [b"first"]  # the partner's is open behind it
         await sink.begin()
-        await sink.write_quiet(record(topics.events, b"aborted", key=b"k"), failures)
+        await sink.write_quiet(record(topics.events, b"aborted", key=b"k"), [])
         assert await sink.flush() == 0
         await partner.commit()
         assert await seen() == [b"first", b"second"]
         await sink.abort()
         assert await seen() == [b"first", b"second"]
-    finally:
-        await partner.aclose()
-        await sink.aclose()
 
 
 class SameSlot(NamedTuple):
