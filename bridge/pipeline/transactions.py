@@ -287,9 +287,6 @@ class TransactionalDelivery(DeliveryLoop):
         if failed is not None:
             await self._transact(transaction, failed)
             return None
-        if len(self._lanes) == 1:
-            await self._commit_and_finish(transaction, self._policy.backoff())
-            return None
         backoff = self._policy.backoff()
         task = self._loop.create_task(self._commit_and_finish(transaction, backoff))
         return _Ahead(transaction, task, backoff)
