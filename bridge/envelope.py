@@ -264,8 +264,9 @@ _VERSION = re.compile(r"([0-9]{1,9})\.([0-9]{1,9})")
 _MAJOR, _MINOR = (int(part) for part in SCHEMA_VERSION.split("."))
 #: ``ce_type`` is this prefix and the envelope's ``type`` (``bridge.transforms.normalize``).
 _CE_TYPE_PREFIX = "ai.xpander.task."
-#: 20 digits in a row: a number a 64-bit integer or a double may not hold exactly.
-_LONG_NUMBER = re.compile(rb"\d{20}")
+#: 20 digits in a row, or 19 after a minus: an integer orjson would read as a
+#: float (beyond unsigned 64 bits, or below signed 64 bits).
+_LONG_NUMBER = re.compile(rb"\d{20}|-\d{19}")
 _MAX_PROBLEMS_SHOWN = 3
 
 

@@ -122,6 +122,10 @@ def test_big_integers_are_exact_and_deep_payloads_are_read() -> None:
     envelope = read_envelope(value_of(record), record.headers)
     assert envelope.data["big"] == big
     assert isinstance(envelope.data["big"], int)
+    # nineteen digits, but below signed 64 bits: orjson alone reads a float
+    low = -9223372036854775809
+    record = normalized("future_insight", b'{"low": %d}' % low)
+    assert read_envelope(value_of(record), record.headers).data == {"low": low}
     # deeper than Python's recursion limit: orjson reads it (the big integer as a float)
     nested = b"[%d,%s]" % (big, b"[" * 1020 + b"]" * 1020)  # 1,023 levels with the envelope's
     deep = orjson.dumps(body(data=None)).replace(b'"data":null', b'"data":' + nested)
