@@ -24,6 +24,7 @@ from confluent_kafka.aio import AIOConsumer
 from bridge.config import KafkaConfig
 from bridge.core.message import InMessage
 from bridge.errors import FencedError
+from bridge.kafka.calls import DaemonExecutor
 from bridge.kafka.rdkafka import consumer_config
 
 __all__ = ["GroupMember", "PartitionsCallback", "group_config", "in_message"]
@@ -105,7 +106,10 @@ class GroupMember:
         self._on_error = on_error
         options = dict(options)
         options["error_cb"] = self._error
-        self.consumer = AIOConsumer(options, max_workers=4)
+        # daemon workers: a close or commit still waiting on an unreachable
+        # broker must not hold the process at exit (bridge/kafka/calls.py)
+        self._calls = DaemonExecutor("kafka-group", workers=4)
+        self.consumer = AIOConsumer(options, executor=self._calls)
         self._closed = False
         #: the group dropped this member once (partitions lost, not revoked: its
         #: session ran out, e.g. a paused process), so their work went to others
@@ -188,4 +192,7 @@ class GroupMember:
         """Leave the group (a last revoke runs) and release the client."""
         if not self._closed:
             self._closed = True
-            await self.consumer.close()
+            try:
+                await self.consumer.close()
+            finally:
+                self._calls.shutdown(wait=False, cancel_futures=True)

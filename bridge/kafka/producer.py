@@ -9,7 +9,7 @@ such as flush or a commit); they reach the event loop in batches (one
 wake-up per batch, not per record), with no lock between the threads and the
 loop (``_report`` says why). Transaction calls block on the network or on
 librdkafka's own thread, so they run on one worker thread, one at a time
-(a daemon thread: ``_CallThread`` says why).
+(a daemon thread: ``DaemonExecutor`` says why).
 
 confluent-kafka's ``AIOProducer`` is not used: it refuses headers (the
 CloudEvents binding needs them) and adds a second buffer in front of
@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import logging
-import queue
 import threading
 from collections.abc import Callable
 from functools import partial
-from typing import Any, NamedTuple, ParamSpec, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from bridge.core.record import Headers, OutRecord
+from bridge.kafka.calls import DaemonExecutor
 from bridge.kafka.errors import kafka_error
 
 __all__ = ["AsyncProducer", "Delivered", "needs_abort", "retriable"]
@@ -39,64 +38,11 @@ __all__ = ["AsyncProducer", "Delivered", "needs_abort", "retriable"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-P = ParamSpec("P")
 
 #: how long the poll thread waits for delivery reports before looking again
 _POLL_S = 0.05
 #: a full librdkafka queue is retried this often (it drains at broker speed)
 _QUEUE_FULL_WAIT_S = 0.002
-
-
-class _CallThread(concurrent.futures.Executor):
-    """One daemon thread running blocking librdkafka calls in order.
-
-    Not a ``ThreadPoolExecutor``: the interpreter joins its workers at exit,
-    so a call still waiting on an unreachable broker (an abort, a flush,
-    bounded only by ``kafka.request_timeout_ms``) held the process up to that
-    long after the bridge had stopped, past its shutdown deadline (seen: exit
-    29 s after SIGTERM with Kafka away). The shutdown bounds what is waited
-    for; a call left running when the process ends is abandoned with it."""
-
-    def __init__(self, name: str) -> None:
-        self._work: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(
-        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
-    ) -> concurrent.futures.Future[T]:
-        if self._closed:
-            raise RuntimeError("the Kafka producer is closed")
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._work.put(_Call(future, partial(fn, *args, **kwargs)))
-        return future
-
-    def _run(self) -> None:
-        while (call := self._work.get()) is not None:
-            if not call.future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = call.fn()
-            except BaseException as exc:  # (handed to the caller, as an executor does)
-                call.future.set_exception(exc)
-            else:
-                call.future.set_result(result)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._closed = True
-        if cancel_futures:
-            with contextlib.suppress(queue.Empty):
-                while (call := self._work.get_nowait()) is not None:
-                    call.future.cancel()
-        self._work.put(None)
-        if wait:
-            self._thread.join()
-
-
-class _Call(NamedTuple):
-    future: concurrent.futures.Future[Any]
-    fn: Callable[[], Any]
 
 
 class Delivered(NamedTuple):
@@ -123,7 +69,7 @@ class AsyncProducer:
         self._poller = threading.Thread(target=self._poll, name="kafka-producer-poll", daemon=True)
         self._poller.start()
         #: transaction calls, one at a time, off the event loop
-        self._calls = _CallThread("kafka-txn")
+        self._calls = DaemonExecutor("kafka-txn")
         self._closed = False
         #: futures without a delivery report yet (failed at once if the producer dies)
         self._waiting: set[asyncio.Future[Delivered]] = set()

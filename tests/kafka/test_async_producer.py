@@ -3,20 +3,17 @@ is exercised against a real broker in tests/sinks/kafka/test_producer.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
-import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from bridge.errors import FencedError
 from bridge.kafka.errors import translate_send_error
-from bridge.kafka.producer import _CallThread, _fatal
+from bridge.kafka.producer import _fatal
 
 
 def test_a_system_error_out_of_a_drained_call_is_the_producer_failing_fatally() -> None:
@@ -70,40 +67,3 @@ def nobody_listens() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-async def test_calls_run_in_order_and_a_closed_producer_cancels_the_queued_ones() -> None:
-    calls = _CallThread("test-calls")
-    loop = asyncio.get_running_loop()
-    running, gate = threading.Event(), threading.Event()
-    done: list[int] = []
-
-    def first_call() -> None:
-        running.set()
-        gate.wait(5)
-        done.append(1)
-
-    first = loop.run_in_executor(calls, first_call)
-    second = loop.run_in_executor(calls, done.append, 2)
-    failing = loop.run_in_executor(calls, int, "not a number")
-    assert await asyncio.to_thread(running.wait, 5)
-    calls.shutdown(wait=False, cancel_futures=True)
-    gate.set()
-    await first
-    assert done == [1]  # the running call finished; the queued ones never ran
-    with pytest.raises(asyncio.CancelledError):
-        await second
-    with pytest.raises(asyncio.CancelledError):
-        await failing
-    with pytest.raises(RuntimeError):
-        calls.submit(done.append, 3)
-
-
-async def test_a_call_that_raises_hands_its_error_to_the_caller() -> None:
-    calls = _CallThread("test-calls")
-    try:
-        with pytest.raises(ValueError, match="not a number"):
-            await asyncio.get_running_loop().run_in_executor(calls, int, "not a number")
-        assert await asyncio.get_running_loop().run_in_executor(calls, int, "7") == 7
-    finally:
-        calls.shutdown()
