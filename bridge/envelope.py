@@ -170,7 +170,7 @@ class Envelope(BaseModel):
     )
     type: str = Field(description="The platform's event type, as sent (unknown types too).")
     category: Category = Field(description="Coarse grouping of the type.")
-    task_id: str = Field(description="The task; also the Kafka key.")
+    task_id: str = Field(min_length=1, description="The task; also the Kafka key.")
     agent_id: str | None = Field(description="The task's agent.")
     organization_id: str | None = Field(description="The organization.")
     status: str | None = Field(
@@ -226,7 +226,7 @@ class ActivityEnvelope(BaseModel):
         "deduplicate threads on it; every part of one thread carries it."
     )
     type: Literal["activity"] = Field(description="Always activity.")
-    task_id: str = Field(description="The task; also the Kafka key.")
+    task_id: str = Field(min_length=1, description="The task; also the Kafka key.")
     agent_id: str | None = Field(description="The task's agent.")
     organization_id: str | None = Field(description="The organization.")
     status: str | None = Field(default=None, description="The task's final status.")

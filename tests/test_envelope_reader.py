@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bridge.config import KafkaConfig, TopicsConfig
@@ -397,8 +397,15 @@ def test_any_json_object_raises_a_reader_error_or_reads(fields: dict[str, Any]) 
         read_envelope(json.dumps(fields).encode(), CE)
 
 
+def test_an_envelope_without_a_task_id_is_refused() -> None:
+    # (found by the property test below: task_id "" was read as an envelope)
+    with pytest.raises(InvalidEnvelope, match="task_id"):
+        read_envelope(encoded(task_id=""))
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.sampled_from(sorted(body())), _json)
+@example("task_id", "")
 def test_one_field_replaced_by_any_json(name: str, replacement: Any) -> None:
     try:
         envelope = read_envelope(encoded(**{name: replacement}))

@@ -296,7 +296,9 @@ class Discovery:
                 # one go, that held the loop ~90 ms per 3,300 tasks.
                 await asyncio.sleep(0)
             task_id = item.get("id")
-            if isinstance(task_id, str):
+            # (an empty id, or dots only, names no task: no URL can hold it, and
+            # no envelope may carry it)
+            if isinstance(task_id, str) and task_id.strip("."):
                 current.add(task_id)
                 self._consider(task_id, item, previous, listing.live_unowned, live_unowned)
         if not full:

@@ -124,6 +124,22 @@ async def test_a_task_that_appears_already_terminal_gets_its_events_and_its_end(
     assert (end["type"], end["status"]) == ("task_finished", "stopped")
 
 
+@pytest.mark.parametrize("hostile", ["", ".", ".."])
+async def test_a_listed_task_whose_id_names_no_task_is_not_followed(rig: Rig, hostile: str) -> None:
+    # Such an id fits in no URL (wire.path refuses it), and an envelope of it
+    # would name no task (the reader refuses it): not followed at all.
+    supervisor = TaskSupervisor(rig.context)
+    discovery = discovery_for(rig, supervisor)
+    await discovery.reconcile()  # the baseline
+    odd = slow_task(rig, stopped=True, outcome="completed")
+    fine = slow_task(rig, stopped=True, outcome="completed")
+    rig.run_of(odd).id = hostile
+    await discovery.reconcile()
+    await wait_until(ended(fine, rig), "the other task's end")
+    assert {e["task_id"] for e in rig.published.envelopes()} == {fine}
+    await supervisor.stop()
+
+
 async def test_a_task_not_owned_is_not_followed(rig: Rig) -> None:
     mine = slow_task(rig)
     theirs = slow_task(rig)
