@@ -251,7 +251,7 @@ class TransactionalDelivery(DeliveryLoop):
     def _free_lane(self, ahead: _Ahead | None) -> TransactionalSink:
         """The producer without an open transaction (``ahead`` is on the other)."""
         lanes = self._lanes
-        if ahead is None or len(lanes) == 1 or ahead.transaction.sink is lanes[1]:
+        if ahead is None or ahead.transaction.sink is lanes[1]:
             return lanes[0]
         return lanes[1]
 
@@ -270,7 +270,7 @@ class TransactionalDelivery(DeliveryLoop):
         one after the other, else the redone records would follow this one's in
         their partitions. docs/notes/pipelined-transactions.md has the figures.
         """
-        if ahead is None and len(self._lanes) == 1:
+        if len(self._lanes) == 1:  # (then nothing is ever ahead)
             await self._transact(transaction)
             return None
         failed: _Failed | None = None
@@ -297,10 +297,8 @@ class TransactionalDelivery(DeliveryLoop):
         try:
             await ahead.task
         except _Failed as failed:
-            if behind is not None and behind.open:
-                await self._abort(behind.sink, ahead.backoff)
-                behind.open = False
-                self._metrics.transactions(TransactionOutcome.ABORTED).inc()
+            if behind is not None:
+                await self._abort_attempt(behind, ahead.backoff)
             await self._transact(ahead.transaction, failed, ahead.backoff)
             return False
         return True
@@ -453,11 +451,15 @@ class TransactionalDelivery(DeliveryLoop):
 
     async def _recover(self, transaction: _Transaction, failed: _Failed, backoff: Backoff) -> None:
         """Abort the failed attempt; sort out what to write again, and when."""
+        await self._abort_attempt(transaction, backoff)
+        transaction.records = await self._sort_out(transaction.records, failed.failures, backoff)
+
+    async def _abort_attempt(self, transaction: _Transaction, backoff: Backoff) -> None:
+        """Abort the transaction's open attempt (if begun), and count it."""
         if transaction.open:
             await self._abort(transaction.sink, backoff)
             transaction.open = False
-        self._metrics.transactions(TransactionOutcome.ABORTED).inc()
-        transaction.records = await self._sort_out(transaction.records, failed.failures, backoff)
+            self._metrics.transactions(TransactionOutcome.ABORTED).inc()
 
     def _finish(self, transaction: _Transaction) -> None:
         """Committed: its records are delivered, its inputs' offsets committed."""
