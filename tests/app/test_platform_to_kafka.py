@@ -32,7 +32,6 @@ from bridge.emulator.settings import (
     StreamSettings,
     TaskProfile,
 )
-from bridge.pipeline.transactions import TransactionalDelivery
 from bridge.sinks.kafka.producer import KafkaSink
 from bridge.sources.platform.sse import SSEDecoder
 from bridge.wire import TERMINAL_STATUSES
@@ -105,11 +104,10 @@ async def test_every_emitted_event_arrives_in_order_with_headers(
         ) as bridge,
     ):
         if pipeline:
-            assert bridge.partner_sink is not None
+            # (whether two transactions overlap here depends on the machine's
+            # timing: tests/pipeline/test_transactions.py makes them overlap)
+            assert bridge.partner_sink is not None and bridge.partner_sink.connected
         published = await run_to_completion(emu, bridge, kafka, 16)
-        if pipeline:
-            assert isinstance(bridge.delivery, TransactionalDelivery)
-            assert bridge.delivery.overlapped > 0, "no transaction was written during a commit"
         expected = expected_events(emu)
         assert expected, "the scenario must have streaming tasks"
         for task_id, emitted in expected.items():
